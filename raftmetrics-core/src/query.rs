@@ -1,0 +1,675 @@
+//! The query model of `/aggregate`: what to select, how to bucket it, what to compute.
+//!
+//! A [`Query`] is built from URL parameters by [`Query::from_params`] (the server and the
+//! embedded engine share it) or directly in Rust. Stores use [`Query::matches`] and
+//! [`Query::group_key`] to select and group series; [`crate::aggregate::finalize`] turns
+//! merged partial states into a [`crate::aggregate::QueryResult`]. The exact semantics are
+//! written down in `docs/query.md`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, FieldError, Result};
+use crate::model::{Tags, check_metric_name};
+use crate::time::{MICROS_PER_SECOND, Timestamp, parse_duration_micros};
+
+/// Most `group_by` keys in one query.
+pub const MAX_GROUP_BY: usize = 8;
+/// Most filter values (tags + hosts + datacenters) in one query.
+pub const MAX_FILTERS: usize = 64;
+/// Longest filter pattern, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 256;
+/// Largest `limit`.
+pub const MAX_LIMIT: usize = 100_000;
+/// Most time buckets a query may produce (per group), so no query can ask for unbounded work.
+pub const MAX_BUCKETS: i64 = 100_000;
+/// Most sub-buckets one rolling window may span (`window / step`).
+pub const MAX_ROLLING_SPAN: i64 = 10_000;
+
+/// An aggregation function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Agg {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+    /// A percentile in hundredths of a percent: `Percentile(9500)` is p95, `Percentile(9990)`
+    /// is p99.9.
+    Percentile(u16),
+}
+
+impl Agg {
+    pub const P50: Agg = Agg::Percentile(5_000);
+    pub const P95: Agg = Agg::Percentile(9_500);
+    pub const P99: Agg = Agg::Percentile(9_900);
+
+    /// The quantile in `[0, 1]` of a percentile aggregation.
+    pub fn quantile(self) -> Option<f64> {
+        match self {
+            Agg::Percentile(hundredths) => Some(f64::from(hundredths) / 10_000.0),
+            _ => None,
+        }
+    }
+
+    pub fn is_percentile(self) -> bool {
+        matches!(self, Agg::Percentile(_))
+    }
+}
+
+impl fmt::Display for Agg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Agg::Avg => f.write_str("avg"),
+            Agg::Min => f.write_str("min"),
+            Agg::Max => f.write_str("max"),
+            Agg::Sum => f.write_str("sum"),
+            Agg::Count => f.write_str("count"),
+            Agg::Percentile(h) => {
+                let (whole, frac) = (h / 100, h % 100);
+                match frac {
+                    0 => write!(f, "p{whole}"),
+                    f2 if f2 % 10 == 0 => write!(f, "p{whole}.{}", f2 / 10),
+                    f2 => write!(f, "p{whole}.{f2:02}"),
+                }
+            }
+        }
+    }
+}
+
+impl FromStr for Agg {
+    type Err = String;
+
+    /// `avg`, `min`, `max`, `sum`, `count`, or `pNN` with NN from 0 to 100 and at most two
+    /// decimals (`p50`, `p99.9`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        const ERR: &str = "must be one of avg, min, max, sum, count, or pNN (p50, p95, p99, p99.9)";
+        match s {
+            "avg" => Ok(Agg::Avg),
+            "min" => Ok(Agg::Min),
+            "max" => Ok(Agg::Max),
+            "sum" => Ok(Agg::Sum),
+            "count" => Ok(Agg::Count),
+            _ => {
+                let num = s.strip_prefix('p').ok_or(ERR)?;
+                let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+                if whole.is_empty()
+                    || whole.len() > 3
+                    || frac.len() > 2
+                    || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+                    || (num.contains('.') && frac.is_empty())
+                {
+                    return Err(ERR.to_string());
+                }
+                let whole: u16 = whole.parse().map_err(|_| ERR)?;
+                let frac: u16 = format!("{frac:0<2}").parse().map_err(|_| ERR)?;
+                let hundredths = whole * 100 + frac;
+                if hundredths > 10_000 {
+                    return Err(ERR.to_string());
+                }
+                Ok(Agg::Percentile(hundredths))
+            }
+        }
+    }
+}
+
+impl Serialize for Agg {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Agg {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What `order_by` sorts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderKey {
+    /// The value of an aggregation (`value` names the first one in `agg`).
+    Agg(Agg),
+    /// The group key, or the bucket start for buckets.
+    Key,
+}
+
+/// `order_by=<agg|value|key>[:asc|:desc]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderBy {
+    pub key: OrderKey,
+    pub descending: bool,
+}
+
+/// Read consistency of a query in a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Any live replica may answer (may miss the latest acknowledged writes).
+    #[default]
+    Eventual,
+    /// Partition leaders answer after a Raft read-index round (linearizable).
+    Strong,
+}
+
+/// A tag filter: the tag `key` must match one of `patterns`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagFilter {
+    pub key: String,
+    pub patterns: Vec<String>,
+}
+
+/// An analytics query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub metric: String,
+    /// Inclusive start; unbounded when `None`.
+    pub from: Option<Timestamp>,
+    /// Exclusive end; unbounded when `None`.
+    pub to: Option<Timestamp>,
+    /// Bucket width in microseconds.
+    pub window_micros: Option<i64>,
+    /// Sliding windows of `window` advancing by `step` instead of tumbling buckets.
+    pub rolling: bool,
+    /// Step of rolling windows in microseconds (default: see [`Query::step_micros`]).
+    pub step_micros: Option<i64>,
+    /// All filters must hold (AND); a filter holds when the tag matches any of its patterns.
+    pub filters: Vec<TagFilter>,
+    pub aggs: Vec<Agg>,
+    pub group_by: Vec<String>,
+    pub order_by: Option<OrderBy>,
+    pub limit: Option<usize>,
+    /// When false, a partial answer is an error instead.
+    pub allow_partial: bool,
+    pub consistency: Consistency,
+}
+
+/// The values of the `group_by` tags of one group, in `group_by` order (`None`: tag absent).
+pub type GroupKey = Vec<Option<String>>;
+
+/// Aggregations computed when a query names none (the API reference's example response).
+pub const DEFAULT_AGGS: [Agg; 5] = [Agg::Avg, Agg::Min, Agg::Max, Agg::Count, Agg::P95];
+
+impl Query {
+    /// A query over all points of `metric` with the default aggregations.
+    pub fn new(metric: impl Into<String>) -> Self {
+        Query {
+            metric: metric.into(),
+            from: None,
+            to: None,
+            window_micros: None,
+            rolling: false,
+            step_micros: None,
+            filters: Vec::new(),
+            aggs: DEFAULT_AGGS.to_vec(),
+            group_by: Vec::new(),
+            order_by: None,
+            limit: None,
+            allow_partial: true,
+            consistency: Consistency::Eventual,
+        }
+    }
+
+    /// Parses URL query parameters (already percent-decoded). List parameters (`tags`,
+    /// `hosts`, `datacenters`, `agg`, `group_by`) take comma-separated values and may repeat;
+    /// the others may appear once. Unknown parameters are refused, so typos do not silently
+    /// change an answer. Every bad parameter is reported.
+    pub fn from_params<K: AsRef<str>, V: AsRef<str>>(params: &[(K, V)]) -> Result<Query> {
+        let mut q = Query::new("");
+        let mut errors = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        let mut metric = None;
+        let mut aggs: Vec<Agg> = Vec::new();
+        let mut window_text = None;
+        let mut step_text = None;
+        let mut order_text = None;
+        for (key, value) in params {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let is_list = matches!(key, "tags" | "hosts" | "datacenters" | "agg" | "group_by");
+            if !is_list {
+                if seen.contains(&key) {
+                    errors.push(FieldError::new(key, "must be given at most once"));
+                    continue;
+                }
+                seen.push(key);
+            }
+            let items = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+            match key {
+                "metric" | "key" => metric = Some(value.to_string()),
+                "from" => match Timestamp::parse(value) {
+                    Ok(t) => q.from = Some(t),
+                    Err(e) => errors.push(FieldError::new("from", e)),
+                },
+                "to" => match Timestamp::parse(value) {
+                    Ok(t) => q.to = Some(t),
+                    Err(e) => errors.push(FieldError::new("to", e)),
+                },
+                "window" => window_text = Some(value),
+                "step" => step_text = Some(value),
+                "rolling" => match parse_bool(value) {
+                    Some(b) => q.rolling = b,
+                    None => errors.push(FieldError::new("rolling", "must be true or false")),
+                },
+                "allow_partial" => match parse_bool(value) {
+                    Some(b) => q.allow_partial = b,
+                    None => errors.push(FieldError::new("allow_partial", "must be true or false")),
+                },
+                "consistency" => match value {
+                    "eventual" => q.consistency = Consistency::Eventual,
+                    "strong" => q.consistency = Consistency::Strong,
+                    _ => errors.push(FieldError::new("consistency", "must be eventual or strong")),
+                },
+                "tags" => {
+                    for item in items() {
+                        match item.split_once(':') {
+                            Some((k, v)) if !k.is_empty() && !v.is_empty() => {
+                                q.add_filter(k, v);
+                            }
+                            _ => errors.push(FieldError::new(
+                                "tags",
+                                format!("{item:?} must have the form key:value"),
+                            )),
+                        }
+                    }
+                }
+                "hosts" => items().for_each(|h| q.add_filter("host", h)),
+                "datacenters" => items().for_each(|d| q.add_filter("datacenter", d)),
+                "agg" => {
+                    for item in items() {
+                        match item.parse::<Agg>() {
+                            Ok(a) if !aggs.contains(&a) => aggs.push(a),
+                            Ok(_) => {}
+                            Err(e) => errors.push(FieldError::new("agg", format!("{item:?} {e}"))),
+                        }
+                    }
+                }
+                "group_by" => {
+                    for item in items() {
+                        if !q.group_by.iter().any(|g| g == item) {
+                            q.group_by.push(item.to_string());
+                        }
+                    }
+                }
+                "order_by" => order_text = Some(value),
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = Some(n),
+                    _ => errors.push(FieldError::new(
+                        "limit",
+                        format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                    )),
+                },
+                other => errors.push(FieldError::new(other, "unknown parameter")),
+            }
+        }
+        match metric {
+            Some(m) => q.metric = m,
+            None => errors.push(FieldError::new("metric", "is required")),
+        }
+        if !aggs.is_empty() {
+            q.aggs = aggs;
+        }
+        if let Some(text) = window_text {
+            match parse_duration_micros(text) {
+                Ok(w) => q.window_micros = Some(w),
+                Err(e) => errors.push(FieldError::new("window", e)),
+            }
+        }
+        if let Some(text) = step_text {
+            match parse_duration_micros(text) {
+                Ok(s) => q.step_micros = Some(s),
+                Err(e) => errors.push(FieldError::new("step", e)),
+            }
+        }
+        if let Some(text) = order_text {
+            match parse_order_by(text, &q.aggs) {
+                Ok(o) => q.order_by = Some(o),
+                Err(e) => errors.push(FieldError::new("order_by", e)),
+            }
+        }
+        if errors.is_empty() {
+            q.validate()?;
+            Ok(q)
+        } else {
+            // Report the cross-field rules too, for the fields that parsed.
+            if let Err(Error::Validation(more)) = q.validate() {
+                errors.extend(more.into_iter().filter(|m| {
+                    m.field != "metric" && !errors.iter().any(|e| e.field == m.field)
+                }));
+            }
+            Err(Error::Validation(errors))
+        }
+    }
+
+    fn add_filter(&mut self, key: &str, pattern: &str) {
+        match self.filters.iter_mut().find(|f| f.key == key) {
+            Some(f) => f.patterns.push(pattern.to_string()),
+            None => self.filters.push(TagFilter {
+                key: key.to_string(),
+                patterns: vec![pattern.to_string()],
+            }),
+        }
+    }
+
+    /// Checks the rules that involve several fields; every violation is reported.
+    pub fn validate(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = check_metric_name(&self.metric) {
+            errors.push(FieldError::new("metric", e));
+        }
+        if let (Some(from), Some(to)) = (self.from, self.to)
+            && from >= to
+        {
+            errors.push(FieldError::new("to", "must be after from"));
+        }
+        if self.aggs.is_empty() {
+            errors.push(FieldError::new("agg", "must name at least one aggregation"));
+        }
+        if self.group_by.len() > MAX_GROUP_BY {
+            errors.push(FieldError::new(
+                "group_by",
+                format!("at most {MAX_GROUP_BY} keys"),
+            ));
+        }
+        let filter_count: usize = self.filters.iter().map(|f| f.patterns.len()).sum();
+        if filter_count > MAX_FILTERS {
+            errors.push(FieldError::new("tags", format!("at most {MAX_FILTERS} filter values")));
+        }
+        if self
+            .filters
+            .iter()
+            .any(|f| f.patterns.iter().any(|p| p.len() > MAX_PATTERN_BYTES))
+        {
+            errors.push(FieldError::new(
+                "tags",
+                format!("filter patterns may be at most {MAX_PATTERN_BYTES} bytes"),
+            ));
+        }
+        if let Some(OrderBy {
+            key: OrderKey::Agg(a),
+            ..
+        }) = self.order_by
+            && !self.aggs.contains(&a)
+        {
+            errors.push(FieldError::new("order_by", format!("{a} is not in agg")));
+        }
+        if self.window_micros.is_some_and(|w| w < MICROS_PER_SECOND) {
+            errors.push(FieldError::new("window", "must be at least 1s"));
+        }
+        if self.rolling {
+            match (self.window_micros, self.step_micros()) {
+                (None, _) => errors.push(FieldError::new("rolling", "needs a window")),
+                (Some(w), Some(s)) if w % s != 0 || w / s > MAX_ROLLING_SPAN => {
+                    errors.push(FieldError::new(
+                        "step",
+                        format!("must divide window, at most {MAX_ROLLING_SPAN} steps per window"),
+                    ));
+                }
+                _ => {}
+            }
+        } else if self.step_micros.is_some() {
+            errors.push(FieldError::new("step", "only applies with rolling=true"));
+        }
+        if let (Some(width), Some(from), Some(to)) = (self.bucket_micros(), self.from, self.to) {
+            let span = (to.as_micros() as i128 - from.as_micros() as i128) / width as i128;
+            if span > MAX_BUCKETS as i128 {
+                errors.push(FieldError::new(
+                    "window",
+                    format!("from..to holds more than {MAX_BUCKETS} buckets"),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Validation(errors))
+        }
+    }
+
+    /// Step of rolling windows: as given, or 1m when the window is a whole number of minutes
+    /// above 1m, or 1s otherwise.
+    pub fn step_micros(&self) -> Option<i64> {
+        let window = self.window_micros?;
+        Some(self.step_micros.unwrap_or({
+            let minute = 60 * MICROS_PER_SECOND;
+            if window > minute && window % minute == 0 {
+                minute
+            } else {
+                MICROS_PER_SECOND
+            }
+        }))
+    }
+
+    /// Width of the buckets a store computes: the step for rolling windows, the window for
+    /// tumbling ones, `None` without a window.
+    pub fn bucket_micros(&self) -> Option<i64> {
+        if self.rolling {
+            self.step_micros()
+        } else {
+            self.window_micros
+        }
+    }
+
+    /// `[from, to)` in microseconds, open ends made explicit.
+    pub fn time_range_micros(&self) -> (i64, i64) {
+        (
+            self.from.unwrap_or(Timestamp::MIN).as_micros(),
+            self.to.unwrap_or(Timestamp::MAX).as_micros(),
+        )
+    }
+
+    /// Whether percentiles are asked for (stores then also compute sketches).
+    pub fn needs_sketch(&self) -> bool {
+        self.aggs.iter().any(|a| a.is_percentile())
+    }
+
+    /// Whether a series (metric and tags) is selected by this query's metric and filters.
+    /// Filter patterns are matched as literal text except for `*`; they never reach SQL.
+    pub fn matches(&self, metric: &str, tags: &Tags) -> bool {
+        metric == self.metric
+            && self.filters.iter().all(|f| {
+                tags.get(&f.key)
+                    .is_some_and(|v| f.patterns.iter().any(|p| wildcard_match(p, v)))
+            })
+    }
+
+    /// The group a series belongs to.
+    pub fn group_key(&self, tags: &Tags) -> GroupKey {
+        self.group_by.iter().map(|k| tags.get(k).cloned()).collect()
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_order_by(text: &str, aggs: &[Agg]) -> Result<OrderBy, String> {
+    let (name, dir) = text.split_once(':').unwrap_or((text, "asc"));
+    let descending = match dir {
+        "asc" => false,
+        "desc" => true,
+        _ => return Err("direction must be asc or desc".to_string()),
+    };
+    let key = match name {
+        "value" => OrderKey::Agg(*aggs.first().ok_or("agg is empty")?),
+        "key" | "time" => OrderKey::Key,
+        other => OrderKey::Agg(
+            other
+                .parse()
+                .map_err(|_| "must be value, key, or an aggregation, then :asc or :desc".to_string())?,
+        ),
+    };
+    Ok(OrderBy { key, descending })
+}
+
+/// Matches `text` against `pattern`, where `*` stands for any run of characters and every
+/// other character stands for itself. Greedy with one backtrack point: at most
+/// `pattern.len() * text.len()` steps, and both are bounded (tag values by
+/// [`crate::model::Limits`], patterns by [`MAX_PATTERN_BYTES`]).
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(params: &[(&str, &str)]) -> Result<Query> {
+        Query::from_params(params)
+    }
+
+    fn bad_fields(params: &[(&str, &str)]) -> Vec<String> {
+        match parse(params) {
+            Err(Error::Validation(f)) => f.into_iter().map(|f| f.field).collect(),
+            other => panic!("expected validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_seed_examples() {
+        let q = parse(&[("metric", "cpu_usage"), ("window", "1h"), ("rolling", "true")]).unwrap();
+        assert_eq!(q.window_micros, Some(3_600 * MICROS_PER_SECOND));
+        assert_eq!(q.step_micros(), Some(60 * MICROS_PER_SECOND));
+        assert_eq!(q.bucket_micros(), Some(60 * MICROS_PER_SECOND));
+        let q = parse(&[
+            ("metric", "cpu_usage"),
+            ("from", "2024-01-20T00:00:00Z"),
+            ("to", "2024-01-20T23:59:59Z"),
+        ])
+        .unwrap();
+        assert!(q.from.is_some() && q.to.is_some());
+        assert_eq!(q.aggs, DEFAULT_AGGS.to_vec());
+        let q = parse(&[("metric", "cpu_usage"), ("datacenters", "us-west,us-east")]).unwrap();
+        assert_eq!(q.filters[0].key, "datacenter");
+        assert_eq!(q.filters[0].patterns, vec!["us-west", "us-east"]);
+        let q = parse(&[("metric", "cpu_usage"), ("tags", "environment:prod,service:api")]).unwrap();
+        assert_eq!(q.filters.len(), 2);
+        let q = parse(&[("metric", "cpu_usage"), ("hosts", "web-*,api-*")]).unwrap();
+        assert_eq!(q.filters[0].patterns, vec!["web-*", "api-*"]);
+        let q = parse(&[("metric", "cpu_usage"), ("agg", "avg,max,p95")]).unwrap();
+        assert_eq!(q.aggs, vec![Agg::Avg, Agg::Max, Agg::P95]);
+        let q = parse(&[("metric", "cpu_usage"), ("group_by", "datacenter,host")]).unwrap();
+        assert_eq!(q.group_by, vec!["datacenter", "host"]);
+        let q = parse(&[
+            ("metric", "cpu_usage"),
+            ("group_by", "host"),
+            ("order_by", "value:desc"),
+            ("limit", "10"),
+        ])
+        .unwrap();
+        assert_eq!(
+            q.order_by,
+            Some(OrderBy {
+                key: OrderKey::Agg(Agg::Avg),
+                descending: true
+            })
+        );
+        assert_eq!(q.limit, Some(10));
+    }
+
+    #[test]
+    fn reports_every_bad_parameter() {
+        let fields = bad_fields(&[
+            ("metric", "cpu usage"),
+            ("from", "yesterday"),
+            ("window", "7x"),
+            ("agg", "median"),
+            ("limit", "0"),
+            ("colour", "blue"),
+        ]);
+        assert_eq!(fields, vec!["from", "agg", "limit", "colour", "metric", "window"]);
+        assert_eq!(bad_fields(&[("window", "1h")]), vec!["metric"]);
+        assert_eq!(bad_fields(&[("metric", "m"), ("metric", "n")]), vec!["metric"]);
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("from", "2024-01-02"), ("to", "2024-01-01")]),
+            vec!["to"]
+        );
+        assert_eq!(bad_fields(&[("metric", "m"), ("rolling", "true")]), vec!["rolling"]);
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("window", "1h"), ("rolling", "true"), ("step", "7m")]),
+            vec!["step"]
+        );
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("agg", "avg"), ("order_by", "max:desc")]),
+            vec!["order_by"]
+        );
+        assert_eq!(
+            bad_fields(&[
+                ("metric", "m"),
+                ("window", "1s"),
+                ("from", "2000-01-01"),
+                ("to", "2024-01-01")
+            ]),
+            vec!["window"]
+        );
+    }
+
+    #[test]
+    fn agg_names_round_trip() {
+        for name in ["avg", "min", "max", "sum", "count", "p0", "p50", "p95", "p99", "p99.9", "p99.99", "p100"] {
+            let agg: Agg = name.parse().unwrap();
+            assert_eq!(agg.to_string(), name);
+        }
+        assert_eq!("p99.9".parse::<Agg>().unwrap().quantile(), Some(0.999));
+        for bad in ["p", "p101", "p-1", "p9.", "p.5", "p99.999", "P50", "mean", "p1e2"] {
+            assert!(bad.parse::<Agg>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wildcards_are_literal_but_for_star() {
+        assert!(wildcard_match("web-*", "web-01"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "aXXbYYc"));
+        assert!(!wildcard_match("a*b*c", "aXXbYY"));
+        assert!(wildcard_match("web-?", "web-?"));
+        assert!(!wildcard_match("web-?", "web-1"));
+        assert!(!wildcard_match("web-%", "web-1"));
+        assert!(!wildcard_match("web-_", "web-1"));
+        assert!(wildcard_match("x' OR 1=1--", "x' OR 1=1--"));
+        assert!(!wildcard_match("x' OR 1=1--", "web-1"));
+        let long = "a".repeat(10_000);
+        assert!(!wildcard_match(&format!("{}b", "*a".repeat(50)), &long));
+    }
+
+    #[test]
+    fn filters_and_groups() {
+        let q = parse(&[("metric", "cpu"), ("hosts", "web-*"), ("datacenters", "us-west"), ("group_by", "host,rack")])
+            .unwrap();
+        let tags: Tags = [("host", "web-1"), ("datacenter", "us-west")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(q.matches("cpu", &tags));
+        assert!(!q.matches("mem", &tags));
+        let mut other = tags.clone();
+        other.insert("datacenter".into(), "us-east".into());
+        assert!(!q.matches("cpu", &other));
+        other.remove("datacenter");
+        assert!(!q.matches("cpu", &other));
+        assert_eq!(q.group_key(&tags), vec![Some("web-1".to_string()), None]);
+    }
+}

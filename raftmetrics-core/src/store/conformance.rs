@@ -1,0 +1,267 @@
+//! The suite every [`Store`] implementation must pass.
+//!
+//! Call [`run`] from a test with a factory that makes a fresh, empty store:
+//!
+//! ```no_run
+//! use raftmetrics_core::store::{DuckDbStore, conformance};
+//! conformance::run(&|| Box::new(DuckDbStore::open_in_memory().unwrap()));
+//! ```
+//!
+//! Failures panic with a message naming the broken rule.
+
+use super::{PartitionWrite, Store};
+use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
+use crate::model::{Record, Tags};
+use crate::partition::PartitionId;
+use crate::query::{Agg, Query, TagFilter};
+use crate::sketch::SketchConfig;
+use crate::time::Timestamp;
+
+/// Makes a fresh, empty store.
+pub type Factory<'a> = &'a dyn Fn() -> Box<dyn Store>;
+
+/// Runs every check against fresh stores from `make`.
+pub fn run(make: Factory<'_>) {
+    applies_and_tracks_the_applied_index(&*make());
+    replaying_an_applied_index_changes_nothing(&*make());
+    a_call_is_atomic_across_partitions(&*make());
+    computes_exact_partial_states(&*make());
+    keeps_partitions_apart(&*make());
+    hostile_strings_are_data(&*make());
+    export_import_round_trips(&*make(), &*make());
+    drop_partition_forgets_everything(&*make());
+}
+
+/// A small deterministic generator (SplitMix64), so the suite needs no RNG crate.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+fn record(metric: &str, host: &str, dc: &str, ts_secs: i64, value: f64) -> Record {
+    let mut tags = Tags::new();
+    tags.insert("host".into(), host.into());
+    tags.insert("datacenter".into(), dc.into());
+    Record {
+        metric: metric.into(),
+        tags,
+        timestamp: Timestamp::from_micros(ts_secs * 1_000_000),
+        value,
+        partition_key: metric.into(),
+    }
+}
+
+fn sample(seed: u64, n: usize) -> Vec<Record> {
+    let mut rng = SplitMix(seed);
+    (0..n)
+        .map(|_| {
+            let host = format!("web-{}", rng.below(5));
+            let dc = ["us-west", "us-east", "eu"][rng.below(3) as usize];
+            let value = (rng.next_f64() - 0.2) * 1000.0;
+            record("cpu", &host, dc, 1_700_000_000 + rng.below(7200) as i64, value)
+        })
+        .collect()
+}
+
+fn write(p: PartitionId, index: u64, records: &[Record]) -> PartitionWrite<'_> {
+    PartitionWrite {
+        partition: p,
+        index,
+        records,
+    }
+}
+
+fn everything(metric: &str) -> Query {
+    let mut q = Query::new(metric);
+    q.aggs = vec![Agg::Count, Agg::Sum, Agg::Min, Agg::Max, Agg::P50];
+    q
+}
+
+fn total(p: &PartialAggregate) -> PartialState {
+    let mut t = PartialState::default();
+    for s in p.groups.values().flat_map(|b| b.values()) {
+        t.merge(s);
+    }
+    t
+}
+
+fn count_in(store: &dyn Store, partitions: &[PartitionId], metric: &str) -> u64 {
+    let cfg = SketchConfig::default();
+    store.compute(partitions, &everything(metric), &cfg).expect("compute").count()
+}
+
+fn applies_and_tracks_the_applied_index(store: &dyn Store) {
+    assert_eq!(store.applied_index(3).unwrap(), 0, "a new partition starts at index 0");
+    let rows = sample(1, 100);
+    assert_eq!(store.apply(&[write(3, 5, &rows)]).unwrap(), vec![true]);
+    assert_eq!(store.applied_index(3).unwrap(), 5);
+    assert_eq!(store.apply(&[write(3, 6, &[])]).unwrap(), vec![true], "empty entries advance the index");
+    assert_eq!(store.applied_index(3).unwrap(), 6);
+    assert_eq!(store.partitions().unwrap(), vec![3]);
+    assert_eq!(count_in(store, &[3], "cpu"), 100);
+}
+
+fn replaying_an_applied_index_changes_nothing(store: &dyn Store) {
+    let rows = sample(2, 50);
+    store.apply(&[write(0, 1, &rows), write(0, 2, &rows)]).unwrap();
+    let before = store.digest(0).unwrap();
+    assert_eq!(
+        store.apply(&[write(0, 1, &rows), write(0, 2, &rows)]).unwrap(),
+        vec![false, false],
+        "replayed entries report that they were already applied"
+    );
+    assert_eq!(store.digest(0).unwrap(), before, "a replay must not change the data");
+    assert_eq!(count_in(store, &[0], "cpu"), 100);
+    assert_eq!(store.apply(&[write(0, 3, &rows)]).unwrap(), vec![true]);
+    assert_eq!(count_in(store, &[0], "cpu"), 150);
+}
+
+fn a_call_is_atomic_across_partitions(store: &dyn Store) {
+    let rows = sample(3, 10);
+    store.apply(&[write(1, 1, &rows)]).unwrap();
+    // Partition 2 is new, partition 1 is replayed: only partition 2 changes.
+    assert_eq!(store.apply(&[write(2, 1, &rows), write(1, 1, &rows)]).unwrap(), vec![true, false]);
+    assert_eq!(count_in(store, &[1], "cpu"), 10);
+    assert_eq!(count_in(store, &[2], "cpu"), 10);
+    assert_eq!(store.applied_index(2).unwrap(), 1);
+}
+
+fn computes_exact_partial_states(store: &dyn Store) {
+    let cfg = SketchConfig::default();
+    let rows = sample(4, 2_000);
+    store.apply(&[write(0, 1, &rows[..1000]), write(1, 1, &rows[1000..])]).unwrap();
+    let mut q = everything("cpu");
+    q.group_by = vec!["datacenter".into()];
+    q.window_micros = Some(600 * 1_000_000);
+    q.from = Some(Timestamp::from_micros(1_700_000_600 * 1_000_000));
+    let got = store.compute(&[0, 1], &q, &cfg).unwrap();
+    let mut want = PartialAggregate::default();
+    for r in rows.iter().filter(|r| r.timestamp >= q.from.unwrap()) {
+        let bucket = r.timestamp.as_micros() / q.window_micros.unwrap() * q.window_micros.unwrap();
+        want.state_mut(q.group_key(&r.tags), bucket).add(&cfg, r.value, true);
+    }
+    assert_eq!(got.groups.keys().collect::<Vec<_>>(), want.groups.keys().collect::<Vec<_>>());
+    for (group, buckets) in &want.groups {
+        for (bucket, w) in buckets {
+            let g = &got.groups[group][bucket];
+            assert_eq!(g.count, w.count, "count of {group:?}/{bucket}");
+            assert_eq!((g.min, g.max), (w.min, w.max), "min/max of {group:?}/{bucket}");
+            assert!((g.sum - w.sum).abs() <= 1e-9 * w.sum.abs().max(1.0), "sum of {group:?}/{bucket}");
+            for agg in [Agg::P50, Agg::P95, Agg::Percentile(0), Agg::Percentile(10_000)] {
+                let (gv, wv) = (g.value(agg, &cfg).unwrap(), w.value(agg, &cfg).unwrap());
+                assert!(
+                    (gv - wv).abs() <= 2.0 * cfg.alpha() * wv.abs() + 1e-12,
+                    "{agg} of {group:?}/{bucket}: store {gv}, expected {wv}"
+                );
+            }
+        }
+    }
+    // Without a window everything lands in one bucket.
+    let whole = store.compute(&[0, 1], &everything("cpu"), &cfg).unwrap();
+    assert_eq!(whole.groups.len(), 1);
+    assert!(whole.groups[&Vec::new()].contains_key(&WHOLE_RANGE));
+    assert_eq!(total(&whole).count, 2_000);
+    assert!(store.compute(&[0, 1], &everything("mem"), &cfg).unwrap().groups.is_empty());
+}
+
+fn keeps_partitions_apart(store: &dyn Store) {
+    let a = sample(5, 30);
+    let b = sample(6, 70);
+    store.apply(&[write(7, 1, &a), write(8, 1, &b)]).unwrap();
+    assert_eq!(count_in(store, &[7], "cpu"), 30);
+    assert_eq!(count_in(store, &[8], "cpu"), 70);
+    assert_eq!(count_in(store, &[7, 8], "cpu"), 100);
+    assert_eq!(count_in(store, &[9], "cpu"), 0);
+    assert_eq!(count_in(store, &[], "cpu"), 0);
+}
+
+/// Strings that would change a query if they were ever pasted into SQL.
+pub const HOSTILE: [&str; 4] = [
+    "x' OR 1=1--",
+    "\"; DROP TABLE points; --",
+    "read_csv('/etc/passwd')",
+    "'; DROP TABLE rm_points; --",
+];
+
+fn hostile_strings_are_data(store: &dyn Store) {
+    let cfg = SketchConfig::default();
+    let mut rows = Vec::new();
+    for (i, s) in HOSTILE.iter().enumerate() {
+        rows.push(record("cpu", s, s, 1_700_000_000 + i as i64, i as f64));
+    }
+    rows.push(record("cpu", "plain", "plain", 1_700_000_100, 100.0));
+    store.apply(&[write(0, 1, &rows)]).unwrap();
+    for (i, s) in HOSTILE.iter().enumerate() {
+        let mut q = everything("cpu");
+        q.filters = vec![TagFilter {
+            key: "host".into(),
+            patterns: vec![s.to_string()],
+        }];
+        let got = total(&store.compute(&[0], &q, &cfg).unwrap());
+        assert_eq!((got.count, got.sum), (1, i as f64), "filter {s:?} must match only itself");
+        let mut q = everything("cpu");
+        q.group_by = vec!["host".into()];
+        let groups = store.compute(&[0], &q, &cfg).unwrap();
+        assert!(groups.groups.contains_key(&vec![Some(s.to_string())]), "group {s:?}");
+    }
+    let mut q = everything(HOSTILE[0]);
+    q.metric = HOSTILE[0].into();
+    assert!(store.compute(&[0], &q, &cfg).unwrap().groups.is_empty());
+    assert_eq!(count_in(store, &[0], "cpu"), 5, "no row was lost or dropped");
+}
+
+fn export_import_round_trips(source: &dyn Store, target: &dyn Store) {
+    let cfg = SketchConfig::default();
+    let rows = sample(7, 500);
+    source.apply(&[write(4, 9, &rows), write(5, 1, &rows[..10])]).unwrap();
+    let snapshot = source.export_partition(4).unwrap();
+    assert_eq!(snapshot.applied_index, 9);
+    assert_eq!(snapshot.points.len(), 500);
+    // The target already holds other data for partition 4: the import replaces it.
+    target.apply(&[write(4, 30, &sample(8, 40))]).unwrap();
+    target.import_partition(&snapshot).unwrap();
+    assert_eq!(target.digest(4).unwrap(), source.digest(4).unwrap());
+    assert_eq!(target.applied_index(4).unwrap(), 9);
+    let q = everything("cpu");
+    let (a, b) = (
+        total(&source.compute(&[4], &q, &cfg).unwrap()),
+        total(&target.compute(&[4], &q, &cfg).unwrap()),
+    );
+    assert_eq!((a.count, a.min, a.max), (b.count, b.min, b.max));
+    // Writes after an import extend the imported series consistently on both sides.
+    let more = sample(9, 20);
+    source.apply(&[write(4, 10, &more)]).unwrap();
+    target.apply(&[write(4, 10, &more)]).unwrap();
+    assert_eq!(target.digest(4).unwrap(), source.digest(4).unwrap());
+    assert_eq!(
+        target.export_partition(4).unwrap(),
+        source.export_partition(4).unwrap(),
+        "replicas that apply the same entries hold identical partitions"
+    );
+}
+
+fn drop_partition_forgets_everything(store: &dyn Store) {
+    let rows = sample(10, 20);
+    store.apply(&[write(6, 2, &rows), write(1, 1, &rows)]).unwrap();
+    store.drop_partition(6).unwrap();
+    assert_eq!(store.applied_index(6).unwrap(), 0);
+    assert_eq!(count_in(store, &[6], "cpu"), 0);
+    assert_eq!(count_in(store, &[1], "cpu"), 20);
+    assert_eq!(store.partitions().unwrap(), vec![1]);
+}

@@ -1,0 +1,580 @@
+//! [`Store`] on DuckDB: one database (file or in-memory) per node, holding every partition
+//! the node has.
+//!
+//! Tables (identifiers are fixed here; user data only ever travels as bound parameters):
+//! - `rm_series(partition_id, series_id, metric, tags)`: one row per series (metric + tag
+//!   set); `tags` is the tag map as JSON. `series_id = partition << 40 | n`, where n counts
+//!   the partition's series in apply order, so replicas that apply the same log agree.
+//! - `rm_points(partition_id, series_id, ts, value)`: one row per point; `ts` in µs.
+//! - `rm_partitions(partition_id, applied_index)`: the last log index applied.
+//!
+//! Series are resolved and filtered in memory (a catalog loaded at open), so tag filters and
+//! wildcards are plain Rust string matching and never reach SQL. Writes go through the
+//! Appender inside one transaction with the applied index. External file access is disabled
+//! and the configuration locked once the schema exists.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+use duckdb::{Connection, params};
+
+use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
+use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
+use crate::error::{Error, Result};
+use crate::model::{Tags, series_partition_key};
+use crate::partition::PartitionId;
+use crate::query::{GroupKey, Query};
+use crate::sketch::{Sketch, SketchConfig};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rm_series (
+    partition_id UINTEGER NOT NULL,
+    series_id UBIGINT NOT NULL,
+    metric VARCHAR NOT NULL,
+    tags VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rm_points (
+    partition_id UINTEGER NOT NULL,
+    series_id UBIGINT NOT NULL,
+    ts BIGINT NOT NULL,
+    value DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rm_partitions (
+    partition_id UINTEGER PRIMARY KEY,
+    applied_index UBIGINT NOT NULL
+);
+";
+
+/// Bits of a series id below the partition number.
+const SERIES_BITS: u32 = 40;
+
+/// Most series one partition may hold.
+pub const MAX_SERIES_PER_PARTITION: u64 = 1 << SERIES_BITS;
+
+/// Idle read connections kept for reuse.
+const READER_POOL: usize = 8;
+
+fn series_id(partition: PartitionId, n: u64) -> u64 {
+    (u64::from(partition) << SERIES_BITS) | n
+}
+
+#[derive(Default)]
+struct PartitionCatalog {
+    by_key: HashMap<String, u64>,
+    by_metric: HashMap<String, Vec<(u64, Tags)>>,
+    next: u64,
+}
+
+impl PartitionCatalog {
+    fn insert(&mut self, key: String, row: SeriesRow) {
+        self.next = self.next.max((row.id & (MAX_SERIES_PER_PARTITION - 1)) + 1);
+        self.by_key.insert(key, row.id);
+        self.by_metric
+            .entry(row.metric)
+            .or_default()
+            .push((row.id, row.tags));
+    }
+}
+
+/// A [`Store`] in one DuckDB database.
+pub struct DuckDbStore {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
+}
+
+fn storage(operation: &'static str) -> impl Fn(duckdb::Error) -> Error {
+    move |e| Error::storage(operation, e)
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Internal("a store lock was poisoned by a panic".to_string())
+}
+
+impl DuckDbStore {
+    /// Opens (or creates) a database file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::init(Connection::open(path).map_err(storage("open"))?)
+    }
+
+    /// A database that lives in memory only.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory().map_err(storage("open"))?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.execute_batch(SCHEMA).map_err(storage("create schema"))?;
+        conn.execute_batch("SET enable_external_access = false; SET lock_configuration = true;")
+            .map_err(storage("configure"))?;
+        let store = DuckDbStore {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            catalog: RwLock::new(HashMap::new()),
+        };
+        store.load_catalog(None)?;
+        Ok(store)
+    }
+
+    /// (Re)loads the series catalog of one partition, or of all.
+    fn load_catalog(&self, only: Option<PartitionId>) -> Result<()> {
+        let conn = self.writer.lock().map_err(poisoned)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT partition_id, series_id, metric, tags FROM rm_series
+                 WHERE ?::UINTEGER IS NULL OR partition_id = ? ORDER BY series_id",
+            )
+            .map_err(storage("load series"))?;
+        let rows = stmt
+            .query_map(params![only, only], |row| {
+                Ok((
+                    row.get::<_, u32>(0)?,
+                    row.get::<_, u64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(storage("load series"))?;
+        let mut loaded: HashMap<PartitionId, PartitionCatalog> = HashMap::new();
+        for row in rows {
+            let (partition, id, metric, tags) = row.map_err(storage("load series"))?;
+            let tags: Tags = serde_json::from_str(&tags)
+                .map_err(|e| Error::storage("load series", format!("bad tags of series {id}: {e}")))?;
+            let key = series_partition_key(&metric, &tags);
+            loaded
+                .entry(partition)
+                .or_default()
+                .insert(key, SeriesRow { id, metric, tags });
+        }
+        let mut catalog = self.catalog.write().map_err(poisoned)?;
+        match only {
+            Some(p) => {
+                catalog.remove(&p);
+                if let Some(c) = loaded.remove(&p) {
+                    catalog.insert(p, c);
+                }
+            }
+            None => *catalog = loaded,
+        }
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<PooledReader<'_>> {
+        let pooled = self.readers.lock().map_err(poisoned)?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self
+                .writer
+                .lock()
+                .map_err(poisoned)?
+                .try_clone()
+                .map_err(storage("connect"))?,
+        };
+        Ok(PooledReader {
+            conn: Some(conn),
+            store: self,
+        })
+    }
+
+    fn applied_index_in(conn: &Connection, partition: PartitionId) -> Result<u64> {
+        let mut stmt = conn
+            .prepare_cached("SELECT applied_index FROM rm_partitions WHERE partition_id = ?")
+            .map_err(storage("read applied index"))?;
+        let mut rows = stmt.query(params![partition]).map_err(storage("read applied index"))?;
+        match rows.next().map_err(storage("read applied index"))? {
+            Some(row) => row.get(0).map_err(storage("read applied index")),
+            None => Ok(0),
+        }
+    }
+
+    fn set_applied_index(conn: &Connection, partition: PartitionId, index: u64) -> Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO rm_partitions VALUES (?, ?)
+             ON CONFLICT (partition_id) DO UPDATE SET applied_index = excluded.applied_index",
+        )
+        .and_then(|mut s| s.execute(params![partition, index]))
+        .map_err(storage("write applied index"))?;
+        Ok(())
+    }
+}
+
+/// A read connection that goes back to the pool when dropped.
+struct PooledReader<'a> {
+    conn: Option<Connection>,
+    store: &'a DuckDbStore,
+}
+
+impl std::ops::Deref for PooledReader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut pool)) = (self.conn.take(), self.store.readers.lock())
+            && pool.len() < READER_POOL
+        {
+            pool.push(conn);
+        }
+    }
+}
+
+/// New series met while applying, before they are committed.
+struct NewSeries {
+    partition: PartitionId,
+    key: String,
+    row: SeriesRow,
+}
+
+impl Store for DuckDbStore {
+    fn apply(&self, writes: &[PartitionWrite<'_>]) -> Result<Vec<bool>> {
+        let mut conn = self.writer.lock().map_err(poisoned)?;
+        let tx = conn.transaction().map_err(storage("begin"))?;
+        let mut applied = Vec::with_capacity(writes.len());
+        let mut new_series: Vec<NewSeries> = Vec::new();
+        {
+            let catalog = self.catalog.read().map_err(poisoned)?;
+            let mut pending: HashMap<PartitionId, HashMap<String, u64>> = HashMap::new();
+            let mut next: HashMap<PartitionId, u64> = HashMap::new();
+            let mut last_index: HashMap<PartitionId, u64> = HashMap::new();
+            let mut points = tx.appender("rm_points").map_err(storage("insert"))?;
+            for w in writes {
+                let current = match last_index.get(&w.partition) {
+                    Some(&i) => i,
+                    None => Self::applied_index_in(&tx, w.partition)?,
+                };
+                if w.index <= current {
+                    applied.push(false);
+                    continue;
+                }
+                last_index.insert(w.partition, w.index);
+                applied.push(true);
+                let cat = catalog.get(&w.partition);
+                let pending = pending.entry(w.partition).or_default();
+                for r in w.records {
+                    let key = series_partition_key(&r.metric, &r.tags);
+                    let known = cat
+                        .and_then(|c| c.by_key.get(&key))
+                        .or_else(|| pending.get(&key))
+                        .copied();
+                    let id = match known {
+                        Some(id) => id,
+                        None => {
+                            let n = next
+                                .entry(w.partition)
+                                .or_insert_with(|| cat.map_or(0, |c| c.next));
+                            if *n >= MAX_SERIES_PER_PARTITION {
+                                return Err(Error::storage(
+                                    "insert",
+                                    "partition holds too many series",
+                                ));
+                            }
+                            let id = series_id(w.partition, *n);
+                            *n += 1;
+                            pending.insert(key.clone(), id);
+                            new_series.push(NewSeries {
+                                partition: w.partition,
+                                key,
+                                row: SeriesRow {
+                                    id,
+                                    metric: r.metric.clone(),
+                                    tags: r.tags.clone(),
+                                },
+                            });
+                            id
+                        }
+                    };
+                    points
+                        .append_row(params![w.partition, id, r.timestamp.as_micros(), r.value])
+                        .map_err(storage("insert"))?;
+                }
+            }
+            points.flush().map_err(storage("insert"))?;
+            drop(points);
+            if !new_series.is_empty() {
+                let mut series = tx.appender("rm_series").map_err(storage("insert series"))?;
+                for s in &new_series {
+                    let tags = serde_json::to_string(&s.row.tags)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    series
+                        .append_row(params![s.partition, s.row.id, s.row.metric, tags])
+                        .map_err(storage("insert series"))?;
+                }
+                series.flush().map_err(storage("insert series"))?;
+            }
+            for (&partition, &index) in &last_index {
+                Self::set_applied_index(&tx, partition, index)?;
+            }
+        }
+        tx.commit().map_err(storage("commit"))?;
+        if !new_series.is_empty() {
+            let mut catalog = self.catalog.write().map_err(poisoned)?;
+            for s in new_series {
+                catalog.entry(s.partition).or_default().insert(s.key, s.row);
+            }
+        }
+        Ok(applied)
+    }
+
+    fn applied_index(&self, partition: PartitionId) -> Result<u64> {
+        Self::applied_index_in(&self.reader()?, partition)
+    }
+
+    fn compute(
+        &self,
+        partitions: &[PartitionId],
+        query: &Query,
+        sketch: &SketchConfig,
+    ) -> Result<PartialAggregate> {
+        // 1. Select series and assign groups in memory.
+        let mut groups: Vec<GroupKey> = Vec::new();
+        let mut group_ids: HashMap<GroupKey, u32> = HashMap::new();
+        let (mut series_list, mut group_list) = (String::new(), String::new());
+        {
+            let catalog = self.catalog.read().map_err(poisoned)?;
+            for p in partitions {
+                let Some(candidates) = catalog.get(p).and_then(|c| c.by_metric.get(&query.metric)) else {
+                    continue;
+                };
+                for (id, tags) in candidates {
+                    if !query.matches(&query.metric, tags) {
+                        continue;
+                    }
+                    let key = query.group_key(tags);
+                    let next = groups.len() as u32;
+                    let gid = *group_ids.entry(key.clone()).or_insert_with(|| {
+                        groups.push(key);
+                        next
+                    });
+                    if !series_list.is_empty() {
+                        series_list.push(',');
+                        group_list.push(',');
+                    }
+                    series_list.push_str(&id.to_string());
+                    group_list.push_str(&gid.to_string());
+                }
+            }
+        }
+        let mut out = PartialAggregate::default();
+        if series_list.is_empty() {
+            return Ok(out);
+        }
+        // 2. Aggregate in DuckDB, joining the selection passed as bound parameters.
+        let (from, to) = query.time_range_micros();
+        let width = query.bucket_micros().unwrap_or(0);
+        let conn = self.reader()?;
+        let selection = "(SELECT unnest(string_split(?, ','))::UBIGINT AS series_id,
+                                 unnest(string_split(?, ','))::UINTEGER AS group_id) q";
+        let bucket = "CASE WHEN ?::BIGINT = 0 THEN 0 ELSE (p.ts // ?::BIGINT) * ?::BIGINT END";
+        let stats_sql = format!(
+            "SELECT q.group_id, {bucket} AS b, count(*), sum(p.value), min(p.value), max(p.value)
+             FROM rm_points p JOIN {selection} ON p.series_id = q.series_id
+             WHERE p.ts >= ? AND p.ts < ?
+             GROUP BY ALL"
+        );
+        let bucket_key = |b: i64| if width == 0 { WHOLE_RANGE } else { b };
+        {
+            let mut stmt = conn.prepare_cached(&stats_sql).map_err(storage("query"))?;
+            let mut rows = stmt
+                .query(params![width, width, width, series_list, group_list, from, to])
+                .map_err(storage("query"))?;
+            while let Some(row) = rows.next().map_err(storage("query"))? {
+                let gid: u32 = row.get(0).map_err(storage("query"))?;
+                let b: i64 = row.get(1).map_err(storage("query"))?;
+                let state = PartialState {
+                    count: row.get::<_, i64>(2).map_err(storage("query"))? as u64,
+                    sum: row.get(3).map_err(storage("query"))?,
+                    min: row.get(4).map_err(storage("query"))?,
+                    max: row.get(5).map_err(storage("query"))?,
+                    sketch: query.needs_sketch().then(Sketch::new),
+                };
+                let key = groups[gid as usize].clone();
+                out.state_mut(key, bucket_key(b)).merge(&state);
+            }
+        }
+        if query.needs_sketch() {
+            let sketch_sql = format!(
+                "SELECT q.group_id, {bucket} AS b, sign(p.value)::TINYINT AS s,
+                        CASE WHEN p.value = 0 THEN 0
+                             ELSE ceil(ln(abs(p.value)) / ?::DOUBLE)::INTEGER END AS i,
+                        count(*)
+                 FROM rm_points p JOIN {selection} ON p.series_id = q.series_id
+                 WHERE p.ts >= ? AND p.ts < ?
+                 GROUP BY ALL"
+            );
+            let mut stmt = conn.prepare_cached(&sketch_sql).map_err(storage("query"))?;
+            let mut rows = stmt
+                .query(params![
+                    width,
+                    width,
+                    width,
+                    sketch.ln_gamma(),
+                    series_list,
+                    group_list,
+                    from,
+                    to
+                ])
+                .map_err(storage("query"))?;
+            while let Some(row) = rows.next().map_err(storage("query"))? {
+                let gid: u32 = row.get(0).map_err(storage("query"))?;
+                let b: i64 = row.get(1).map_err(storage("query"))?;
+                let sign: i8 = row.get(2).map_err(storage("query"))?;
+                let index: i32 = row.get(3).map_err(storage("query"))?;
+                let count = row.get::<_, i64>(4).map_err(storage("query"))? as u64;
+                let key = groups[gid as usize].clone();
+                out.state_mut(key, bucket_key(b))
+                    .sketch
+                    .get_or_insert_with(Sketch::new)
+                    .add_bucket(sign, index, count);
+            }
+        }
+        Ok(out)
+    }
+
+    fn partitions(&self) -> Result<Vec<PartitionId>> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT partition_id FROM rm_partitions ORDER BY 1")
+            .map_err(storage("list partitions"))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, u32>(0))
+            .map_err(storage("list partitions"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(storage("list partitions"))
+    }
+
+    fn export_partition(&self, partition: PartitionId) -> Result<PartitionSnapshot> {
+        let mut conn = self.writer.lock().map_err(poisoned)?;
+        // One transaction, so the rows and the applied index are from the same moment.
+        let tx = conn.transaction().map_err(storage("export"))?;
+        let applied_index = Self::applied_index_in(&tx, partition)?;
+        let series = {
+            let mut stmt = tx
+                .prepare("SELECT series_id, metric, tags FROM rm_series WHERE partition_id = ? ORDER BY series_id")
+                .map_err(storage("export"))?;
+            let rows = stmt
+                .query_map(params![partition], |row| {
+                    Ok((row.get::<_, u64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                })
+                .map_err(storage("export"))?;
+            let mut series = Vec::new();
+            for row in rows {
+                let (id, metric, tags) = row.map_err(storage("export"))?;
+                let tags = serde_json::from_str(&tags).map_err(|e| Error::storage("export", e))?;
+                series.push(SeriesRow { id, metric, tags });
+            }
+            series
+        };
+        let points = {
+            let mut stmt = tx
+                .prepare("SELECT series_id, ts, value FROM rm_points WHERE partition_id = ?")
+                .map_err(storage("export"))?;
+            let rows = stmt
+                .query_map(params![partition], |row| {
+                    Ok(PointRow {
+                        series_id: row.get(0)?,
+                        timestamp_micros: row.get(1)?,
+                        value: row.get(2)?,
+                    })
+                })
+                .map_err(storage("export"))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(storage("export"))?
+        };
+        tx.commit().map_err(storage("export"))?;
+        Ok(PartitionSnapshot {
+            partition,
+            applied_index,
+            series,
+            points,
+        })
+    }
+
+    fn import_partition(&self, snapshot: &PartitionSnapshot) -> Result<()> {
+        let p = snapshot.partition;
+        if let Some(s) = snapshot.series.iter().find(|s| s.id >> SERIES_BITS != u64::from(p)) {
+            return Err(Error::InvalidRequest(format!(
+                "snapshot of partition {p} holds series {} of another partition",
+                s.id
+            )));
+        }
+        {
+            let mut conn = self.writer.lock().map_err(poisoned)?;
+            let tx = conn.transaction().map_err(storage("import"))?;
+            tx.execute("DELETE FROM rm_points WHERE partition_id = ?", params![p])
+                .map_err(storage("import"))?;
+            tx.execute("DELETE FROM rm_series WHERE partition_id = ?", params![p])
+                .map_err(storage("import"))?;
+            {
+                let mut series = tx.appender("rm_series").map_err(storage("import"))?;
+                for s in &snapshot.series {
+                    let tags = serde_json::to_string(&s.tags).map_err(|e| Error::Internal(e.to_string()))?;
+                    series
+                        .append_row(params![p, s.id, s.metric, tags])
+                        .map_err(storage("import"))?;
+                }
+                series.flush().map_err(storage("import"))?;
+                let mut points = tx.appender("rm_points").map_err(storage("import"))?;
+                for r in &snapshot.points {
+                    points
+                        .append_row(params![p, r.series_id, r.timestamp_micros, r.value])
+                        .map_err(storage("import"))?;
+                }
+                points.flush().map_err(storage("import"))?;
+            }
+            Self::set_applied_index(&tx, p, snapshot.applied_index)?;
+            tx.commit().map_err(storage("import"))?;
+        }
+        self.load_catalog(Some(p))
+    }
+
+    fn drop_partition(&self, partition: PartitionId) -> Result<()> {
+        {
+            let mut conn = self.writer.lock().map_err(poisoned)?;
+            let tx = conn.transaction().map_err(storage("drop partition"))?;
+            for table in ["rm_points", "rm_series", "rm_partitions"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE partition_id = ?"), params![partition])
+                    .map_err(storage("drop partition"))?;
+            }
+            tx.commit().map_err(storage("drop partition"))?;
+        }
+        self.catalog.write().map_err(poisoned)?.remove(&partition);
+        Ok(())
+    }
+
+    fn storage_bytes(&self) -> Result<u64> {
+        let conn = self.reader()?;
+        conn.query_row(
+            "SELECT (total_blocks * block_size)::UBIGINT FROM pragma_database_size()",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(storage("database size"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_access_and_configuration_are_locked() {
+        let store = DuckDbStore::open_in_memory().unwrap();
+        let conn = store.writer.lock().unwrap();
+        for sql in [
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "COPY rm_points TO '/tmp/rm_points_leak.csv'",
+            "SET enable_external_access = true",
+            "INSTALL httpfs",
+        ] {
+            assert!(conn.execute_batch(sql).is_err(), "{sql} must be refused");
+        }
+        assert!(!std::path::Path::new("/tmp/rm_points_leak.csv").exists());
+    }
+
+    #[test]
+    fn store_is_shareable_between_threads() {
+        fn is<T: Send + Sync>() {}
+        is::<DuckDbStore>();
+    }
+}

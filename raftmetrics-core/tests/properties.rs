@@ -1,0 +1,147 @@
+//! Property tests: merging is order-free, validation refuses what it must, and hostile
+//! strings are only ever data.
+
+use proptest::prelude::*;
+use raftmetrics_core::aggregate::{PartialAggregate, PartialState};
+use raftmetrics_core::model::{Limits, validate_batch};
+use raftmetrics_core::store::conformance::HOSTILE;
+use raftmetrics_core::{Agg, Engine, EngineConfig, Error, Point, Query, SketchConfig, Timestamp};
+
+fn now() -> Timestamp {
+    Timestamp::parse("2026-01-01T00:00:00Z").unwrap()
+}
+
+type Obs = (u8, u8, f64);
+
+fn aggregate(obs: &[Obs]) -> PartialAggregate {
+    let cfg = SketchConfig::default();
+    let mut p = PartialAggregate::default();
+    for &(g, b, v) in obs {
+        p.state_mut(vec![Some(format!("g{g}"))], i64::from(b)).add(&cfg, v, true);
+    }
+    p
+}
+
+fn assert_same(a: &PartialAggregate, b: &PartialAggregate) {
+    assert_eq!(a.groups.keys().collect::<Vec<_>>(), b.groups.keys().collect::<Vec<_>>());
+    for (g, buckets) in &a.groups {
+        for (k, x) in buckets {
+            let y: &PartialState = &b.groups[g][k];
+            assert_eq!((x.count, x.min, x.max), (y.count, y.min, y.max));
+            assert_eq!(x.sketch, y.sketch);
+            assert!((x.sum - y.sum).abs() <= 1e-9 * x.sum.abs().max(1.0));
+        }
+    }
+}
+
+fn value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        -1e6..1e6f64,
+        Just(0.0),
+        (1e-300..1e300f64),
+        (-1e300..-1e-300f64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn merge_is_associative_and_commutative(
+        a in prop::collection::vec((0u8..4, 0u8..3, value()), 0..60),
+        b in prop::collection::vec((0u8..4, 0u8..3, value()), 0..60),
+        c in prop::collection::vec((0u8..4, 0u8..3, value()), 0..60),
+    ) {
+        let (pa, pb, pc) = (aggregate(&a), aggregate(&b), aggregate(&c));
+        let mut left = pa.clone();
+        left.merge(pb.clone());
+        left.merge(pc.clone());
+        let mut bc = pb.clone();
+        bc.merge(pc.clone());
+        let mut right = pa.clone();
+        right.merge(bc);
+        let mut swapped = pc;
+        swapped.merge(pa);
+        swapped.merge(pb);
+        let all: Vec<Obs> = a.iter().chain(&b).chain(&c).copied().collect();
+        let whole = aggregate(&all);
+        assert_same(&left, &right);
+        assert_same(&left, &swapped);
+        assert_same(&left, &whole);
+        // Finalized percentiles do not depend on the merge order either.
+        let cfg = SketchConfig::default();
+        for (g, buckets) in &left.groups {
+            for (k, s) in buckets {
+                prop_assert_eq!(s.value(Agg::P95, &cfg), swapped.groups[g][k].value(Agg::P95, &cfg));
+            }
+        }
+    }
+
+    #[test]
+    fn validation_refuses_non_finite_values(v in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)]) {
+        let err = validate_batch(vec![Point::new("m", v)], now(), &Limits::default()).unwrap_err();
+        prop_assert!(matches!(err, Error::Validation(ref f) if f[0].field == "points[0].value"));
+    }
+
+    #[test]
+    fn validation_accepts_finite_values(v in any::<f64>().prop_filter("finite", |v| v.is_finite())) {
+        prop_assert!(validate_batch(vec![Point::new("m", v)], now(), &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn metric_names_follow_the_pattern(name in "[a-zA-Z0-9_.-]{1,255}", bad in "[a-z]{0,5}[^a-zA-Z0-9_.-][a-z]{0,5}") {
+        prop_assert!(validate_batch(vec![Point::new(name, 1.0)], now(), &Limits::default()).is_ok());
+        prop_assert!(validate_batch(vec![Point::new(bad.clone(), 1.0)], now(), &Limits::default()).is_err());
+        prop_assert!(Query::from_params(&[("metric", bad.as_str())]).is_err());
+    }
+
+    #[test]
+    fn oversized_tags_are_refused(extra in 1usize..100, count in 33usize..40) {
+        let limits = Limits::default();
+        let long = Point::new("m", 1.0).tag("host", "x".repeat(limits.max_tag_value_bytes + extra));
+        prop_assert!(validate_batch(vec![long], now(), &limits).is_err());
+        let long_key = Point::new("m", 1.0).tag("k".repeat(limits.max_tag_key_bytes + extra), "v");
+        prop_assert!(validate_batch(vec![long_key], now(), &limits).is_err());
+        let mut many = Point::new("m", 1.0);
+        for i in 0..count {
+            many = many.tag(format!("t{i}"), "v");
+        }
+        prop_assert!(validate_batch(vec![many], now(), &limits).is_err());
+    }
+}
+
+fn hostile() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(HOSTILE.to_vec()).prop_map(str::to_string),
+        "[a-zA-Z0-9 '\";%_()\\\\/=-]{1,40}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn hostile_strings_are_only_data(s in hostile()) {
+        prop_assume!(s.trim() == s && !s.contains(','));
+        let engine = Engine::open_in_memory(EngineConfig::default()).unwrap();
+        let t = Timestamp::parse("2025-06-01T00:00:00Z").unwrap();
+        engine.insert(vec![
+            Point::new("cpu", 1.0).at(t).tag("host", s.as_str()).tag("env", s.as_str()),
+            Point::new("cpu", 2.0).at(t).tag("host", "plain").tag("env", "prod"),
+            Point::new("cpu", 4.0).at(t).tag("host", "other").tag("env", "dev"),
+        ]).unwrap();
+        for param in ["hosts", "tags"] {
+            let value = if param == "tags" { format!("env:{s}") } else { s.clone() };
+            let q = Query::from_params(&[("metric", "cpu"), (param, value.as_str()), ("agg", "count,sum")]).unwrap();
+            let r = engine.query(&q).unwrap();
+            prop_assert_eq!(r.get(Agg::Count), Some(1.0), "{} = {:?}", param, s);
+            prop_assert_eq!(r.get(Agg::Sum), Some(1.0));
+        }
+        // As a metric name it is refused (unless it is a valid name), and nothing changed.
+        if Query::from_params(&[("metric", s.as_str())]).is_ok() {
+            prop_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+        }
+        let all = engine.query(&Query::from_params(&[("metric", "cpu"), ("agg", "count")]).unwrap()).unwrap();
+        prop_assert_eq!(all.get(Agg::Count), Some(3.0));
+    }
+}
