@@ -334,9 +334,11 @@ impl Query {
         } else {
             // Report the cross-field rules too, for the fields that parsed.
             if let Err(Error::Validation(more)) = q.validate() {
-                errors.extend(more.into_iter().filter(|m| {
-                    m.field != "metric" && !errors.iter().any(|e| e.field == m.field)
-                }));
+                let new: Vec<FieldError> = more
+                    .into_iter()
+                    .filter(|m| !errors.iter().any(|e| e.field == m.field))
+                    .collect();
+                errors.extend(new);
             }
             Err(Error::Validation(errors))
         }
@@ -600,7 +602,7 @@ mod tests {
             ("limit", "0"),
             ("colour", "blue"),
         ]);
-        assert_eq!(fields, vec!["from", "agg", "limit", "colour", "metric", "window"]);
+        assert_eq!(fields, vec!["from", "agg", "limit", "colour", "window", "metric"]);
         assert_eq!(bad_fields(&[("window", "1h")]), vec!["metric"]);
         assert_eq!(bad_fields(&[("metric", "m"), ("metric", "n")]), vec!["metric"]);
         assert_eq!(

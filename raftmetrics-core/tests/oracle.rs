@@ -211,9 +211,9 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
             // the end of the last one (per group).
             format!(
                 "WITH sel AS (SELECT * FROM pts WHERE {where_}),
-                 ends AS (SELECT {gcols} unnest(range(
-                     (min(epoch_us(ts)) // {s}) * {s} + {s},
-                     (max(epoch_us(ts)) // {s}) * {s} + {s} + 1, {s})) AS e FROM sel GROUP BY ALL)
+                 ext AS (SELECT {gcols} (min(epoch_us(ts)) // {s}) * {s} + {s} AS lo,
+                                (max(epoch_us(ts)) // {s}) * {s} + {s} AS hi FROM sel GROUP BY ALL),
+                 ends AS (SELECT {gcols} unnest(range(lo, hi + 1, {s})) AS e FROM ext)
                  SELECT {gsel} ends.e - {w}, count(*), sum(value), min(value), max(value), avg(value),
                         quantile_disc(value, 0.5), quantile_disc(value, 0.95), quantile_disc(value, 0.99)
                  FROM ends JOIN sel ON epoch_us(sel.ts) >= ends.e - {w} AND epoch_us(sel.ts) < ends.e {gjoin}

@@ -319,7 +319,8 @@ impl Store for DuckDbStore {
     }
 
     fn applied_index(&self, partition: PartitionId) -> Result<u64> {
-        Self::applied_index_in(&self.reader()?, partition)
+        let conn = self.reader()?;
+        Self::applied_index_in(&conn, partition)
     }
 
     fn compute(
