@@ -47,7 +47,11 @@ fn points(seed: u64) -> Vec<Point> {
             3 => rng.next_f64() * 1e6,
             _ => 20.0 + rng.next_f64() * 60.0,
         };
-        let ts = T0 + rng.below(48 * HOUR as u64) as i64;
+        let mut ts = T0 + rng.below(48 * HOUR as u64) as i64;
+        if rng.below(3) == 0 {
+            // Whole minutes, so that points sit exactly on bucket and range boundaries.
+            ts -= ts % 60_000_000;
+        }
         let mut p = Point::new(metric, value)
             .at(Timestamp::from_micros(ts))
             .tag("host", host.as_str())
@@ -58,6 +62,19 @@ fn points(seed: u64) -> Vec<Point> {
             _ => {}
         }
         out.push(p);
+    }
+    // A sparse, heavy-tailed metric: few points per group, spread over many orders of
+    // magnitude, so that a percentile off by one rank is far outside the error bound.
+    for _ in 0..400 {
+        let host = &hosts[rng.below(hosts.len() as u64) as usize];
+        let ts = T0 + rng.below(48 * HOUR as u64) as i64;
+        let value = (rng.next_f64() * 30.0).exp() * if rng.below(5) == 0 { -1.0 } else { 1.0 };
+        out.push(
+            Point::new("latency_ms", value)
+                .at(Timestamp::from_micros(ts))
+                .tag("host", host.as_str())
+                .tag("datacenter", "us-west"),
+        );
     }
     for (file, metric, host) in [
         (include_str!("data/ec2_network_in_257a54.csv"), "net_in", "nab-net"),
@@ -385,6 +402,11 @@ fn every_query_shape_matches_plain_duckdb() {
             vec![("metric", "cpu_usage"), ("group_by", "datacenter,env"), ("order_by", "key:desc")],
             vec![("metric", "cpu_usage"), ("window", "1h"), ("order_by", "sum:desc"), ("limit", "5")],
             vec![("metric", "cpu_usage"), ("tags", "env:prod"), ("window", "2h"), ("group_by", "host"), ("order_by", "min:asc"), ("limit", "2")],
+            vec![("metric", "latency_ms")],
+            vec![("metric", "latency_ms"), ("group_by", "host")],
+            vec![("metric", "latency_ms"), ("window", "6h"), ("group_by", "host"), ("order_by", "p95:desc")],
+            vec![("metric", "latency_ms"), ("window", "12h"), ("rolling", "true"), ("step", "1h")],
+            vec![("metric", "cpu_usage"), ("from", "2024-01-20T06:00:00Z"), ("to", "2024-01-20T06:10:00Z"), ("window", "1m")],
             vec![("metric", "no_such_metric")],
             vec![("metric", "cpu_usage"), ("hosts", "nobody-*")],
         ];
