@@ -17,17 +17,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 6 hosts in 2 datacenters, one point per minute for 8 hours: 2,880 points.
     let start = Timestamp::parse("2024-01-20T08:00:00Z")?;
     let mut batch = Vec::new();
-    for (h, host) in ["web-1", "web-2", "web-3", "api-1", "api-2", "db-1"].iter().enumerate() {
+    for (h, host) in ["web-1", "web-2", "web-3", "api-1", "api-2", "db-1"]
+        .iter()
+        .enumerate()
+    {
         let datacenter = if h % 2 == 0 { "us-west" } else { "us-east" };
         let mut level = 30.0 + 8.0 * h as f64;
         for minute in 0..480i64 {
             // A deterministic wobble with a daily-ish swell and an occasional spike.
             level += ((minute * 7 + h as i64 * 13) % 11) as f64 * 0.2 - 1.0;
             level = level.clamp(1.0, 99.0);
-            let spike = if (minute + h as i64 * 37) % 97 == 0 { 35.0 } else { 0.0 };
+            let spike = if (minute + h as i64 * 37) % 97 == 0 {
+                35.0
+            } else {
+                0.0
+            };
             batch.push(
                 Point::new("cpu_usage", (level + spike).min(100.0))
-                    .at(Timestamp::from_micros(start.as_micros() + minute * 60_000_000))
+                    .at(Timestamp::from_micros(
+                        start.as_micros() + minute * 60_000_000,
+                    ))
                     .tag("host", *host)
                     .tag("datacenter", datacenter),
             );
@@ -48,7 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ])?;
     let result = engine.query(&by_datacenter)?;
     println!("\ncpu_usage by datacenter");
-    println!("{:<10} {:>8} {:>8} {:>8} {:>6} {:>8}", "dc", "avg", "min", "max", "count", "p95");
+    println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>6} {:>8}",
+        "dc", "avg", "min", "max", "count", "p95"
+    );
     for g in &result.groups {
         let v = |a| find(&g.aggregations, a).unwrap_or(f64::NAN);
         println!(

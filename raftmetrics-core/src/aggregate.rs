@@ -92,7 +92,11 @@ pub struct PartialAggregate {
 impl PartialAggregate {
     /// The state of one (group, bucket), created empty on first use.
     pub fn state_mut(&mut self, group: GroupKey, bucket: i64) -> &mut PartialState {
-        self.groups.entry(group).or_default().entry(bucket).or_default()
+        self.groups
+            .entry(group)
+            .or_default()
+            .entry(bucket)
+            .or_default()
     }
 
     /// Folds `other` into `self`.
@@ -284,8 +288,8 @@ fn order_rows<T>(rows: &mut [T], order: Option<&OrderBy>, vals: impl Fn(&T) -> &
         return;
     }
     // Rows arrive in key order; a stable sort keeps key order among ties.
-    rows.sort_by(|a, b| {
-        match (sort_key(vals(a), order), sort_key(vals(b), order)) {
+    rows.sort_by(
+        |a, b| match (sort_key(vals(a), order), sort_key(vals(b), order)) {
             (Some(x), Some(y)) => {
                 let ord = x.total_cmp(&y);
                 if order.descending { ord.reverse() } else { ord }
@@ -293,8 +297,8 @@ fn order_rows<T>(rows: &mut [T], order: Option<&OrderBy>, vals: impl Fn(&T) -> &
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => std::cmp::Ordering::Equal,
-        }
-    });
+        },
+    );
 }
 
 /// Finalizes merged partial states into the answer of `query`.
@@ -319,7 +323,12 @@ pub fn finalize(
         for (key, group_buckets) in &partial.groups {
             let state = merged(group_buckets.values());
             groups.push(GroupResult {
-                key: query.group_by.iter().cloned().zip(key.iter().cloned()).collect(),
+                key: query
+                    .group_by
+                    .iter()
+                    .cloned()
+                    .zip(key.iter().cloned())
+                    .collect(),
                 aggregations: values(&state, query, cfg),
                 buckets: finalize_buckets(group_buckets, query, cfg),
             });
@@ -399,7 +408,14 @@ mod tests {
         // Windows end at 1..=6; the one ending at 5 ([2,5)) holds 4.0; none is empty.
         assert_eq!(
             got,
-            vec![(1, Some(1.0)), (2, Some(3.0)), (3, Some(7.0)), (4, Some(6.0)), (5, Some(4.0)), (6, Some(8.0))]
+            vec![
+                (1, Some(1.0)),
+                (2, Some(3.0)),
+                (3, Some(7.0)),
+                (4, Some(6.0)),
+                (5, Some(4.0)),
+                (6, Some(8.0))
+            ]
         );
         assert_eq!(r.get(Agg::Sum), Some(15.0));
     }
@@ -417,13 +433,21 @@ mod tests {
         q.limit = Some(2);
         let mut a = PartialAggregate::default();
         let mut b = PartialAggregate::default();
-        a.state_mut(vec![Some("h1".into())], WHOLE_RANGE).merge(&state(&[5.0]));
-        a.state_mut(vec![Some("h2".into())], WHOLE_RANGE).merge(&state(&[1.0]));
-        b.state_mut(vec![Some("h2".into())], WHOLE_RANGE).merge(&state(&[9.0]));
-        b.state_mut(vec![Some("h3".into())], WHOLE_RANGE).merge(&state(&[5.0]));
+        a.state_mut(vec![Some("h1".into())], WHOLE_RANGE)
+            .merge(&state(&[5.0]));
+        a.state_mut(vec![Some("h2".into())], WHOLE_RANGE)
+            .merge(&state(&[1.0]));
+        b.state_mut(vec![Some("h2".into())], WHOLE_RANGE)
+            .merge(&state(&[9.0]));
+        b.state_mut(vec![Some("h3".into())], WHOLE_RANGE)
+            .merge(&state(&[5.0]));
         a.merge(b);
         let r = finalize(&q, &cfg, &a, Coverage::complete());
-        let keys: Vec<_> = r.groups.iter().map(|g| g.key[0].1.clone().unwrap()).collect();
+        let keys: Vec<_> = r
+            .groups
+            .iter()
+            .map(|g| g.key[0].1.clone().unwrap())
+            .collect();
         assert_eq!(keys, vec!["h2", "h1"]);
         assert_eq!(r.get(Agg::Max), Some(9.0));
     }

@@ -83,7 +83,11 @@ impl Engine {
     /// An engine over any [`Store`].
     pub fn with_store(store: Arc<dyn Store>, config: EngineConfig) -> Result<Self> {
         let partitioner = HashPartitioner::new(config.partitions)?;
-        if let Some(&p) = store.partitions()?.iter().find(|&&p| p >= config.partitions) {
+        if let Some(&p) = store
+            .partitions()?
+            .iter()
+            .find(|&&p| p >= config.partitions)
+        {
             return Err(Error::InvalidRequest(format!(
                 "the store holds partition {p}, but the engine is configured with {} partitions",
                 config.partitions
@@ -152,7 +156,12 @@ impl Engine {
         query.validate()?;
         let all: Vec<PartitionId> = (0..self.config.partitions).collect();
         let partial = self.compute(&all, query)?;
-        Ok(finalize(query, &self.config.sketch, &partial, Coverage::complete()))
+        Ok(finalize(
+            query,
+            &self.config.sketch,
+            &partial,
+            Coverage::complete(),
+        ))
     }
 
     /// Partial states of a query over some partitions (what a worker returns).

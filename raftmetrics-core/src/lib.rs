@@ -51,7 +51,9 @@ pub mod sketch;
 pub mod store;
 pub mod time;
 
-pub use aggregate::{AggValue, BucketResult, Coverage, GroupResult, PartialAggregate, PartialState, QueryResult};
+pub use aggregate::{
+    AggValue, BucketResult, Coverage, GroupResult, PartialAggregate, PartialState, QueryResult,
+};
 pub use engine::{Engine, EngineConfig, InsertReport};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use model::{Limits, Point, Record, Tags};

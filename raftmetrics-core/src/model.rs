@@ -147,11 +147,7 @@ fn check_tag_key(key: &str, limits: &Limits) -> std::result::Result<(), String> 
     Ok(())
 }
 
-fn check_text(
-    text: &str,
-    max_bytes: usize,
-    what: &str,
-) -> std::result::Result<(), String> {
+fn check_text(text: &str, max_bytes: usize, what: &str) -> std::result::Result<(), String> {
     if text.is_empty() || text.len() > max_bytes {
         return Err(format!("{what} must be 1 to {max_bytes} bytes"));
     }
@@ -167,17 +163,25 @@ fn check_text(
 /// returned and the error lists every bad field of every bad point.
 pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Result<Vec<Record>> {
     if points.is_empty() {
-        return Err(Error::field("points", "a batch must hold at least one point"));
+        return Err(Error::field(
+            "points",
+            "a batch must hold at least one point",
+        ));
     }
     if points.len() > limits.max_batch_points {
         return Err(Error::field(
             "points",
-            format!("a batch may hold at most {} points", limits.max_batch_points),
+            format!(
+                "a batch may hold at most {} points",
+                limits.max_batch_points
+            ),
         ));
     }
-    let latest = now
-        .as_micros()
-        .saturating_add(limits.max_future_skew_secs.saturating_mul(MICROS_PER_SECOND));
+    let latest = now.as_micros().saturating_add(
+        limits
+            .max_future_skew_secs
+            .saturating_mul(MICROS_PER_SECOND),
+    );
     let mut errors = Vec::new();
     let mut records = Vec::with_capacity(points.len());
     for (i, point) in points.into_iter().enumerate() {
@@ -235,7 +239,10 @@ pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Re
         }
         // Bound the error list: a huge bad batch must not make a huge error body.
         if errors.len() >= 100 {
-            errors.push(FieldError::new("points", "too many errors; stopped checking"));
+            errors.push(FieldError::new(
+                "points",
+                "too many errors; stopped checking",
+            ));
             break;
         }
     }
@@ -266,7 +273,10 @@ mod tests {
         let p = Point::new("cpu_usage", 75.5).tag("host", "server-1");
         let records = validate_batch(vec![p.clone()], now(), &Limits::default()).unwrap();
         assert_eq!(records[0].timestamp, now());
-        assert_eq!(records[0].partition_key, series_partition_key("cpu_usage", &p.tags));
+        assert_eq!(
+            records[0].partition_key,
+            series_partition_key("cpu_usage", &p.tags)
+        );
         let keyed = p.partition_key("user123");
         let records = validate_batch(vec![keyed], now(), &Limits::default()).unwrap();
         assert_eq!(records[0].partition_key, "user123");
@@ -309,8 +319,14 @@ mod tests {
             ..Limits::default()
         };
         let three = vec![Point::new("m", 1.0); 3];
-        assert_eq!(fields(validate_batch(three, now(), &limits).unwrap_err()), vec!["points"]);
-        assert_eq!(fields(validate_batch(vec![], now(), &limits).unwrap_err()), vec!["points"]);
+        assert_eq!(
+            fields(validate_batch(three, now(), &limits).unwrap_err()),
+            vec!["points"]
+        );
+        assert_eq!(
+            fields(validate_batch(vec![], now(), &limits).unwrap_err()),
+            vec!["points"]
+        );
         let two_tags = Point::new("m", 1.0).tag("a", "1").tag("b", "2");
         assert_eq!(
             fields(validate_batch(vec![two_tags], now(), &limits).unwrap_err()),

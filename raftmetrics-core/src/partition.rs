@@ -74,7 +74,12 @@ mod tests {
             ("héllo wörld", 0xca5aeb8da2d76864),
         ];
         for (key, hash) in vectors {
-            assert_eq!(stable_hash(key), hash, "stable_hash({key:?}) = {:#018x}", stable_hash(key));
+            assert_eq!(
+                stable_hash(key),
+                hash,
+                "stable_hash({key:?}) = {:#018x}",
+                stable_hash(key)
+            );
         }
     }
 
@@ -105,7 +110,10 @@ mod tests {
             counts[p.partition_of(&format!("host-{i}")) as usize] += 1;
         }
         // Expected 1000 each; a fair hash stays well within +-15%.
-        assert!(counts.iter().all(|&c| (850..=1150).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (850..=1150).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

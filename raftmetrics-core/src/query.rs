@@ -98,7 +98,10 @@ impl FromStr for Agg {
                 if whole.is_empty()
                     || whole.len() > 3
                     || frac.len() > 2
-                    || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+                    || !whole
+                        .bytes()
+                        .chain(frac.bytes())
+                        .all(|b| b.is_ascii_digit())
                     || (num.contains('.') && frac.is_empty())
                 {
                     return Err(ERR.to_string());
@@ -376,7 +379,10 @@ impl Query {
         }
         let filter_count: usize = self.filters.iter().map(|f| f.patterns.len()).sum();
         if filter_count > MAX_FILTERS {
-            errors.push(FieldError::new("tags", format!("at most {MAX_FILTERS} filter values")));
+            errors.push(FieldError::new(
+                "tags",
+                format!("at most {MAX_FILTERS} filter values"),
+            ));
         }
         if self
             .filters
@@ -500,11 +506,9 @@ fn parse_order_by(text: &str, aggs: &[Agg]) -> Result<OrderBy, String> {
     let key = match name {
         "value" => OrderKey::Agg(*aggs.first().ok_or("agg is empty")?),
         "key" | "time" => OrderKey::Key,
-        other => OrderKey::Agg(
-            other
-                .parse()
-                .map_err(|_| "must be value, key, or an aggregation, then :asc or :desc".to_string())?,
-        ),
+        other => OrderKey::Agg(other.parse().map_err(|_| {
+            "must be value, key, or an aggregation, then :asc or :desc".to_string()
+        })?),
     };
     Ok(OrderBy { key, descending })
 }
@@ -552,7 +556,12 @@ mod tests {
 
     #[test]
     fn parses_the_seed_examples() {
-        let q = parse(&[("metric", "cpu_usage"), ("window", "1h"), ("rolling", "true")]).unwrap();
+        let q = parse(&[
+            ("metric", "cpu_usage"),
+            ("window", "1h"),
+            ("rolling", "true"),
+        ])
+        .unwrap();
         assert_eq!(q.window_micros, Some(3_600 * MICROS_PER_SECOND));
         assert_eq!(q.step_micros(), Some(60 * MICROS_PER_SECOND));
         assert_eq!(q.bucket_micros(), Some(60 * MICROS_PER_SECOND));
@@ -567,7 +576,11 @@ mod tests {
         let q = parse(&[("metric", "cpu_usage"), ("datacenters", "us-west,us-east")]).unwrap();
         assert_eq!(q.filters[0].key, "datacenter");
         assert_eq!(q.filters[0].patterns, vec!["us-west", "us-east"]);
-        let q = parse(&[("metric", "cpu_usage"), ("tags", "environment:prod,service:api")]).unwrap();
+        let q = parse(&[
+            ("metric", "cpu_usage"),
+            ("tags", "environment:prod,service:api"),
+        ])
+        .unwrap();
         assert_eq!(q.filters.len(), 2);
         let q = parse(&[("metric", "cpu_usage"), ("hosts", "web-*,api-*")]).unwrap();
         assert_eq!(q.filters[0].patterns, vec!["web-*", "api-*"]);
@@ -602,16 +615,34 @@ mod tests {
             ("limit", "0"),
             ("colour", "blue"),
         ]);
-        assert_eq!(fields, vec!["from", "agg", "limit", "colour", "window", "metric"]);
-        assert_eq!(bad_fields(&[("window", "1h")]), vec!["metric"]);
-        assert_eq!(bad_fields(&[("metric", "m"), ("metric", "n")]), vec!["metric"]);
         assert_eq!(
-            bad_fields(&[("metric", "m"), ("from", "2024-01-02"), ("to", "2024-01-01")]),
+            fields,
+            vec!["from", "agg", "limit", "colour", "window", "metric"]
+        );
+        assert_eq!(bad_fields(&[("window", "1h")]), vec!["metric"]);
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("metric", "n")]),
+            vec!["metric"]
+        );
+        assert_eq!(
+            bad_fields(&[
+                ("metric", "m"),
+                ("from", "2024-01-02"),
+                ("to", "2024-01-01")
+            ]),
             vec!["to"]
         );
-        assert_eq!(bad_fields(&[("metric", "m"), ("rolling", "true")]), vec!["rolling"]);
         assert_eq!(
-            bad_fields(&[("metric", "m"), ("window", "1h"), ("rolling", "true"), ("step", "7m")]),
+            bad_fields(&[("metric", "m"), ("rolling", "true")]),
+            vec!["rolling"]
+        );
+        assert_eq!(
+            bad_fields(&[
+                ("metric", "m"),
+                ("window", "1h"),
+                ("rolling", "true"),
+                ("step", "7m")
+            ]),
             vec!["step"]
         );
         assert_eq!(
@@ -631,12 +662,17 @@ mod tests {
 
     #[test]
     fn agg_names_round_trip() {
-        for name in ["avg", "min", "max", "sum", "count", "p0", "p50", "p95", "p99", "p99.9", "p99.99", "p100"] {
+        for name in [
+            "avg", "min", "max", "sum", "count", "p0", "p50", "p95", "p99", "p99.9", "p99.99",
+            "p100",
+        ] {
             let agg: Agg = name.parse().unwrap();
             assert_eq!(agg.to_string(), name);
         }
         assert_eq!("p99.9".parse::<Agg>().unwrap().quantile(), Some(0.999));
-        for bad in ["p", "p101", "p-1", "p9.", "p.5", "p99.999", "P50", "mean", "p1e2"] {
+        for bad in [
+            "p", "p101", "p-1", "p9.", "p.5", "p99.999", "P50", "mean", "p1e2",
+        ] {
             assert!(bad.parse::<Agg>().is_err(), "{bad}");
         }
     }
@@ -659,8 +695,13 @@ mod tests {
 
     #[test]
     fn filters_and_groups() {
-        let q = parse(&[("metric", "cpu"), ("hosts", "web-*"), ("datacenters", "us-west"), ("group_by", "host,rack")])
-            .unwrap();
+        let q = parse(&[
+            ("metric", "cpu"),
+            ("hosts", "web-*"),
+            ("datacenters", "us-west"),
+            ("group_by", "host,rack"),
+        ])
+        .unwrap();
         let tags: Tags = [("host", "web-1"), ("datacenter", "us-west")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -142,14 +142,22 @@ mod tests {
         assert_eq!(Timestamp::parse("2024-01-20T15:30:00").unwrap(), z);
         assert_eq!(Timestamp::parse("2024-01-20 15:30:00").unwrap(), z);
         assert_eq!(
-            Timestamp::parse("2024-01-20T15:30:00.25Z").unwrap().as_micros(),
+            Timestamp::parse("2024-01-20T15:30:00.25Z")
+                .unwrap()
+                .as_micros(),
             z.as_micros() + 250_000
         );
         assert_eq!(
             Timestamp::parse("2024-01-20").unwrap().as_micros(),
             1_705_708_800 * MICROS_PER_SECOND
         );
-        for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "2024-01-20T25:00:00Z", "1705764600"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-01-20T25:00:00Z",
+            "1705764600",
+        ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
     }
@@ -165,9 +173,18 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration_micros("1m").unwrap(), 60 * MICROS_PER_SECOND);
-        assert_eq!(parse_duration_micros("5m").unwrap(), 300 * MICROS_PER_SECOND);
-        assert_eq!(parse_duration_micros("1h").unwrap(), 3_600 * MICROS_PER_SECOND);
-        assert_eq!(parse_duration_micros("1d").unwrap(), 86_400 * MICROS_PER_SECOND);
+        assert_eq!(
+            parse_duration_micros("5m").unwrap(),
+            300 * MICROS_PER_SECOND
+        );
+        assert_eq!(
+            parse_duration_micros("1h").unwrap(),
+            3_600 * MICROS_PER_SECOND
+        );
+        assert_eq!(
+            parse_duration_micros("1d").unwrap(),
+            86_400 * MICROS_PER_SECOND
+        );
         for bad in ["", "0m", "-1m", "1", "m", "1y", "1.5h", "99999999999999d"] {
             assert!(parse_duration_micros(bad).is_err(), "{bad}");
         }

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 
 use duckdb::{Connection, params};
-use raftmetrics_core::aggregate::{AggValue, Coverage, PartialAggregate, QueryResult, finalize, find};
+use raftmetrics_core::aggregate::{
+    AggValue, Coverage, PartialAggregate, QueryResult, finalize, find,
+};
 use raftmetrics_core::model::{Limits, validate_batch};
 use raftmetrics_core::partition::{HashPartitioner, Partitioner};
 use raftmetrics_core::query::{Agg, OrderKey, Query};
@@ -77,8 +79,16 @@ fn points(seed: u64) -> Vec<Point> {
         );
     }
     for (file, metric, host) in [
-        (include_str!("data/ec2_network_in_257a54.csv"), "net_in", "nab-net"),
-        (include_str!("data/ec2_cpu_utilization_5f5533.csv"), "cpu_usage", "nab-cpu"),
+        (
+            include_str!("data/ec2_network_in_257a54.csv"),
+            "net_in",
+            "nab-net",
+        ),
+        (
+            include_str!("data/ec2_cpu_utilization_5f5533.csv"),
+            "cpu_usage",
+            "nab-cpu",
+        ),
     ] {
         for line in file.lines().skip(1) {
             let (ts, value) = line.split_once(',').unwrap();
@@ -125,10 +135,18 @@ fn fixture(seed: u64) -> Fixture {
     let partitioner = HashPartitioner::new(PARTITIONS).unwrap();
     let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
     for r in records {
-        by_partition.entry(partitioner.partition_of(&r.partition_key)).or_default().push(r);
+        by_partition
+            .entry(partitioner.partition_of(&r.partition_key))
+            .or_default()
+            .push(r);
     }
-    assert!(by_partition.len() > 8, "data must spread over the partitions");
-    let stores: Vec<DuckDbStore> = (0..STORES).map(|_| DuckDbStore::open_in_memory().unwrap()).collect();
+    assert!(
+        by_partition.len() > 8,
+        "data must spread over the partitions"
+    );
+    let stores: Vec<DuckDbStore> = (0..STORES)
+        .map(|_| DuckDbStore::open_in_memory().unwrap())
+        .collect();
     for (p, rows) in &by_partition {
         // Several log entries per partition, as replication would deliver them.
         let writes: Vec<PartitionWrite<'_>> = rows
@@ -154,7 +172,9 @@ fn cluster(fx: &Fixture, q: &Query) -> QueryResult {
     let mut merged = PartialAggregate::default();
     // Merge in a different order than the stores are numbered: merge order must not matter.
     for (i, store) in fx.stores.iter().enumerate().rev() {
-        let owned: Vec<u32> = (0..PARTITIONS).filter(|p| *p as usize % STORES == i).collect();
+        let owned: Vec<u32> = (0..PARTITIONS)
+            .filter(|p| *p as usize % STORES == i)
+            .collect();
         merged.merge(store.compute(&owned, q, &fx.cfg).unwrap());
     }
     finalize(q, &fx.cfg, &merged, Coverage::complete())
@@ -203,7 +223,11 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
     }
     for f in &q.filters {
         assert!(["host", "datacenter", "env"].contains(&f.key.as_str()));
-        let ors: Vec<String> = f.patterns.iter().map(|_| format!("{} LIKE ? ESCAPE '\\'", f.key)).collect();
+        let ors: Vec<String> = f
+            .patterns
+            .iter()
+            .map(|_| format!("{} LIKE ? ESCAPE '\\'", f.key))
+            .collect();
         conds.push(format!("({})", ors.join(" OR ")));
         args.extend(f.patterns.iter().map(|p| like_pattern(p).into()));
     }
@@ -254,14 +278,27 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
             let start: Option<i64> = row.get(n)?;
             let count: i64 = row.get(n + 1)?;
             let mut vals = BTreeMap::new();
-            for (i, agg) in [Agg::Sum, Agg::Min, Agg::Max, Agg::Avg, Agg::P50, Agg::P95, Agg::P99]
-                .into_iter()
-                .enumerate()
+            for (i, agg) in [
+                Agg::Sum,
+                Agg::Min,
+                Agg::Max,
+                Agg::Avg,
+                Agg::P50,
+                Agg::P95,
+                Agg::P99,
+            ]
+            .into_iter()
+            .enumerate()
             {
                 vals.insert(agg, row.get::<_, Option<f64>>(n + 2 + i)?);
             }
             vals.insert(Agg::Count, Some(count as f64));
-            Ok(Row { group, start, count: count as u64, vals })
+            Ok(Row {
+                group,
+                start,
+                count: count as u64,
+                vals,
+            })
         })
         .unwrap();
     let mut rows: Vec<Row> = rows.map(Result::unwrap).filter(|r| r.count > 0).collect();
@@ -272,7 +309,9 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
 fn close(agg: Agg, got: Option<f64>, want: Option<f64>, alpha: f64) -> bool {
     match (got, want) {
         (None, None) => true,
-        (Some(g), Some(w)) if agg.is_percentile() => (g - w).abs() <= alpha * w.abs() * (1.0 + 1e-9),
+        (Some(g), Some(w)) if agg.is_percentile() => {
+            (g - w).abs() <= alpha * w.abs() * (1.0 + 1e-9)
+        }
         (Some(g), Some(w)) => (g - w).abs() <= 1e-9 * w.abs().max(1e-300) || g == w,
         _ => false,
     }
@@ -281,22 +320,28 @@ fn close(agg: Agg, got: Option<f64>, want: Option<f64>, alpha: f64) -> bool {
 fn check_values(what: &str, got: &[AggValue], want: &Row, q: &Query, alpha: f64) {
     for agg in &q.aggs {
         let (g, w) = (find(got, *agg), want.vals[agg]);
-        assert!(close(*agg, g, w, alpha), "{what}: {agg} = {g:?}, oracle {w:?} (query {q:?})");
+        assert!(
+            close(*agg, g, w, alpha),
+            "{what}: {agg} = {g:?}, oracle {w:?} (query {q:?})"
+        );
     }
 }
 
 fn total_row(fx: &Fixture, q: &Query) -> Row {
-    oracle(fx, q, false, false).into_iter().next().unwrap_or(Row {
-        group: vec![],
-        start: None,
-        count: 0,
-        vals: q
-            .aggs
-            .iter()
-            .map(|&a| (a, None))
-            .chain([(Agg::Count, Some(0.0))])
-            .collect(),
-    })
+    oracle(fx, q, false, false)
+        .into_iter()
+        .next()
+        .unwrap_or(Row {
+            group: vec![],
+            start: None,
+            count: 0,
+            vals: q
+                .aggs
+                .iter()
+                .map(|&a| (a, None))
+                .chain([(Agg::Count, Some(0.0))])
+                .collect(),
+        })
 }
 
 /// Orders oracle rows as the API promises: by the aggregation's value, ties by key.
@@ -325,7 +370,10 @@ fn check(fx: &Fixture, q: &Query) -> QueryResult {
     if total.count == 0 {
         total_vals.insert(Agg::Sum, Some(0.0));
     }
-    let total = Row { vals: total_vals, ..total };
+    let total = Row {
+        vals: total_vals,
+        ..total
+    };
     check_values("overall", &got.aggregations, &total, q, alpha);
     let windowed = q.window_micros.is_some();
     if !q.group_by.is_empty() {
@@ -334,21 +382,41 @@ fn check(fx: &Fixture, q: &Query) -> QueryResult {
         if let Some(limit) = q.limit {
             want.truncate(limit);
         }
-        let got_keys: Vec<_> = got.groups.iter().map(|g| g.key.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()).collect();
+        let got_keys: Vec<_> = got
+            .groups
+            .iter()
+            .map(|g| g.key.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
+            .collect();
         let want_keys: Vec<_> = want.iter().map(|r| r.group.clone()).collect();
         assert_eq!(got_keys, want_keys, "groups of {q:?}");
         for (g, w) in got.groups.iter().zip(&want) {
-            check_values(&format!("group {:?}", w.group), &g.aggregations, w, q, alpha);
+            check_values(
+                &format!("group {:?}", w.group),
+                &g.aggregations,
+                w,
+                q,
+                alpha,
+            );
         }
         if windowed {
             let want = oracle(fx, q, true, true);
             for g in &got.groups {
                 let key: Vec<_> = g.key.iter().map(|(_, v)| v.clone()).collect();
                 let mine: Vec<&Row> = want.iter().filter(|r| r.group == key).collect();
-                assert_eq!(g.buckets.len(), mine.len(), "buckets of group {key:?} in {q:?}");
+                assert_eq!(
+                    g.buckets.len(),
+                    mine.len(),
+                    "buckets of group {key:?} in {q:?}"
+                );
                 for (b, w) in g.buckets.iter().zip(mine) {
                     assert_eq!(Some(b.start.as_micros()), w.start);
-                    check_values(&format!("group {key:?} bucket {}", b.start), &b.aggregations, w, q, alpha);
+                    check_values(
+                        &format!("group {key:?} bucket {}", b.start),
+                        &b.aggregations,
+                        w,
+                        q,
+                        alpha,
+                    );
                 }
             }
         }
@@ -358,11 +426,18 @@ fn check(fx: &Fixture, q: &Query) -> QueryResult {
         if let Some(limit) = q.limit {
             want.truncate(limit);
         }
-        let starts: Vec<_> = got.buckets.iter().map(|b| Some(b.start.as_micros())).collect();
+        let starts: Vec<_> = got
+            .buckets
+            .iter()
+            .map(|b| Some(b.start.as_micros()))
+            .collect();
         let want_starts: Vec<_> = want.iter().map(|r| r.start).collect();
         assert_eq!(starts, want_starts, "buckets of {q:?}");
         for (b, w) in got.buckets.iter().zip(&want) {
-            assert_eq!(b.end.as_micros() - b.start.as_micros(), q.window_micros.unwrap());
+            assert_eq!(
+                b.end.as_micros() - b.start.as_micros(),
+                q.window_micros.unwrap()
+            );
             check_values(&format!("bucket {}", b.start), &b.aggregations, w, q, alpha);
         }
     }
@@ -382,31 +457,108 @@ fn every_query_shape_matches_plain_duckdb() {
         let shapes: Vec<Vec<(&str, &str)>> = vec![
             vec![("metric", "cpu_usage")],
             vec![("metric", "net_in")],
-            vec![("metric", "cpu_usage"), ("from", "2024-01-20T06:00:00Z"), ("to", "2024-01-21T03:30:00Z")],
+            vec![
+                ("metric", "cpu_usage"),
+                ("from", "2024-01-20T06:00:00Z"),
+                ("to", "2024-01-21T03:30:00Z"),
+            ],
             vec![("metric", "cpu_usage"), ("tags", "env:prod")],
-            vec![("metric", "cpu_usage"), ("tags", "env:prod,env:staging,datacenter:us-*")],
+            vec![
+                ("metric", "cpu_usage"),
+                ("tags", "env:prod,env:staging,datacenter:us-*"),
+            ],
             vec![("metric", "cpu_usage"), ("hosts", "web-*,api-1")],
             vec![("metric", "cpu_usage"), ("hosts", "*-1*")],
-            vec![("metric", "mem_used"), ("datacenters", "us-west,eu-central")],
+            vec![
+                ("metric", "mem_used"),
+                ("datacenters", "us-west,eu-central"),
+            ],
             vec![("metric", "cpu_usage"), ("group_by", "datacenter,host")],
             vec![("metric", "cpu_usage"), ("group_by", "env")],
             vec![("metric", "cpu_usage"), ("window", "1h")],
-            vec![("metric", "cpu_usage"), ("window", "5m"), ("from", "2024-01-20T10:00:00Z"), ("to", "2024-01-20T12:00:00Z")],
-            vec![("metric", "cpu_usage"), ("window", "1d"), ("group_by", "datacenter")],
-            vec![("metric", "cpu_usage"), ("window", "1h"), ("rolling", "true"), ("step", "10m"), ("hosts", "web-*")],
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "5m"),
+                ("from", "2024-01-20T10:00:00Z"),
+                ("to", "2024-01-20T12:00:00Z"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "1d"),
+                ("group_by", "datacenter"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "1h"),
+                ("rolling", "true"),
+                ("step", "10m"),
+                ("hosts", "web-*"),
+            ],
             vec![("metric", "net_in"), ("window", "1h"), ("rolling", "true")],
-            vec![("metric", "mem_used"), ("window", "6h"), ("rolling", "true"), ("step", "1h"), ("group_by", "env")],
-            vec![("metric", "cpu_usage"), ("group_by", "host"), ("order_by", "value:desc"), ("limit", "3")],
-            vec![("metric", "cpu_usage"), ("group_by", "host"), ("order_by", "max:asc"), ("limit", "5")],
-            vec![("metric", "cpu_usage"), ("group_by", "host"), ("order_by", "count:desc"), ("limit", "4")],
-            vec![("metric", "cpu_usage"), ("group_by", "datacenter,env"), ("order_by", "key:desc")],
-            vec![("metric", "cpu_usage"), ("window", "1h"), ("order_by", "sum:desc"), ("limit", "5")],
-            vec![("metric", "cpu_usage"), ("tags", "env:prod"), ("window", "2h"), ("group_by", "host"), ("order_by", "min:asc"), ("limit", "2")],
+            vec![
+                ("metric", "mem_used"),
+                ("window", "6h"),
+                ("rolling", "true"),
+                ("step", "1h"),
+                ("group_by", "env"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("group_by", "host"),
+                ("order_by", "value:desc"),
+                ("limit", "3"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("group_by", "host"),
+                ("order_by", "max:asc"),
+                ("limit", "5"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("group_by", "host"),
+                ("order_by", "count:desc"),
+                ("limit", "4"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("group_by", "datacenter,env"),
+                ("order_by", "key:desc"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "1h"),
+                ("order_by", "sum:desc"),
+                ("limit", "5"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("tags", "env:prod"),
+                ("window", "2h"),
+                ("group_by", "host"),
+                ("order_by", "min:asc"),
+                ("limit", "2"),
+            ],
             vec![("metric", "latency_ms")],
             vec![("metric", "latency_ms"), ("group_by", "host")],
-            vec![("metric", "latency_ms"), ("window", "6h"), ("group_by", "host"), ("order_by", "p95:desc")],
-            vec![("metric", "latency_ms"), ("window", "12h"), ("rolling", "true"), ("step", "1h")],
-            vec![("metric", "cpu_usage"), ("from", "2024-01-20T06:00:00Z"), ("to", "2024-01-20T06:10:00Z"), ("window", "1m")],
+            vec![
+                ("metric", "latency_ms"),
+                ("window", "6h"),
+                ("group_by", "host"),
+                ("order_by", "p95:desc"),
+            ],
+            vec![
+                ("metric", "latency_ms"),
+                ("window", "12h"),
+                ("rolling", "true"),
+                ("step", "1h"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("from", "2024-01-20T06:00:00Z"),
+                ("to", "2024-01-20T06:10:00Z"),
+                ("window", "1m"),
+            ],
             vec![("metric", "no_such_metric")],
             vec![("metric", "cpu_usage"), ("hosts", "nobody-*")],
         ];
@@ -422,8 +574,15 @@ fn hostile_strings_are_matched_as_literal_data() {
     for s in HOSTILE {
         let q = query(&[("metric", "cpu_usage"), ("hosts", s)]);
         let got = check(&fx, &q);
-        assert!(got.get(Agg::Count).unwrap() > 0.0, "{s:?} is a host of the data set");
-        let q = query(&[("metric", "cpu_usage"), ("tags", &format!("host:{s}")), ("group_by", "host")]);
+        assert!(
+            got.get(Agg::Count).unwrap() > 0.0,
+            "{s:?} is a host of the data set"
+        );
+        let q = query(&[
+            ("metric", "cpu_usage"),
+            ("tags", &format!("host:{s}")),
+            ("group_by", "host"),
+        ]);
         let got = check(&fx, &q);
         assert_eq!(got.groups.len(), 1);
         assert_eq!(got.groups[0].key[0].1.as_deref(), Some(s));

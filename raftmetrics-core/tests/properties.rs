@@ -17,13 +17,17 @@ fn aggregate(obs: &[Obs]) -> PartialAggregate {
     let cfg = SketchConfig::default();
     let mut p = PartialAggregate::default();
     for &(g, b, v) in obs {
-        p.state_mut(vec![Some(format!("g{g}"))], i64::from(b)).add(&cfg, v, true);
+        p.state_mut(vec![Some(format!("g{g}"))], i64::from(b))
+            .add(&cfg, v, true);
     }
     p
 }
 
 fn assert_same(a: &PartialAggregate, b: &PartialAggregate) {
-    assert_eq!(a.groups.keys().collect::<Vec<_>>(), b.groups.keys().collect::<Vec<_>>());
+    assert_eq!(
+        a.groups.keys().collect::<Vec<_>>(),
+        b.groups.keys().collect::<Vec<_>>()
+    );
     for (g, buckets) in &a.groups {
         for (k, x) in buckets {
             let y: &PartialState = &b.groups[g][k];

@@ -16,7 +16,9 @@ fn conformance_file_backed() {
     let dir = tempfile::tempdir().unwrap();
     let n = AtomicU32::new(0);
     conformance::run(&|| {
-        let path = dir.path().join(format!("store-{}.duckdb", n.fetch_add(1, Ordering::SeqCst)));
+        let path = dir
+            .path()
+            .join(format!("store-{}.duckdb", n.fetch_add(1, Ordering::SeqCst)));
         Box::new(DuckDbStore::open(path).unwrap())
     });
 }
@@ -41,8 +43,16 @@ fn reopening_a_file_keeps_data_series_and_applied_index() {
         let store = DuckDbStore::open(&path).unwrap();
         store
             .apply(&[
-                PartitionWrite { partition: 2, index: 41, records: &rows[..600] },
-                PartitionWrite { partition: 5, index: 7, records: &rows[600..] },
+                PartitionWrite {
+                    partition: 2,
+                    index: 41,
+                    records: &rows[..600],
+                },
+                PartitionWrite {
+                    partition: 5,
+                    index: 7,
+                    records: &rows[600..],
+                },
             ])
             .unwrap();
         store.digest(2).unwrap()
@@ -54,19 +64,33 @@ fn reopening_a_file_keeps_data_series_and_applied_index() {
     assert_eq!(store.digest(2).unwrap(), digest);
     // Replaying the last entry after a restart is a no-op...
     assert_eq!(
-        store.apply(&[PartitionWrite { partition: 2, index: 41, records: &rows[..600] }]).unwrap(),
+        store
+            .apply(&[PartitionWrite {
+                partition: 2,
+                index: 41,
+                records: &rows[..600]
+            }])
+            .unwrap(),
         vec![false]
     );
     assert_eq!(store.digest(2).unwrap(), digest);
     // ...and the next one reuses the series the catalog reloaded (no duplicate series).
-    store.apply(&[PartitionWrite { partition: 2, index: 42, records: &rows[..10] }]).unwrap();
+    store
+        .apply(&[PartitionWrite {
+            partition: 2,
+            index: 42,
+            records: &rows[..10],
+        }])
+        .unwrap();
     let snapshot = store.export_partition(2).unwrap();
     let mut ids: Vec<u64> = snapshot.series.iter().map(|s| s.id).collect();
     ids.dedup();
     assert_eq!(ids.len(), 7, "seven hosts, seven series");
     let mut q = Query::new("cpu");
     q.group_by = vec!["host".into()];
-    let got = store.compute(&[2, 5], &q, &SketchConfig::default()).unwrap();
+    let got = store
+        .compute(&[2, 5], &q, &SketchConfig::default())
+        .unwrap();
     assert_eq!(got.groups.len(), 7);
     assert_eq!(got.count(), 1_010);
 }
@@ -87,6 +111,8 @@ fn appender_rows_roll_back_with_their_transaction() {
         drop(app);
         tx.rollback().unwrap();
     }
-    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 0);
 }

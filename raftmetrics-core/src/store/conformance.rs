@@ -74,7 +74,13 @@ fn sample(seed: u64, n: usize) -> Vec<Record> {
             let host = format!("web-{}", rng.below(5));
             let dc = ["us-west", "us-east", "eu"][rng.below(3) as usize];
             let value = (rng.next_f64() - 0.2) * 1000.0;
-            record("cpu", &host, dc, 1_700_000_000 + rng.below(7200) as i64, value)
+            record(
+                "cpu",
+                &host,
+                dc,
+                1_700_000_000 + rng.below(7200) as i64,
+                value,
+            )
         })
         .collect()
 }
@@ -103,15 +109,26 @@ fn total(p: &PartialAggregate) -> PartialState {
 
 fn count_in(store: &dyn Store, partitions: &[PartitionId], metric: &str) -> u64 {
     let cfg = SketchConfig::default();
-    store.compute(partitions, &everything(metric), &cfg).expect("compute").count()
+    store
+        .compute(partitions, &everything(metric), &cfg)
+        .expect("compute")
+        .count()
 }
 
 fn applies_and_tracks_the_applied_index(store: &dyn Store) {
-    assert_eq!(store.applied_index(3).unwrap(), 0, "a new partition starts at index 0");
+    assert_eq!(
+        store.applied_index(3).unwrap(),
+        0,
+        "a new partition starts at index 0"
+    );
     let rows = sample(1, 100);
     assert_eq!(store.apply(&[write(3, 5, &rows)]).unwrap(), vec![true]);
     assert_eq!(store.applied_index(3).unwrap(), 5);
-    assert_eq!(store.apply(&[write(3, 6, &[])]).unwrap(), vec![true], "empty entries advance the index");
+    assert_eq!(
+        store.apply(&[write(3, 6, &[])]).unwrap(),
+        vec![true],
+        "empty entries advance the index"
+    );
     assert_eq!(store.applied_index(3).unwrap(), 6);
     assert_eq!(store.partitions().unwrap(), vec![3]);
     assert_eq!(count_in(store, &[3], "cpu"), 100);
@@ -119,14 +136,22 @@ fn applies_and_tracks_the_applied_index(store: &dyn Store) {
 
 fn replaying_an_applied_index_changes_nothing(store: &dyn Store) {
     let rows = sample(2, 50);
-    store.apply(&[write(0, 1, &rows), write(0, 2, &rows)]).unwrap();
+    store
+        .apply(&[write(0, 1, &rows), write(0, 2, &rows)])
+        .unwrap();
     let before = store.digest(0).unwrap();
     assert_eq!(
-        store.apply(&[write(0, 1, &rows), write(0, 2, &rows)]).unwrap(),
+        store
+            .apply(&[write(0, 1, &rows), write(0, 2, &rows)])
+            .unwrap(),
         vec![false, false],
         "replayed entries report that they were already applied"
     );
-    assert_eq!(store.digest(0).unwrap(), before, "a replay must not change the data");
+    assert_eq!(
+        store.digest(0).unwrap(),
+        before,
+        "a replay must not change the data"
+    );
     assert_eq!(count_in(store, &[0], "cpu"), 100);
     assert_eq!(store.apply(&[write(0, 3, &rows)]).unwrap(), vec![true]);
     assert_eq!(count_in(store, &[0], "cpu"), 150);
@@ -136,7 +161,12 @@ fn a_call_is_atomic_across_partitions(store: &dyn Store) {
     let rows = sample(3, 10);
     store.apply(&[write(1, 1, &rows)]).unwrap();
     // Partition 2 is new, partition 1 is replayed: only partition 2 changes.
-    assert_eq!(store.apply(&[write(2, 1, &rows), write(1, 1, &rows)]).unwrap(), vec![true, false]);
+    assert_eq!(
+        store
+            .apply(&[write(2, 1, &rows), write(1, 1, &rows)])
+            .unwrap(),
+        vec![true, false]
+    );
     assert_eq!(count_in(store, &[1], "cpu"), 10);
     assert_eq!(count_in(store, &[2], "cpu"), 10);
     assert_eq!(store.applied_index(2).unwrap(), 1);
@@ -145,7 +175,9 @@ fn a_call_is_atomic_across_partitions(store: &dyn Store) {
 fn computes_exact_partial_states(store: &dyn Store) {
     let cfg = SketchConfig::default();
     let rows = sample(4, 2_000);
-    store.apply(&[write(0, 1, &rows[..1000]), write(1, 1, &rows[1000..])]).unwrap();
+    store
+        .apply(&[write(0, 1, &rows[..1000]), write(1, 1, &rows[1000..])])
+        .unwrap();
     let mut q = everything("cpu");
     q.group_by = vec!["datacenter".into()];
     q.window_micros = Some(600 * 1_000_000);
@@ -154,16 +186,32 @@ fn computes_exact_partial_states(store: &dyn Store) {
     let mut want = PartialAggregate::default();
     for r in rows.iter().filter(|r| r.timestamp >= q.from.unwrap()) {
         let bucket = r.timestamp.as_micros() / q.window_micros.unwrap() * q.window_micros.unwrap();
-        want.state_mut(q.group_key(&r.tags), bucket).add(&cfg, r.value, true);
+        want.state_mut(q.group_key(&r.tags), bucket)
+            .add(&cfg, r.value, true);
     }
-    assert_eq!(got.groups.keys().collect::<Vec<_>>(), want.groups.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.groups.keys().collect::<Vec<_>>(),
+        want.groups.keys().collect::<Vec<_>>()
+    );
     for (group, buckets) in &want.groups {
         for (bucket, w) in buckets {
             let g = &got.groups[group][bucket];
             assert_eq!(g.count, w.count, "count of {group:?}/{bucket}");
-            assert_eq!((g.min, g.max), (w.min, w.max), "min/max of {group:?}/{bucket}");
-            assert!((g.sum - w.sum).abs() <= 1e-9 * w.sum.abs().max(1.0), "sum of {group:?}/{bucket}");
-            for agg in [Agg::P50, Agg::P95, Agg::Percentile(0), Agg::Percentile(10_000)] {
+            assert_eq!(
+                (g.min, g.max),
+                (w.min, w.max),
+                "min/max of {group:?}/{bucket}"
+            );
+            assert!(
+                (g.sum - w.sum).abs() <= 1e-9 * w.sum.abs().max(1.0),
+                "sum of {group:?}/{bucket}"
+            );
+            for agg in [
+                Agg::P50,
+                Agg::P95,
+                Agg::Percentile(0),
+                Agg::Percentile(10_000),
+            ] {
                 let (gv, wv) = (g.value(agg, &cfg).unwrap(), w.value(agg, &cfg).unwrap());
                 assert!(
                     (gv - wv).abs() <= 2.0 * cfg.alpha() * wv.abs() + 1e-12,
@@ -177,7 +225,13 @@ fn computes_exact_partial_states(store: &dyn Store) {
     assert_eq!(whole.groups.len(), 1);
     assert!(whole.groups[&Vec::new()].contains_key(&WHOLE_RANGE));
     assert_eq!(total(&whole).count, 2_000);
-    assert!(store.compute(&[0, 1], &everything("mem"), &cfg).unwrap().groups.is_empty());
+    assert!(
+        store
+            .compute(&[0, 1], &everything("mem"), &cfg)
+            .unwrap()
+            .groups
+            .is_empty()
+    );
 }
 
 fn keeps_partitions_apart(store: &dyn Store) {
@@ -214,22 +268,35 @@ fn hostile_strings_are_data(store: &dyn Store) {
             patterns: vec![s.to_string()],
         }];
         let got = total(&store.compute(&[0], &q, &cfg).unwrap());
-        assert_eq!((got.count, got.sum), (1, i as f64), "filter {s:?} must match only itself");
+        assert_eq!(
+            (got.count, got.sum),
+            (1, i as f64),
+            "filter {s:?} must match only itself"
+        );
         let mut q = everything("cpu");
         q.group_by = vec!["host".into()];
         let groups = store.compute(&[0], &q, &cfg).unwrap();
-        assert!(groups.groups.contains_key(&vec![Some(s.to_string())]), "group {s:?}");
+        assert!(
+            groups.groups.contains_key(&vec![Some(s.to_string())]),
+            "group {s:?}"
+        );
     }
     let mut q = everything(HOSTILE[0]);
     q.metric = HOSTILE[0].into();
     assert!(store.compute(&[0], &q, &cfg).unwrap().groups.is_empty());
-    assert_eq!(count_in(store, &[0], "cpu"), 5, "no row was lost or dropped");
+    assert_eq!(
+        count_in(store, &[0], "cpu"),
+        5,
+        "no row was lost or dropped"
+    );
 }
 
 fn export_import_round_trips(source: &dyn Store, target: &dyn Store) {
     let cfg = SketchConfig::default();
     let rows = sample(7, 500);
-    source.apply(&[write(4, 9, &rows), write(5, 1, &rows[..10])]).unwrap();
+    source
+        .apply(&[write(4, 9, &rows), write(5, 1, &rows[..10])])
+        .unwrap();
     let snapshot = source.export_partition(4).unwrap();
     assert_eq!(snapshot.applied_index, 9);
     assert_eq!(snapshot.points.len(), 500);
@@ -258,7 +325,9 @@ fn export_import_round_trips(source: &dyn Store, target: &dyn Store) {
 
 fn drop_partition_forgets_everything(store: &dyn Store) {
     let rows = sample(10, 20);
-    store.apply(&[write(6, 2, &rows), write(1, 1, &rows)]).unwrap();
+    store
+        .apply(&[write(6, 2, &rows), write(1, 1, &rows)])
+        .unwrap();
     store.drop_partition(6).unwrap();
     assert_eq!(store.applied_index(6).unwrap(), 0);
     assert_eq!(count_in(store, &[6], "cpu"), 0);

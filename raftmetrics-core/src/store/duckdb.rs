@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
+use duckdb::types::Value;
 use duckdb::{Connection, params};
 
 use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
@@ -24,7 +25,7 @@ use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
 use crate::error::{Error, Result};
 use crate::model::{Tags, series_partition_key};
 use crate::partition::PartitionId;
-use crate::query::{GroupKey, Query};
+use crate::query::{Agg, GroupKey, Query};
 use crate::sketch::{Sketch, SketchConfig};
 
 const SCHEMA: &str = "
@@ -82,6 +83,8 @@ pub struct DuckDbStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
+    /// Committed applied index per partition (mirrors `rm_partitions`).
+    applied: RwLock<HashMap<PartitionId, u64>>,
 }
 
 fn storage(operation: &'static str) -> impl Fn(duckdb::Error) -> Error {
@@ -104,15 +107,18 @@ impl DuckDbStore {
     }
 
     fn init(conn: Connection) -> Result<Self> {
-        conn.execute_batch(SCHEMA).map_err(storage("create schema"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(storage("create schema"))?;
         conn.execute_batch("SET enable_external_access = false; SET lock_configuration = true;")
             .map_err(storage("configure"))?;
         let store = DuckDbStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             catalog: RwLock::new(HashMap::new()),
+            applied: RwLock::new(HashMap::new()),
         };
         store.load_catalog(None)?;
+        store.load_applied()?;
         Ok(store)
     }
 
@@ -138,8 +144,9 @@ impl DuckDbStore {
         let mut loaded: HashMap<PartitionId, PartitionCatalog> = HashMap::new();
         for row in rows {
             let (partition, id, metric, tags) = row.map_err(storage("load series"))?;
-            let tags: Tags = serde_json::from_str(&tags)
-                .map_err(|e| Error::storage("load series", format!("bad tags of series {id}: {e}")))?;
+            let tags: Tags = serde_json::from_str(&tags).map_err(|e| {
+                Error::storage("load series", format!("bad tags of series {id}: {e}"))
+            })?;
             let key = series_partition_key(&metric, &tags);
             loaded
                 .entry(partition)
@@ -157,6 +164,26 @@ impl DuckDbStore {
             None => *catalog = loaded,
         }
         Ok(())
+    }
+
+    fn load_applied(&self) -> Result<()> {
+        let conn = self.writer.lock().map_err(poisoned)?;
+        let mut stmt = conn
+            .prepare("SELECT partition_id, applied_index FROM rm_partitions")
+            .map_err(storage("load applied indexes"))?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, u64>(1)?)))
+            .map_err(storage("load applied indexes"))?;
+        let loaded = rows
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(storage("load applied indexes"))?;
+        *self.applied.write().map_err(poisoned)? = loaded;
+        Ok(())
+    }
+
+    fn cached_applied(&self, partition: PartitionId) -> Result<u64> {
+        let applied = self.applied.read().map_err(poisoned)?;
+        Ok(applied.get(&partition).copied().unwrap_or(0))
     }
 
     fn reader(&self) -> Result<PooledReader<'_>> {
@@ -180,21 +207,94 @@ impl DuckDbStore {
         let mut stmt = conn
             .prepare_cached("SELECT applied_index FROM rm_partitions WHERE partition_id = ?")
             .map_err(storage("read applied index"))?;
-        let mut rows = stmt.query(params![partition]).map_err(storage("read applied index"))?;
+        let mut rows = stmt
+            .query(params![partition])
+            .map_err(storage("read applied index"))?;
         match rows.next().map_err(storage("read applied index"))? {
             Some(row) => row.get(0).map_err(storage("read applied index")),
             None => Ok(0),
         }
     }
 
-    fn set_applied_index(conn: &Connection, partition: PartitionId, index: u64) -> Result<()> {
-        conn.prepare_cached(
-            "INSERT INTO rm_partitions VALUES (?, ?)
-             ON CONFLICT (partition_id) DO UPDATE SET applied_index = excluded.applied_index",
-        )
-        .and_then(|mut s| s.execute(params![partition, index]))
-        .map_err(storage("write applied index"))?;
+    /// Upserts applied indexes in one statement.
+    fn set_applied_indexes(conn: &Connection, indexes: &[(PartitionId, u64)]) -> Result<()> {
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        let values = vec!["(?, ?)"; indexes.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO rm_partitions VALUES {values}
+             ON CONFLICT (partition_id) DO UPDATE SET applied_index = excluded.applied_index"
+        );
+        let args = indexes
+            .iter()
+            .flat_map(|&(p, i)| [Value::UInt(p), Value::UBigInt(i)]);
+        conn.prepare_cached(&sql)
+            .and_then(|mut s| s.execute(duckdb::params_from_iter(args)))
+            .map_err(storage("write applied index"))?;
         Ok(())
+    }
+}
+
+/// An aggregation over the selected series, grouped by group and time bucket. The text is
+/// assembled from constant fragments only; every value is a bound parameter, supplied by
+/// [`AggregateSql::args`] in the order the placeholders appear.
+struct AggregateSql {
+    text: String,
+    width: Option<i64>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl AggregateSql {
+    fn new(query: &Query, aggregates: &str) -> Self {
+        let width = query.bucket_micros();
+        let from = query.from.map(|t| t.as_micros());
+        let to = query.to.map(|t| t.as_micros());
+        let bucket = if width.is_some() {
+            "(p.ts // ?) * ?"
+        } else {
+            "0::BIGINT"
+        };
+        let mut conds = Vec::new();
+        if from.is_some() {
+            conds.push("p.ts >= ?");
+        }
+        if to.is_some() {
+            conds.push("p.ts < ?");
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let text = format!(
+            "SELECT q.group_id, {bucket} AS b, {aggregates}
+             FROM rm_points p
+             JOIN (SELECT unnest(string_split(?, ','))::UBIGINT AS series_id,
+                          unnest(string_split(?, ','))::UINTEGER AS group_id) q
+               ON p.series_id = q.series_id
+             {filter}
+             GROUP BY ALL"
+        );
+        AggregateSql {
+            text,
+            width,
+            from,
+            to,
+        }
+    }
+
+    fn args(&self, ln_gamma: Option<f64>, series: &str, groups: &str) -> Vec<Value> {
+        let mut args = Vec::with_capacity(7);
+        if let Some(w) = self.width {
+            args.extend([Value::BigInt(w), Value::BigInt(w)]);
+        }
+        args.extend(ln_gamma.map(Value::Double));
+        args.extend([Value::Text(series.to_string()), Value::Text(groups.to_string())]);
+        args.extend(self.from.map(Value::BigInt));
+        args.extend(self.to.map(Value::BigInt));
+        args
     }
 }
 
@@ -234,6 +334,7 @@ impl Store for DuckDbStore {
         let tx = conn.transaction().map_err(storage("begin"))?;
         let mut applied = Vec::with_capacity(writes.len());
         let mut new_series: Vec<NewSeries> = Vec::new();
+        let indexes: Vec<(PartitionId, u64)>;
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
             let mut pending: HashMap<PartitionId, HashMap<String, u64>> = HashMap::new();
@@ -243,7 +344,7 @@ impl Store for DuckDbStore {
             for w in writes {
                 let current = match last_index.get(&w.partition) {
                     Some(&i) => i,
-                    None => Self::applied_index_in(&tx, w.partition)?,
+                    None => self.cached_applied(w.partition)?,
                 };
                 if w.index <= current {
                     applied.push(false);
@@ -304,11 +405,11 @@ impl Store for DuckDbStore {
                 }
                 series.flush().map_err(storage("insert series"))?;
             }
-            for (&partition, &index) in &last_index {
-                Self::set_applied_index(&tx, partition, index)?;
-            }
+            indexes = last_index.into_iter().collect();
+            Self::set_applied_indexes(&tx, &indexes)?;
         }
         tx.commit().map_err(storage("commit"))?;
+        self.applied.write().map_err(poisoned)?.extend(indexes);
         if !new_series.is_empty() {
             let mut catalog = self.catalog.write().map_err(poisoned)?;
             for s in new_series {
@@ -319,8 +420,7 @@ impl Store for DuckDbStore {
     }
 
     fn applied_index(&self, partition: PartitionId) -> Result<u64> {
-        let conn = self.reader()?;
-        Self::applied_index_in(&conn, partition)
+        self.cached_applied(partition)
     }
 
     fn compute(
@@ -336,7 +436,8 @@ impl Store for DuckDbStore {
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
             for p in partitions {
-                let Some(candidates) = catalog.get(p).and_then(|c| c.by_metric.get(&query.metric)) else {
+                let Some(candidates) = catalog.get(p).and_then(|c| c.by_metric.get(&query.metric))
+                else {
                     continue;
                 };
                 for (id, tags) in candidates {
@@ -363,23 +464,27 @@ impl Store for DuckDbStore {
             return Ok(out);
         }
         // 2. Aggregate in DuckDB, joining the selection passed as bound parameters.
-        let (from, to) = query.time_range_micros();
-        let width = query.bucket_micros().unwrap_or(0);
         let conn = self.reader()?;
-        let selection = "(SELECT unnest(string_split(?, ','))::UBIGINT AS series_id,
-                                 unnest(string_split(?, ','))::UINTEGER AS group_id) q";
-        let bucket = "CASE WHEN ?::BIGINT = 0 THEN 0 ELSE (p.ts // ?::BIGINT) * ?::BIGINT END";
-        let stats_sql = format!(
-            "SELECT q.group_id, {bucket} AS b, count(*), sum(p.value), min(p.value), max(p.value)
-             FROM rm_points p JOIN {selection} ON p.series_id = q.series_id
-             WHERE p.ts >= ? AND p.ts < ?
-             GROUP BY ALL"
-        );
-        let bucket_key = |b: i64| if width == 0 { WHOLE_RANGE } else { b };
+        let bucket_key = |b: i64| {
+            if query.bucket_micros().is_some() {
+                b
+            } else {
+                WHOLE_RANGE
+            }
+        };
         {
-            let mut stmt = conn.prepare_cached(&stats_sql).map_err(storage("query"))?;
+            // Only the aggregates the query needs; the others keep their neutral values.
+            let needs = |aggs: &[Agg]| query.aggs.iter().any(|a| aggs.contains(a));
+            let columns = format!(
+                "count(*), {}, {}, {}",
+                if needs(&[Agg::Sum, Agg::Avg]) { "sum(p.value)" } else { "0::DOUBLE" },
+                if needs(&[Agg::Min]) { "min(p.value)" } else { "'inf'::DOUBLE" },
+                if needs(&[Agg::Max]) { "max(p.value)" } else { "'-inf'::DOUBLE" },
+            );
+            let sql = AggregateSql::new(query, &columns);
+            let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
             let mut rows = stmt
-                .query(params![width, width, width, series_list, group_list, from, to])
+                .query(duckdb::params_from_iter(sql.args(None, &series_list, &group_list)))
                 .map_err(storage("query"))?;
             while let Some(row) = rows.next().map_err(storage("query"))? {
                 let gid: u32 = row.get(0).map_err(storage("query"))?;
@@ -396,27 +501,18 @@ impl Store for DuckDbStore {
             }
         }
         if query.needs_sketch() {
-            let sketch_sql = format!(
-                "SELECT q.group_id, {bucket} AS b, sign(p.value)::TINYINT AS s,
-                        CASE WHEN p.value = 0 THEN 0
-                             ELSE ceil(ln(abs(p.value)) / ?::DOUBLE)::INTEGER END AS i,
-                        count(*)
-                 FROM rm_points p JOIN {selection} ON p.series_id = q.series_id
-                 WHERE p.ts >= ? AND p.ts < ?
-                 GROUP BY ALL"
+            // Sketch buckets: sign, then ceil(ln|v| / ln gamma), exactly SketchConfig::index_of.
+            let sql = AggregateSql::new(
+                query,
+                "sign(p.value)::TINYINT AS s,
+                 CASE WHEN p.value = 0 THEN 0
+                      ELSE ceil(ln(abs(p.value)) / ?::DOUBLE)::INTEGER END AS i,
+                 count(*)",
             );
-            let mut stmt = conn.prepare_cached(&sketch_sql).map_err(storage("query"))?;
+            let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
+            let args = sql.args(Some(sketch.ln_gamma()), &series_list, &group_list);
             let mut rows = stmt
-                .query(params![
-                    width,
-                    width,
-                    width,
-                    sketch.ln_gamma(),
-                    series_list,
-                    group_list,
-                    from,
-                    to
-                ])
+                .query(duckdb::params_from_iter(args))
                 .map_err(storage("query"))?;
             while let Some(row) = rows.next().map_err(storage("query"))? {
                 let gid: u32 = row.get(0).map_err(storage("query"))?;
@@ -442,7 +538,8 @@ impl Store for DuckDbStore {
         let rows = stmt
             .query_map([], |row| row.get::<_, u32>(0))
             .map_err(storage("list partitions"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(storage("list partitions"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(storage("list partitions"))
     }
 
     fn export_partition(&self, partition: PartitionId) -> Result<PartitionSnapshot> {
@@ -456,7 +553,11 @@ impl Store for DuckDbStore {
                 .map_err(storage("export"))?;
             let rows = stmt
                 .query_map(params![partition], |row| {
-                    Ok((row.get::<_, u64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                    Ok((
+                        row.get::<_, u64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
                 })
                 .map_err(storage("export"))?;
             let mut series = Vec::new();
@@ -480,7 +581,8 @@ impl Store for DuckDbStore {
                     })
                 })
                 .map_err(storage("export"))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(storage("export"))?
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(storage("export"))?
         };
         tx.commit().map_err(storage("export"))?;
         Ok(PartitionSnapshot {
@@ -493,7 +595,11 @@ impl Store for DuckDbStore {
 
     fn import_partition(&self, snapshot: &PartitionSnapshot) -> Result<()> {
         let p = snapshot.partition;
-        if let Some(s) = snapshot.series.iter().find(|s| s.id >> SERIES_BITS != u64::from(p)) {
+        if let Some(s) = snapshot
+            .series
+            .iter()
+            .find(|s| s.id >> SERIES_BITS != u64::from(p))
+        {
             return Err(Error::InvalidRequest(format!(
                 "snapshot of partition {p} holds series {} of another partition",
                 s.id
@@ -509,7 +615,8 @@ impl Store for DuckDbStore {
             {
                 let mut series = tx.appender("rm_series").map_err(storage("import"))?;
                 for s in &snapshot.series {
-                    let tags = serde_json::to_string(&s.tags).map_err(|e| Error::Internal(e.to_string()))?;
+                    let tags = serde_json::to_string(&s.tags)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
                     series
                         .append_row(params![p, s.id, s.metric, tags])
                         .map_err(storage("import"))?;
@@ -523,8 +630,9 @@ impl Store for DuckDbStore {
                 }
                 points.flush().map_err(storage("import"))?;
             }
-            Self::set_applied_index(&tx, p, snapshot.applied_index)?;
+            Self::set_applied_indexes(&tx, &[(p, snapshot.applied_index)])?;
             tx.commit().map_err(storage("import"))?;
+            self.applied.write().map_err(poisoned)?.insert(p, snapshot.applied_index);
         }
         self.load_catalog(Some(p))
     }
@@ -534,10 +642,14 @@ impl Store for DuckDbStore {
             let mut conn = self.writer.lock().map_err(poisoned)?;
             let tx = conn.transaction().map_err(storage("drop partition"))?;
             for table in ["rm_points", "rm_series", "rm_partitions"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE partition_id = ?"), params![partition])
-                    .map_err(storage("drop partition"))?;
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE partition_id = ?"),
+                    params![partition],
+                )
+                .map_err(storage("drop partition"))?;
             }
             tx.commit().map_err(storage("drop partition"))?;
+            self.applied.write().map_err(poisoned)?.remove(&partition);
         }
         self.catalog.write().map_err(poisoned)?.remove(&partition);
         Ok(())

@@ -82,7 +82,8 @@ impl PartitionSnapshot {
         let mut checksum = 0u64;
         for p in &self.points {
             let mut bytes = [0u8; 24];
-            bytes[..8].copy_from_slice(&series.get(&p.series_id).copied().unwrap_or(0).to_le_bytes());
+            bytes[..8]
+                .copy_from_slice(&series.get(&p.series_id).copied().unwrap_or(0).to_le_bytes());
             bytes[8..16].copy_from_slice(&p.timestamp_micros.to_le_bytes());
             bytes[16..].copy_from_slice(&p.value.to_bits().to_le_bytes());
             checksum = checksum.wrapping_add(xxhash_rust::xxh3::xxh3_64(&bytes));
