@@ -99,7 +99,10 @@ fn store_insert(dir: &std::path::Path, rows: &[Record]) -> (Duration, DuckDbStor
             for r in chunk {
                 by_partition[partitioner.partition_of(&r.partition_key) as usize].push(r.clone());
             }
-            (0..PARTITIONS).zip(by_partition).filter(|(_, r)| !r.is_empty()).collect()
+            (0..PARTITIONS)
+                .zip(by_partition)
+                .filter(|(_, r)| !r.is_empty())
+                .collect()
         })
         .collect();
     let start = Instant::now();

@@ -2,10 +2,12 @@
 //! the node has.
 //!
 //! Tables (identifiers are fixed here; user data only ever travels as bound parameters):
-//! - `rm_series(partition_id, series_id, metric, tags)`: one row per series (metric + tag
-//!   set); `tags` is the tag map as JSON. `series_id = partition << 40 | n`, where n counts
-//!   the partition's series in apply order, so replicas that apply the same log agree.
-//! - `rm_points(partition_id, series_id, ts, value)`: one row per point; `ts` in µs.
+//! - `rm_series(partition_id, series_id, sid, metric, tags)`: one row per series (metric +
+//!   tag set); `tags` is the tag map as JSON. `series_id = partition << 40 | n`, where n
+//!   counts the partition's series in apply order, so replicas that apply the same log agree
+//!   (snapshots carry it). `sid` is a dense store-local number, which keeps the point table
+//!   narrow and lets DuckDB join it against a query's selection quickly.
+//! - `rm_points(partition_id, sid, ts, value)`: one row per point; `ts` in µs.
 //! - `rm_partitions(partition_id, applied_index)`: the last log index applied.
 //!
 //! Series are resolved and filtered in memory (a catalog loaded at open), so tag filters and
@@ -15,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use duckdb::types::Value;
@@ -32,12 +35,13 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rm_series (
     partition_id UINTEGER NOT NULL,
     series_id UBIGINT NOT NULL,
+    sid UINTEGER NOT NULL,
     metric VARCHAR NOT NULL,
     tags VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rm_points (
     partition_id UINTEGER NOT NULL,
-    series_id UBIGINT NOT NULL,
+    sid UINTEGER NOT NULL,
     ts BIGINT NOT NULL,
     value DOUBLE NOT NULL
 );
@@ -60,21 +64,25 @@ fn series_id(partition: PartitionId, n: u64) -> u64 {
     (u64::from(partition) << SERIES_BITS) | n
 }
 
+/// The series of one partition, in memory.
 #[derive(Default)]
 struct PartitionCatalog {
-    by_key: HashMap<String, u64>,
-    by_metric: HashMap<String, Vec<(u64, Tags)>>,
+    /// Series key → store-local sid.
+    by_key: HashMap<String, u32>,
+    /// Metric → (sid, tags) of its series.
+    by_metric: HashMap<String, Vec<(u32, Tags)>>,
+    /// Next per-partition series number.
     next: u64,
 }
 
 impl PartitionCatalog {
-    fn insert(&mut self, key: String, row: SeriesRow) {
+    fn insert(&mut self, key: String, sid: u32, row: SeriesRow) {
         self.next = self.next.max((row.id & (MAX_SERIES_PER_PARTITION - 1)) + 1);
-        self.by_key.insert(key, row.id);
+        self.by_key.insert(key, sid);
         self.by_metric
             .entry(row.metric)
             .or_default()
-            .push((row.id, row.tags));
+            .push((sid, row.tags));
     }
 }
 
@@ -83,6 +91,8 @@ pub struct DuckDbStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
+    /// Next store-local sid; only changed under the writer lock.
+    next_sid: AtomicU32,
     /// Committed applied index per partition (mirrors `rm_partitions`).
     applied: RwLock<HashMap<PartitionId, u64>>,
 }
@@ -116,18 +126,21 @@ impl DuckDbStore {
             readers: Mutex::new(Vec::new()),
             catalog: RwLock::new(HashMap::new()),
             applied: RwLock::new(HashMap::new()),
+            next_sid: AtomicU32::new(0),
         };
-        store.load_catalog(None)?;
+        {
+            let conn = store.writer.lock().map_err(poisoned)?;
+            store.load_catalog(&conn, None)?;
+        }
         store.load_applied()?;
         Ok(store)
     }
 
     /// (Re)loads the series catalog of one partition, or of all.
-    fn load_catalog(&self, only: Option<PartitionId>) -> Result<()> {
-        let conn = self.writer.lock().map_err(poisoned)?;
+    fn load_catalog(&self, conn: &Connection, only: Option<PartitionId>) -> Result<()> {
         let mut stmt = conn
             .prepare(
-                "SELECT partition_id, series_id, metric, tags FROM rm_series
+                "SELECT partition_id, series_id, sid, metric, tags FROM rm_series
                  WHERE ?::UINTEGER IS NULL OR partition_id = ? ORDER BY series_id",
             )
             .map_err(storage("load series"))?;
@@ -136,14 +149,17 @@ impl DuckDbStore {
                 Ok((
                     row.get::<_, u32>(0)?,
                     row.get::<_, u64>(1)?,
-                    row.get::<_, String>(2)?,
+                    row.get::<_, u32>(2)?,
                     row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
                 ))
             })
             .map_err(storage("load series"))?;
         let mut loaded: HashMap<PartitionId, PartitionCatalog> = HashMap::new();
         for row in rows {
-            let (partition, id, metric, tags) = row.map_err(storage("load series"))?;
+            let (partition, id, sid, metric, tags) = row.map_err(storage("load series"))?;
+            self.next_sid
+                .fetch_max(sid.saturating_add(1), Ordering::SeqCst);
             let tags: Tags = serde_json::from_str(&tags).map_err(|e| {
                 Error::storage("load series", format!("bad tags of series {id}: {e}"))
             })?;
@@ -151,7 +167,7 @@ impl DuckDbStore {
             loaded
                 .entry(partition)
                 .or_default()
-                .insert(key, SeriesRow { id, metric, tags });
+                .insert(key, sid, SeriesRow { id, metric, tags });
         }
         let mut catalog = self.catalog.write().map_err(poisoned)?;
         match only {
@@ -271,9 +287,9 @@ impl AggregateSql {
         let text = format!(
             "SELECT q.group_id, {bucket} AS b, {aggregates}
              FROM rm_points p
-             JOIN (SELECT unnest(string_split(?, ','))::UBIGINT AS series_id,
+             JOIN (SELECT unnest(string_split(?, ','))::UINTEGER AS sid,
                           unnest(string_split(?, ','))::UINTEGER AS group_id) q
-               ON p.series_id = q.series_id
+               ON p.sid = q.sid
              {filter}
              GROUP BY ALL"
         );
@@ -291,7 +307,10 @@ impl AggregateSql {
             args.extend([Value::BigInt(w), Value::BigInt(w)]);
         }
         args.extend(ln_gamma.map(Value::Double));
-        args.extend([Value::Text(series.to_string()), Value::Text(groups.to_string())]);
+        args.extend([
+            Value::Text(series.to_string()),
+            Value::Text(groups.to_string()),
+        ]);
         args.extend(self.from.map(Value::BigInt));
         args.extend(self.to.map(Value::BigInt));
         args
@@ -325,7 +344,23 @@ impl Drop for PooledReader<'_> {
 struct NewSeries {
     partition: PartitionId,
     key: String,
+    sid: u32,
     row: SeriesRow,
+}
+
+/// Hands out store-local sids within one write; committed by storing `next` back.
+struct SidAllocator {
+    next: u32,
+}
+
+impl SidAllocator {
+    fn take(&mut self) -> Result<u32> {
+        let sid = self.next;
+        self.next = sid
+            .checked_add(1)
+            .ok_or_else(|| Error::storage("insert", "the store holds too many series"))?;
+        Ok(sid)
+    }
 }
 
 impl Store for DuckDbStore {
@@ -335,12 +370,16 @@ impl Store for DuckDbStore {
         let mut applied = Vec::with_capacity(writes.len());
         let mut new_series: Vec<NewSeries> = Vec::new();
         let indexes: Vec<(PartitionId, u64)>;
+        let next_sid: u32;
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
-            let mut pending: HashMap<PartitionId, HashMap<String, u64>> = HashMap::new();
+            let mut pending: HashMap<PartitionId, HashMap<String, u32>> = HashMap::new();
             let mut next: HashMap<PartitionId, u64> = HashMap::new();
             let mut last_index: HashMap<PartitionId, u64> = HashMap::new();
             let mut points = tx.appender("rm_points").map_err(storage("insert"))?;
+            let mut sids = SidAllocator {
+                next: self.next_sid.load(Ordering::SeqCst),
+            };
             for w in writes {
                 let current = match last_index.get(&w.partition) {
                     Some(&i) => i,
@@ -360,8 +399,8 @@ impl Store for DuckDbStore {
                         .and_then(|c| c.by_key.get(&key))
                         .or_else(|| pending.get(&key))
                         .copied();
-                    let id = match known {
-                        Some(id) => id,
+                    let sid = match known {
+                        Some(sid) => sid,
                         None => {
                             let n = next
                                 .entry(w.partition)
@@ -374,21 +413,23 @@ impl Store for DuckDbStore {
                             }
                             let id = series_id(w.partition, *n);
                             *n += 1;
-                            pending.insert(key.clone(), id);
+                            let sid = sids.take()?;
+                            pending.insert(key.clone(), sid);
                             new_series.push(NewSeries {
                                 partition: w.partition,
                                 key,
+                                sid,
                                 row: SeriesRow {
                                     id,
                                     metric: r.metric.clone(),
                                     tags: r.tags.clone(),
                                 },
                             });
-                            id
+                            sid
                         }
                     };
                     points
-                        .append_row(params![w.partition, id, r.timestamp.as_micros(), r.value])
+                        .append_row(params![w.partition, sid, r.timestamp.as_micros(), r.value])
                         .map_err(storage("insert"))?;
                 }
             }
@@ -400,20 +441,25 @@ impl Store for DuckDbStore {
                     let tags = serde_json::to_string(&s.row.tags)
                         .map_err(|e| Error::Internal(e.to_string()))?;
                     series
-                        .append_row(params![s.partition, s.row.id, s.row.metric, tags])
+                        .append_row(params![s.partition, s.row.id, s.sid, s.row.metric, tags])
                         .map_err(storage("insert series"))?;
                 }
                 series.flush().map_err(storage("insert series"))?;
             }
             indexes = last_index.into_iter().collect();
             Self::set_applied_indexes(&tx, &indexes)?;
+            next_sid = sids.next;
         }
         tx.commit().map_err(storage("commit"))?;
+        self.next_sid.store(next_sid, Ordering::SeqCst);
         self.applied.write().map_err(poisoned)?.extend(indexes);
         if !new_series.is_empty() {
             let mut catalog = self.catalog.write().map_err(poisoned)?;
             for s in new_series {
-                catalog.entry(s.partition).or_default().insert(s.key, s.row);
+                catalog
+                    .entry(s.partition)
+                    .or_default()
+                    .insert(s.key, s.sid, s.row);
             }
         }
         Ok(applied)
@@ -440,7 +486,7 @@ impl Store for DuckDbStore {
                 else {
                     continue;
                 };
-                for (id, tags) in candidates {
+                for (sid, tags) in candidates {
                     if !query.matches(&query.metric, tags) {
                         continue;
                     }
@@ -454,7 +500,7 @@ impl Store for DuckDbStore {
                         series_list.push(',');
                         group_list.push(',');
                     }
-                    series_list.push_str(&id.to_string());
+                    series_list.push_str(&sid.to_string());
                     group_list.push_str(&gid.to_string());
                 }
             }
@@ -477,14 +523,30 @@ impl Store for DuckDbStore {
             let needs = |aggs: &[Agg]| query.aggs.iter().any(|a| aggs.contains(a));
             let columns = format!(
                 "count(*), {}, {}, {}",
-                if needs(&[Agg::Sum, Agg::Avg]) { "sum(p.value)" } else { "0::DOUBLE" },
-                if needs(&[Agg::Min]) { "min(p.value)" } else { "'inf'::DOUBLE" },
-                if needs(&[Agg::Max]) { "max(p.value)" } else { "'-inf'::DOUBLE" },
+                if needs(&[Agg::Sum, Agg::Avg]) {
+                    "sum(p.value)"
+                } else {
+                    "0::DOUBLE"
+                },
+                if needs(&[Agg::Min]) {
+                    "min(p.value)"
+                } else {
+                    "'inf'::DOUBLE"
+                },
+                if needs(&[Agg::Max]) {
+                    "max(p.value)"
+                } else {
+                    "'-inf'::DOUBLE"
+                },
             );
             let sql = AggregateSql::new(query, &columns);
             let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
             let mut rows = stmt
-                .query(duckdb::params_from_iter(sql.args(None, &series_list, &group_list)))
+                .query(duckdb::params_from_iter(sql.args(
+                    None,
+                    &series_list,
+                    &group_list,
+                )))
                 .map_err(storage("query"))?;
             while let Some(row) = rows.next().map_err(storage("query"))? {
                 let gid: u32 = row.get(0).map_err(storage("query"))?;
@@ -570,7 +632,12 @@ impl Store for DuckDbStore {
         };
         let points = {
             let mut stmt = tx
-                .prepare("SELECT series_id, ts, value FROM rm_points WHERE partition_id = ?")
+                .prepare(
+                    "SELECT s.series_id, p.ts, p.value FROM rm_points p
+                     JOIN rm_series s ON p.partition_id = s.partition_id AND p.sid = s.sid
+                     WHERE p.partition_id = ?
+                     ORDER BY s.series_id, p.ts, p.value",
+                )
                 .map_err(storage("export"))?;
             let rows = stmt
                 .query_map(params![partition], |row| {
@@ -612,29 +679,51 @@ impl Store for DuckDbStore {
                 .map_err(storage("import"))?;
             tx.execute("DELETE FROM rm_series WHERE partition_id = ?", params![p])
                 .map_err(storage("import"))?;
+            let mut sids = SidAllocator {
+                next: self.next_sid.load(Ordering::SeqCst),
+            };
+            let mut sid_of: HashMap<u64, u32> = HashMap::with_capacity(snapshot.series.len());
             {
                 let mut series = tx.appender("rm_series").map_err(storage("import"))?;
                 for s in &snapshot.series {
+                    let sid = sids.take()?;
+                    if sid_of.insert(s.id, sid).is_some() {
+                        return Err(Error::InvalidRequest(format!(
+                            "snapshot of partition {p} lists series {} twice",
+                            s.id
+                        )));
+                    }
                     let tags = serde_json::to_string(&s.tags)
                         .map_err(|e| Error::Internal(e.to_string()))?;
                     series
-                        .append_row(params![p, s.id, s.metric, tags])
+                        .append_row(params![p, s.id, sid, s.metric, tags])
                         .map_err(storage("import"))?;
                 }
                 series.flush().map_err(storage("import"))?;
                 let mut points = tx.appender("rm_points").map_err(storage("import"))?;
                 for r in &snapshot.points {
+                    let sid = sid_of.get(&r.series_id).ok_or_else(|| {
+                        Error::InvalidRequest(format!(
+                            "snapshot of partition {p} has points of unknown series {}",
+                            r.series_id
+                        ))
+                    })?;
                     points
-                        .append_row(params![p, r.series_id, r.timestamp_micros, r.value])
+                        .append_row(params![p, sid, r.timestamp_micros, r.value])
                         .map_err(storage("import"))?;
                 }
                 points.flush().map_err(storage("import"))?;
             }
             Self::set_applied_indexes(&tx, &[(p, snapshot.applied_index)])?;
             tx.commit().map_err(storage("import"))?;
-            self.applied.write().map_err(poisoned)?.insert(p, snapshot.applied_index);
+            self.next_sid.store(sids.next, Ordering::SeqCst);
+            self.applied
+                .write()
+                .map_err(poisoned)?
+                .insert(p, snapshot.applied_index);
+            // Still under the writer lock, so no write sees the old catalog of `p`.
+            self.load_catalog(&conn, Some(p))
         }
-        self.load_catalog(Some(p))
     }
 
     fn drop_partition(&self, partition: PartitionId) -> Result<()> {
