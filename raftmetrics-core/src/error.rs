@@ -78,6 +78,10 @@ pub enum Error {
     /// Consensus could not be reached or this replica cannot serve the request.
     #[error("consensus error: {0}")]
     Raft(String),
+    /// This replica is not the leader of the partition; `leader` is the node that is, when
+    /// known. The request may be retried there.
+    #[error("not the leader of partition {partition} (leader: {leader:?})")]
+    NotLeader { partition: u32, leader: Option<u64> },
     /// A bug or an unexpected state; the message is for logs, not for clients.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,7 +103,7 @@ impl Error {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Storage { .. } => ErrorCode::StorageError,
-            Error::Raft(_) => ErrorCode::RaftError,
+            Error::Raft(_) | Error::NotLeader { .. } => ErrorCode::RaftError,
             Error::Internal(_) => ErrorCode::InternalError,
         }
     }

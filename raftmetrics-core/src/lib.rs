@@ -42,11 +42,13 @@
 //! ```
 
 pub mod aggregate;
+pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod partition;
 pub mod query;
+pub mod raft;
 pub mod sketch;
 pub mod store;
 pub mod time;

@@ -8,7 +8,8 @@
 //!   (snapshots carry it). `sid` is a dense store-local number, which keeps the point table
 //!   narrow and lets DuckDB join it against a query's selection quickly.
 //! - `rm_points(partition_id, sid, ts, value)`: one row per point; `ts` in µs.
-//! - `rm_partitions(partition_id, applied_index)`: the last log index applied.
+//! - `rm_partitions(partition_id, applied_index, meta)`: the last log index applied, and the
+//!   opaque metadata of the last imported snapshot.
 //!
 //! Series are resolved and filtered in memory (a catalog loaded at open), so tag filters and
 //! wildcards are plain Rust string matching and never reach SQL. Writes go through the
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS rm_points (
 );
 CREATE TABLE IF NOT EXISTS rm_partitions (
     partition_id UINTEGER PRIMARY KEY,
-    applied_index UBIGINT NOT NULL
+    applied_index UBIGINT NOT NULL,
+    meta BLOB
 );
 ";
 
@@ -232,6 +234,22 @@ impl DuckDbStore {
         }
     }
 
+    fn meta_in(conn: &Connection, partition: PartitionId) -> Result<Vec<u8>> {
+        let mut stmt = conn
+            .prepare_cached("SELECT meta FROM rm_partitions WHERE partition_id = ?")
+            .map_err(storage("read snapshot metadata"))?;
+        let mut rows = stmt
+            .query(params![partition])
+            .map_err(storage("read snapshot metadata"))?;
+        match rows.next().map_err(storage("read snapshot metadata"))? {
+            Some(row) => Ok(row
+                .get::<_, Option<Vec<u8>>>(0)
+                .map_err(storage("read snapshot metadata"))?
+                .unwrap_or_default()),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Upserts applied indexes in one statement.
     fn set_applied_indexes(conn: &Connection, indexes: &[(PartitionId, u64)]) -> Result<()> {
         if indexes.is_empty() {
@@ -239,7 +257,7 @@ impl DuckDbStore {
         }
         let values = vec!["(?, ?)"; indexes.len()].join(", ");
         let sql = format!(
-            "INSERT INTO rm_partitions VALUES {values}
+            "INSERT INTO rm_partitions (partition_id, applied_index) VALUES {values}
              ON CONFLICT (partition_id) DO UPDATE SET applied_index = excluded.applied_index"
         );
         let args = indexes
@@ -609,6 +627,7 @@ impl Store for DuckDbStore {
         // One transaction, so the rows and the applied index are from the same moment.
         let tx = conn.transaction().map_err(storage("export"))?;
         let applied_index = Self::applied_index_in(&tx, partition)?;
+        let meta = Self::meta_in(&tx, partition)?;
         let series = {
             let mut stmt = tx
                 .prepare("SELECT series_id, metric, tags FROM rm_series WHERE partition_id = ? ORDER BY series_id")
@@ -655,6 +674,7 @@ impl Store for DuckDbStore {
         Ok(PartitionSnapshot {
             partition,
             applied_index,
+            meta,
             series,
             points,
         })
@@ -715,6 +735,11 @@ impl Store for DuckDbStore {
                 points.flush().map_err(storage("import"))?;
             }
             Self::set_applied_indexes(&tx, &[(p, snapshot.applied_index)])?;
+            tx.execute(
+                "UPDATE rm_partitions SET meta = ? WHERE partition_id = ?",
+                params![snapshot.meta, p],
+            )
+            .map_err(storage("import"))?;
             tx.commit().map_err(storage("import"))?;
             self.next_sid.store(sids.next, Ordering::SeqCst);
             self.applied
@@ -742,6 +767,11 @@ impl Store for DuckDbStore {
         }
         self.catalog.write().map_err(poisoned)?.remove(&partition);
         Ok(())
+    }
+
+    fn snapshot_meta(&self, partition: PartitionId) -> Result<Vec<u8>> {
+        let conn = self.reader()?;
+        Self::meta_in(&conn, partition)
     }
 
     fn storage_bytes(&self) -> Result<u64> {

@@ -55,6 +55,10 @@ pub struct PointRow {
 pub struct PartitionSnapshot {
     pub partition: PartitionId,
     pub applied_index: u64,
+    /// Opaque metadata stored with an imported snapshot and returned by
+    /// [`Store::snapshot_meta`] (the Raft driver keeps the snapshot's term and membership
+    /// here, so a crash between installing the data and updating the log is recoverable).
+    pub meta: Vec<u8>,
     pub series: Vec<SeriesRow>,
     pub points: Vec<PointRow>,
 }
@@ -122,6 +126,9 @@ pub trait Store: Send + Sync {
 
     /// Replaces everything `partition` holds with `snapshot`, atomically.
     fn import_partition(&self, snapshot: &PartitionSnapshot) -> Result<()>;
+
+    /// The `meta` of the last snapshot imported into `partition` (empty if none).
+    fn snapshot_meta(&self, partition: PartitionId) -> Result<Vec<u8>>;
 
     /// Removes a partition and its applied index (when a replica moves away).
     fn drop_partition(&self, partition: PartitionId) -> Result<()>;

@@ -1,0 +1,20 @@
+//! Raft replication of partitions, transport-agnostic.
+//!
+//! Each partition is a Raft group (tikv raft-rs); a node runs every replica it holds in one
+//! [`RaftNode`] loop over one durable [`RaftLog`] (TiKV's raft-engine) and one
+//! [`crate::store::Store`]. Messages leave through a [`Transport`] and arrive through
+//! [`NodeHandle::step`]; [`SimNetwork`] is an in-process transport that can drop, delay,
+//! duplicate, reorder and partition messages, for tests and simulations.
+
+pub mod log;
+mod logger;
+pub mod node;
+// pub mod sim_network;
+pub mod transport;
+
+pub use log::{GroupStorage, RaftLog, WriteBatch};
+pub use node::{
+    NodeConfig, NodeHandle, RaftNode, ReplicaStatus, Role, add_learner, add_voter, remove_node,
+};
+// pub use sim_network::{FaultConfig, SimNetwork};
+pub use transport::{Envelope, NodeId, Transport};

@@ -1,0 +1,1129 @@
+//! A multi-raft node: every partition replica a node holds, driven by one thread.
+//!
+//! The loop, in order, each iteration:
+//! 1. wait for a command or the next tick; drain a bounded number of commands (inbound raft
+//!    messages, proposals, membership changes, reads, status);
+//! 2. tick every replica when a tick is due;
+//! 3. propose the queued writes of each group, many client batches per log entry;
+//! 4. collect the `Ready` of every replica: send leader messages at once; install a received
+//!    snapshot into the store (data first, log metadata second); stage new entries, hard
+//!    state and conf changes of committed entries into ONE log write for all groups (group
+//!    commit), fsynced when any Ready asks for it;
+//! 5. apply the committed entries of all groups to the store in ONE transaction (only after
+//!    the log write, so the store is never ahead of the durable log), answer the proposals;
+//! 6. send the messages that had to wait for persistence, `advance`, apply what the light
+//!    ready committed, `advance_apply`; compact logs that grew past the threshold.
+//!
+//! Every proposal is answered: applied (with its index), or an error (not leader with a hint,
+//! dropped, superseded by another leader's entry, timed out with an unknown outcome, node
+//! stopped). Queues are bounded; when full, callers get an error instead of waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot, SnapshotMetadata,
+};
+use raft::{Config, RawNode, StateRole, Storage as _};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::log::{GroupStorage, RaftLog, WriteBatch};
+use super::logger::raft_logger;
+use super::transport::{Envelope, NodeId, Transport};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::model::Record;
+use crate::partition::PartitionId;
+use crate::store::{PartitionSnapshot, PartitionWrite, Store};
+
+/// Settings of a node's raft loop. Units are in the names.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub tick_interval_ms: u64,
+    /// Ticks without a heartbeat before a follower campaigns.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Most records in one log entry; queued batches beyond it go into further entries.
+    pub max_entry_records: usize,
+    /// Most proposals (and reads) waiting for their entry per group.
+    pub max_pending_per_group: usize,
+    /// After this, a waiting proposal is answered with a timeout (outcome unknown).
+    pub proposal_timeout_ms: u64,
+    /// Compact a group's log once it holds more applied entries than this...
+    pub compact_threshold_entries: u64,
+    /// ...keeping this many of the newest applied entries for slow followers.
+    pub compact_keep_entries: u64,
+    /// Bound of the command queue.
+    pub inbox_capacity: usize,
+    /// Most commands handled per loop iteration.
+    pub max_commands_per_iteration: usize,
+    /// fsync the raft log when raft-rs asks for it (turn off only in tests of speed).
+    pub sync_log: bool,
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId) -> Self {
+        NodeConfig {
+            id,
+            tick_interval_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_entry_records: 20_000,
+            max_pending_per_group: 10_000,
+            proposal_timeout_ms: 10_000,
+            compact_threshold_entries: 2_000,
+            compact_keep_entries: 500,
+            inbox_capacity: 16_384,
+            max_commands_per_iteration: 4_096,
+            sync_log: true,
+            max_size_per_msg: 4 * 1024 * 1024,
+            max_inflight_msgs: 64,
+        }
+    }
+}
+
+/// Role of a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// What a replica reports about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub group: PartitionId,
+    pub node: NodeId,
+    pub role: Role,
+    pub term: u64,
+    /// 0 when unknown.
+    pub leader_id: NodeId,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// Milliseconds since the leader was last heard from (0 on the leader itself).
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Step(Vec<Envelope>),
+    Propose {
+        group: PartitionId,
+        records: Vec<Record>,
+        reply: Reply<u64>,
+    },
+    CreateGroup {
+        group: PartitionId,
+        voters: Vec<NodeId>,
+        reply: Reply<()>,
+    },
+    RemoveGroup {
+        group: PartitionId,
+        reply: Reply<()>,
+    },
+    ChangeMembership {
+        group: PartitionId,
+        change: ConfChangeV2,
+        reply: Reply<u64>,
+    },
+    TransferLeader {
+        group: PartitionId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    Campaign {
+        group: PartitionId,
+        reply: Reply<()>,
+    },
+    ReadIndex {
+        group: PartitionId,
+        reply: Reply<u64>,
+    },
+    Compact {
+        group: PartitionId,
+        reply: Reply<u64>,
+    },
+    Status {
+        reply: Reply<Vec<ReplicaStatus>>,
+    },
+    Stop {
+        clean: bool,
+    },
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    id: NodeId,
+    tx: SyncSender<Command>,
+}
+
+impl NodeHandle {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => Error::Raft(format!("node {} is overloaded", self.id)),
+            TrySendError::Disconnected(_) => Error::Raft(format!("node {} is stopped", self.id)),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply))?;
+        rx.await
+            .map_err(|_| Error::Raft(format!("node {} stopped before answering", self.id)))?
+    }
+
+    /// Delivers inbound raft messages. Never blocks: when the node's queue is full the
+    /// messages are dropped (Raft retransmits).
+    pub fn step(&self, messages: Vec<Envelope>) {
+        let _ = self.tx.try_send(Command::Step(messages));
+    }
+
+    /// Replicates `records` into `group` and waits until they are applied on this node.
+    /// Returns the log index of the entry that carried them.
+    pub async fn propose(&self, group: PartitionId, records: Vec<Record>) -> Result<u64> {
+        self.call(|reply| Command::Propose {
+            group,
+            records,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates a replica of `group` here. With `voters`, the group starts with that
+    /// membership (every initial replica is created with the same list); without, the replica
+    /// waits to be added by the group's leader and catches up by snapshot.
+    pub async fn create_group(&self, group: PartitionId, voters: Vec<NodeId>) -> Result<()> {
+        self.call(|reply| Command::CreateGroup {
+            group,
+            voters,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes the replica of `group` from this node, with its log and its data.
+    pub async fn remove_group(&self, group: PartitionId) -> Result<()> {
+        self.call(|reply| Command::RemoveGroup { group, reply })
+            .await
+    }
+
+    /// Proposes a membership change (on the leader); answers once it is applied here.
+    pub async fn change_membership(&self, group: PartitionId, change: ConfChangeV2) -> Result<u64> {
+        self.call(|reply| Command::ChangeMembership {
+            group,
+            change,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks the leader of `group` to hand leadership to `to`.
+    pub async fn transfer_leader(&self, group: PartitionId, to: NodeId) -> Result<()> {
+        self.call(|reply| Command::TransferLeader { group, to, reply })
+            .await
+    }
+
+    /// Starts an election for `group` on this node.
+    pub async fn campaign(&self, group: PartitionId) -> Result<()> {
+        self.call(|reply| Command::Campaign { group, reply }).await
+    }
+
+    /// A linearizable read barrier: answers with an index once this replica has applied
+    /// everything committed before the call (raft read-index).
+    pub async fn read_index(&self, group: PartitionId) -> Result<u64> {
+        self.call(|reply| Command::ReadIndex { group, reply }).await
+    }
+
+    /// Compacts the group's log up to its applied index now; answers the new first index.
+    pub async fn compact(&self, group: PartitionId) -> Result<u64> {
+        self.call(|reply| Command::Compact { group, reply }).await
+    }
+
+    /// The status of every replica on this node.
+    pub async fn status(&self) -> Result<Vec<ReplicaStatus>> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+}
+
+/// Membership change helpers.
+pub fn add_learner(node: NodeId) -> ConfChangeV2 {
+    single_change(raft::eraftpb::ConfChangeType::AddLearnerNode, node)
+}
+
+pub fn add_voter(node: NodeId) -> ConfChangeV2 {
+    single_change(raft::eraftpb::ConfChangeType::AddNode, node)
+}
+
+pub fn remove_node(node: NodeId) -> ConfChangeV2 {
+    single_change(raft::eraftpb::ConfChangeType::RemoveNode, node)
+}
+
+fn single_change(kind: raft::eraftpb::ConfChangeType, node: NodeId) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc
+}
+
+/// A running node. Dropping it stops the loop like [`RaftNode::crash`].
+pub struct RaftNode {
+    handle: NodeHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RaftNode {
+    /// Starts the node: recovers every group found in `log`, then serves commands.
+    pub fn start(
+        config: NodeConfig,
+        log: RaftLog,
+        store: Arc<dyn Store>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<RaftNode> {
+        if config.id == 0 {
+            return Err(Error::InvalidRequest("node id 0 is reserved".into()));
+        }
+        let (tx, rx) = sync_channel(config.inbox_capacity);
+        let mut driver = Driver {
+            logger: raft_logger(config.id),
+            config,
+            log,
+            store,
+            transport,
+            replicas: HashMap::new(),
+            next_read_ctx: 1,
+        };
+        for group in driver.log.groups()? {
+            let group = PartitionId::try_from(group)
+                .map_err(|_| Error::Internal(format!("raft log holds group {group}")))?;
+            driver.recover_group(group)?;
+        }
+        let id = driver.config.id;
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-node-{id}"))
+            .spawn(move || driver.run(rx))
+            .map_err(|e| Error::Internal(format!("spawn raft thread: {e}")))?;
+        Ok(RaftNode {
+            handle: NodeHandle { id, tx },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the loop after the current iteration, answering waiting callers with an error.
+    pub fn shutdown(mut self) {
+        self.stop(true);
+    }
+
+    /// Stops the loop abruptly: nothing is answered or flushed beyond what every iteration
+    /// already made durable. What a restart must cope with.
+    pub fn crash(mut self) {
+        self.stop(false);
+    }
+
+    fn stop(&mut self, clean: bool) {
+        // A full queue must not keep a stop from getting through.
+        let _ = self.handle.tx.send(Command::Stop { clean });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RaftNode {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop(false);
+        }
+    }
+}
+
+/// A proposal (or membership change) waiting for its entry to be applied.
+struct Pending {
+    index: u64,
+    term: u64,
+    replies: Vec<Reply<u64>>,
+    deadline: Instant,
+}
+
+struct PendingRead {
+    ctx: u64,
+    /// Set once raft answered the read index.
+    index: Option<u64>,
+    reply: Reply<u64>,
+    deadline: Instant,
+}
+
+struct Replica {
+    group: PartitionId,
+    node: RawNode<GroupStorage>,
+    storage: GroupStorage,
+    pending: VecDeque<Pending>,
+    reads: Vec<PendingRead>,
+    queued: Vec<(Vec<Record>, Reply<u64>)>,
+    queued_changes: Vec<(ConfChangeV2, Reply<u64>)>,
+    applied: u64,
+    last_leader_contact: Option<Instant>,
+}
+
+impl Replica {
+    fn leader_hint(&self) -> Option<NodeId> {
+        let l = self.node.raft.leader_id;
+        (l != 0).then_some(l)
+    }
+
+    fn waiting(&self) -> usize {
+        self.pending.len() + self.reads.len() + self.queued.len()
+    }
+}
+
+struct Driver {
+    config: NodeConfig,
+    logger: slog::Logger,
+    log: RaftLog,
+    store: Arc<dyn Store>,
+    transport: Arc<dyn Transport>,
+    replicas: HashMap<PartitionId, Replica>,
+    next_read_ctx: u64,
+}
+
+/// Committed entries of one group, decoded, waiting to be applied.
+struct Committed {
+    group: PartitionId,
+    /// `(index, term, records)`; conf changes and empty entries carry no records.
+    entries: Vec<(u64, u64, Vec<Record>)>,
+}
+
+fn raft_err(e: raft::Error) -> Error {
+    Error::Raft(e.to_string())
+}
+
+/// Encodes the records of one log entry.
+pub fn encode_entry(records: &[Record]) -> Result<Vec<u8>> {
+    codec::encode(&records)
+}
+
+/// Decodes the records of one log entry.
+pub fn decode_entry(data: &[u8]) -> Result<Vec<Record>> {
+    codec::decode(data)
+}
+
+impl Driver {
+    fn raft_config(&self, applied: u64) -> Config {
+        Config {
+            id: self.config.id,
+            election_tick: self.config.election_ticks,
+            heartbeat_tick: self.config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.config.max_size_per_msg,
+            max_inflight_msgs: self.config.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        }
+    }
+
+    /// Builds the replica of `group` from its durable state, reconciling the log with the
+    /// store: a snapshot installed in the store but not yet recorded in the log is recorded
+    /// now, and a commit index behind the store's applied index is raised to it.
+    fn recover_group(&mut self, group: PartitionId) -> Result<()> {
+        let storage = self.log.group(u64::from(group))?;
+        let applied = self.store.applied_index(group)?;
+        let last = storage.last_index().map_err(raft_err)?;
+        let mut batch = WriteBatch::new();
+        if applied > last {
+            let meta_bytes = self.store.snapshot_meta(group)?;
+            let meta = SnapshotMetadata::parse_from_bytes(&meta_bytes).map_err(|e| {
+                Error::Internal(format!("group {group}: unreadable snapshot metadata: {e}"))
+            })?;
+            if meta.index != applied {
+                return Err(Error::Internal(format!(
+                    "group {group}: store applied {applied} but the log ends at {last}"
+                )));
+            }
+            storage.stage_snapshot_metadata(&mut batch, &meta)?;
+        } else if applied > storage.hard_state().commit {
+            storage.stage_commit_index(&mut batch, applied)?;
+        }
+        if !batch.is_empty() {
+            self.log.write(&mut batch, true)?;
+        }
+        self.add_replica(group, storage, applied)
+    }
+
+    fn add_replica(
+        &mut self,
+        group: PartitionId,
+        storage: GroupStorage,
+        applied: u64,
+    ) -> Result<()> {
+        let store = self.store.clone();
+        storage.set_snapshot_provider(Arc::new(move |gs: &GroupStorage, _request_index| {
+            let data = store.export_partition(group)?;
+            let meta = gs.snapshot_metadata(data.applied_index)?;
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(codec::encode(&data)?.into());
+            snapshot.set_metadata(meta);
+            Ok(snapshot)
+        }));
+        let config = self.raft_config(applied);
+        let node = RawNode::new(&config, storage.clone(), &self.logger).map_err(raft_err)?;
+        self.replicas.insert(
+            group,
+            Replica {
+                group,
+                node,
+                storage,
+                pending: VecDeque::new(),
+                reads: Vec::new(),
+                queued: Vec::new(),
+                queued_changes: Vec::new(),
+                applied,
+                last_leader_contact: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        let tick = Duration::from_millis(self.config.tick_interval_ms.max(1));
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let now = Instant::now();
+            let first = match rx.recv_timeout(next_tick.saturating_duration_since(now)) {
+                Ok(cmd) => Some(cmd),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut handled = 0;
+            let mut next = first;
+            while let Some(cmd) = next {
+                if let Command::Stop { clean } = cmd {
+                    if clean {
+                        self.fail_all("node is shutting down");
+                    }
+                    return;
+                }
+                self.handle(cmd);
+                handled += 1;
+                next = if handled < self.config.max_commands_per_iteration {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            if Instant::now() >= next_tick {
+                for r in self.replicas.values_mut() {
+                    r.node.tick();
+                }
+                next_tick = Instant::now() + tick;
+            }
+            if let Err(e) = self.process() {
+                // Storage failures are not survivable in-process: stop, answer everyone.
+                tracing::error!(node = self.config.id, error = %e, "raft node stops");
+                self.fail_all(&format!("node stopped after an error: {e}"));
+                return;
+            }
+        }
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        for r in self.replicas.values_mut() {
+            fail_replica(r, why);
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let max_pending = self.config.max_pending_per_group;
+        match cmd {
+            Command::Step(envelopes) => {
+                for env in envelopes {
+                    let Some(r) = self.replicas.get_mut(&env.group) else {
+                        continue;
+                    };
+                    if env.message.from == r.node.raft.leader_id {
+                        r.last_leader_contact = Some(Instant::now());
+                    }
+                    // Messages for another node or a stale/unknown peer are refused by raft-rs.
+                    if env.message.to == self.config.id {
+                        let _ = r.node.step(env.message);
+                    }
+                }
+            }
+            Command::Propose {
+                group,
+                records,
+                reply,
+            } => match self.replicas.get_mut(&group) {
+                None => {
+                    let _ = reply.send(Err(Error::NotFound(format!(
+                        "partition {group} on node {}",
+                        self.config.id
+                    ))));
+                }
+                Some(r) if r.node.raft.state != StateRole::Leader => {
+                    let _ = reply.send(Err(Error::NotLeader {
+                        partition: group,
+                        leader: r.leader_hint(),
+                    }));
+                }
+                Some(r) if r.waiting() >= max_pending => {
+                    let _ = reply.send(Err(Error::Raft(format!(
+                        "partition {group}: too many writes waiting"
+                    ))));
+                }
+                Some(r) => r.queued.push((records, reply)),
+            },
+            Command::CreateGroup {
+                group,
+                voters,
+                reply,
+            } => {
+                let _ = reply.send(self.create_group(group, voters));
+            }
+            Command::RemoveGroup { group, reply } => {
+                let _ = reply.send(self.remove_group(group));
+            }
+            Command::ChangeMembership {
+                group,
+                change,
+                reply,
+            } => match self.replicas.get_mut(&group) {
+                None => {
+                    let _ = reply.send(Err(Error::NotFound(format!("partition {group}"))));
+                }
+                Some(r) if r.node.raft.state != StateRole::Leader => {
+                    let _ = reply.send(Err(Error::NotLeader {
+                        partition: group,
+                        leader: r.leader_hint(),
+                    }));
+                }
+                Some(r) => r.queued_changes.push((change, reply)),
+            },
+            Command::TransferLeader { group, to, reply } => {
+                let result = match self.replicas.get_mut(&group) {
+                    None => Err(Error::NotFound(format!("partition {group}"))),
+                    Some(r) => {
+                        r.node.transfer_leader(to);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Campaign { group, reply } => {
+                let result = match self.replicas.get_mut(&group) {
+                    None => Err(Error::NotFound(format!("partition {group}"))),
+                    Some(r) => r.node.campaign().map_err(raft_err),
+                };
+                let _ = reply.send(result);
+            }
+            Command::ReadIndex { group, reply } => match self.replicas.get_mut(&group) {
+                None => {
+                    let _ = reply.send(Err(Error::NotFound(format!("partition {group}"))));
+                }
+                Some(r) if r.waiting() >= max_pending => {
+                    let _ = reply.send(Err(Error::Raft(format!(
+                        "partition {group}: too many reads waiting"
+                    ))));
+                }
+                Some(r) => {
+                    let ctx = self.next_read_ctx;
+                    self.next_read_ctx += 1;
+                    r.node.read_index(ctx.to_be_bytes().to_vec());
+                    r.reads.push(PendingRead {
+                        ctx,
+                        index: None,
+                        reply,
+                        deadline: Instant::now()
+                            + Duration::from_millis(self.config.proposal_timeout_ms),
+                    });
+                }
+            },
+            Command::Compact { group, reply } => {
+                let result = match self.replicas.get(&group) {
+                    None => Err(Error::NotFound(format!("partition {group}"))),
+                    Some(r) => r
+                        .storage
+                        .compact(r.applied)
+                        .and_then(|_| r.storage.first_index().map_err(raft_err)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Status { reply } => {
+                let mut all: Vec<ReplicaStatus> =
+                    self.replicas.values().map(|r| self.status_of(r)).collect();
+                all.sort_by_key(|s| s.group);
+                let _ = reply.send(Ok(all));
+            }
+            Command::Stop { .. } => {}
+        }
+    }
+
+    fn status_of(&self, r: &Replica) -> ReplicaStatus {
+        let raft = &r.node.raft;
+        let conf = r.storage.conf_state();
+        let leader = raft.state == StateRole::Leader;
+        ReplicaStatus {
+            group: r.group,
+            node: self.config.id,
+            role: raft.state.into(),
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: r.applied,
+            first_index: r.storage.first_index().unwrap_or(0),
+            last_index: raft.raft_log.last_index(),
+            voters: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            last_heartbeat_ms_ago: if leader {
+                Some(0)
+            } else {
+                r.last_leader_contact
+                    .map(|t| t.elapsed().as_millis() as u64)
+            },
+        }
+    }
+
+    fn create_group(&mut self, group: PartitionId, voters: Vec<NodeId>) -> Result<()> {
+        if self.replicas.contains_key(&group) {
+            return Err(Error::InvalidRequest(format!(
+                "partition {group} already has a replica on node {}",
+                self.config.id
+            )));
+        }
+        let storage = self.log.group(u64::from(group))?;
+        if !voters.is_empty() {
+            let mut cs = ConfState::default();
+            cs.voters = voters;
+            let mut batch = WriteBatch::new();
+            storage.stage_conf_state(&mut batch, &cs)?;
+            self.log.write(&mut batch, true)?;
+        }
+        let applied = self.store.applied_index(group)?;
+        self.add_replica(group, storage, applied)
+    }
+
+    fn remove_group(&mut self, group: PartitionId) -> Result<()> {
+        let Some(mut r) = self.replicas.remove(&group) else {
+            return Err(Error::NotFound(format!("partition {group}")));
+        };
+        fail_replica(&mut r, "the replica was removed from this node");
+        self.log.remove_group(u64::from(group))?;
+        self.store.drop_partition(group)
+    }
+
+    /// Steps 3 to 6 of the loop (see the module docs).
+    fn process(&mut self) -> Result<()> {
+        self.propose_queued();
+        let now = Instant::now();
+        for r in self.replicas.values_mut() {
+            expire(r, now);
+        }
+        let mut outbox: HashMap<NodeId, Vec<Envelope>> = HashMap::new();
+        let mut batch = WriteBatch::new();
+        let mut sync = false;
+        let mut committed = Vec::new();
+        let mut readies = Vec::new();
+        let groups: Vec<PartitionId> = self.replicas.keys().copied().collect();
+        for group in groups {
+            let Some(r) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            if !r.node.has_ready() {
+                continue;
+            }
+            let mut rd = r.node.ready();
+            queue_messages(&mut outbox, group, rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                install_snapshot(self.store.as_ref(), r, rd.snapshot(), &mut batch)?;
+            }
+            let entries = rd.take_committed_entries();
+            committed.push(decode_committed(r, entries, &mut batch)?);
+            r.storage.stage_append(&mut batch, rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                r.storage.stage_hard_state(&mut batch, hs)?;
+            }
+            for rs in rd.take_read_states() {
+                note_read_state(r, &rs.request_ctx, rs.index);
+            }
+            sync |= rd.must_sync();
+            readies.push((group, rd));
+        }
+        self.flush(&mut outbox);
+        if !batch.is_empty() {
+            self.log.write(&mut batch, sync && self.config.sync_log)?;
+        }
+        self.apply(&committed)?;
+        let mut later = Vec::new();
+        for (group, rd) in readies {
+            let Some(r) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            let mut rd = rd;
+            queue_messages(&mut outbox, group, rd.take_persisted_messages());
+            let mut light = r.node.advance(rd);
+            queue_messages(&mut outbox, group, light.take_messages());
+            let entries = light.take_committed_entries();
+            if !entries.is_empty() {
+                later.push(decode_committed(r, entries, &mut batch)?);
+            }
+        }
+        if !batch.is_empty() {
+            self.log.write(&mut batch, self.config.sync_log)?;
+        }
+        self.apply(&later)?;
+        self.flush(&mut outbox);
+        for c in committed.iter().chain(&later) {
+            if let Some(r) = self.replicas.get_mut(&c.group) {
+                r.node.advance_apply();
+            }
+        }
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn propose_queued(&mut self) {
+        let timeout = Duration::from_millis(self.config.proposal_timeout_ms);
+        let max_records = self.config.max_entry_records.max(1);
+        for r in self.replicas.values_mut() {
+            for (change, reply) in std::mem::take(&mut r.queued_changes) {
+                match r.node.propose_conf_change(vec![], change) {
+                    Ok(()) => track(r, vec![reply], timeout),
+                    Err(e) => {
+                        let _ = reply.send(Err(proposal_error(r, e)));
+                    }
+                }
+            }
+            let queued = std::mem::take(&mut r.queued);
+            let mut records: Vec<Record> = Vec::new();
+            let mut replies = Vec::new();
+            let flush =
+                |r: &mut Replica, records: &mut Vec<Record>, replies: &mut Vec<Reply<u64>>| {
+                    if replies.is_empty() {
+                        return;
+                    }
+                    let taken = std::mem::take(replies);
+                    let result = encode_entry(records).and_then(|data| {
+                        r.node
+                            .propose(vec![], data)
+                            .map_err(|e| proposal_error(r, e))
+                    });
+                    records.clear();
+                    match result {
+                        Ok(()) => track(r, taken, timeout),
+                        Err(e) => {
+                            for reply in taken {
+                                let _ = reply.send(Err(clone_error(&e)));
+                            }
+                        }
+                    }
+                };
+            for (batch, reply) in queued {
+                if !records.is_empty() && records.len() + batch.len() > max_records {
+                    flush(r, &mut records, &mut replies);
+                }
+                records.extend(batch);
+                replies.push(reply);
+            }
+            flush(r, &mut records, &mut replies);
+        }
+    }
+
+    fn flush(&self, outbox: &mut HashMap<NodeId, Vec<Envelope>>) {
+        for (to, batch) in outbox.drain() {
+            if !batch.is_empty() {
+                self.transport.send(to, batch);
+            }
+        }
+    }
+
+    /// Applies committed entries of all groups in one store transaction, then answers the
+    /// proposals and reads they complete.
+    fn apply(&mut self, committed: &[Committed]) -> Result<()> {
+        let writes: Vec<PartitionWrite<'_>> = committed
+            .iter()
+            .flat_map(|c| {
+                c.entries.iter().map(|(index, _, records)| PartitionWrite {
+                    partition: c.group,
+                    index: *index,
+                    records,
+                })
+            })
+            .collect();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(&writes)?;
+        for c in committed {
+            let Some(r) = self.replicas.get_mut(&c.group) else {
+                continue;
+            };
+            for &(index, term, _) in &c.entries {
+                r.applied = r.applied.max(index);
+                while let Some(p) = r.pending.front() {
+                    if p.index > index {
+                        break;
+                    }
+                    let Some(p) = r.pending.pop_front() else {
+                        break;
+                    };
+                    let result = if p.index == index && p.term == term {
+                        Ok(index)
+                    } else {
+                        Err(Error::Raft(format!(
+                            "partition {}: the write was superseded by another leader's entry; retry",
+                            c.group
+                        )))
+                    };
+                    for reply in p.replies {
+                        let _ = reply.send(result.as_ref().map(|i| *i).map_err(clone_error));
+                    }
+                }
+            }
+            answer_reads(r);
+        }
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<()> {
+        let (threshold, keep) = (
+            self.config.compact_threshold_entries,
+            self.config.compact_keep_entries,
+        );
+        for r in self.replicas.values() {
+            let first = r.storage.first_index().map_err(raft_err)?;
+            if r.applied > first && r.applied - first > threshold {
+                r.storage.compact(r.applied.saturating_sub(keep))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fail_replica(r: &mut Replica, why: &str) {
+    let err = || Error::Raft(format!("partition {}: {why}", r.group));
+    for p in r.pending.drain(..) {
+        for reply in p.replies {
+            let _ = reply.send(Err(err()));
+        }
+    }
+    for read in r.reads.drain(..) {
+        let _ = read.reply.send(Err(err()));
+    }
+    for (_, reply) in r.queued.drain(..) {
+        let _ = reply.send(Err(err()));
+    }
+    for (_, reply) in r.queued_changes.drain(..) {
+        let _ = reply.send(Err(err()));
+    }
+}
+
+fn track(r: &mut Replica, replies: Vec<Reply<u64>>, timeout: Duration) {
+    let index = r.node.raft.raft_log.last_index();
+    let term = r.node.raft.term;
+    r.pending.push_back(Pending {
+        index,
+        term,
+        replies,
+        deadline: Instant::now() + timeout,
+    });
+}
+
+fn proposal_error(r: &Replica, e: raft::Error) -> Error {
+    match e {
+        raft::Error::ProposalDropped => Error::NotLeader {
+            partition: r.group,
+            leader: r.leader_hint(),
+        },
+        other => raft_err(other),
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::NotLeader { partition, leader } => Error::NotLeader {
+            partition: *partition,
+            leader: *leader,
+        },
+        other => Error::Raft(other.to_string()),
+    }
+}
+
+/// Answers proposals and reads that waited too long. A timed-out write may still be applied
+/// later: its outcome is unknown to the caller.
+fn expire(r: &mut Replica, now: Instant) {
+    while r.pending.front().is_some_and(|p| p.deadline <= now) {
+        if let Some(p) = r.pending.pop_front() {
+            for reply in p.replies {
+                let _ = reply.send(Err(Error::Raft(format!(
+                    "partition {}: timed out waiting for the write to commit (outcome unknown)",
+                    r.group
+                ))));
+            }
+        }
+    }
+    let group = r.group;
+    r.reads.retain_mut(|read| {
+        if read.deadline > now {
+            return true;
+        }
+        let (reply, _) = oneshot::channel();
+        let reply = std::mem::replace(&mut read.reply, reply);
+        let _ = reply.send(Err(Error::Raft(format!(
+            "partition {group}: read index timed out"
+        ))));
+        false
+    });
+}
+
+fn note_read_state(r: &mut Replica, ctx: &[u8], index: u64) {
+    let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+        return;
+    };
+    let ctx = u64::from_be_bytes(bytes);
+    if let Some(read) = r.reads.iter_mut().find(|read| read.ctx == ctx) {
+        read.index = Some(index);
+    }
+    answer_reads(r);
+}
+
+fn answer_reads(r: &mut Replica) {
+    let applied = r.applied;
+    let mut i = 0;
+    while i < r.reads.len() {
+        if r.reads[i].index.is_some_and(|idx| idx <= applied) {
+            let read = r.reads.swap_remove(i);
+            let _ = read.reply.send(Ok(read.index.unwrap_or(applied)));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn queue_messages(
+    outbox: &mut HashMap<NodeId, Vec<Envelope>>,
+    group: PartitionId,
+    messages: Vec<Message>,
+) {
+    for message in messages {
+        outbox
+            .entry(message.to)
+            .or_default()
+            .push(Envelope { group, message });
+    }
+}
+
+/// Installs a snapshot received from the leader: the data goes into the store first (with
+/// the snapshot metadata, atomically), then the log records it. A crash in between is
+/// repaired by `recover_group`.
+fn install_snapshot(
+    store: &dyn Store,
+    r: &mut Replica,
+    snapshot: &Snapshot,
+    batch: &mut WriteBatch,
+) -> Result<()> {
+    let meta = snapshot.get_metadata();
+    let mut data: PartitionSnapshot = codec::decode(snapshot.get_data())?;
+    if data.partition != r.group || data.applied_index != meta.index {
+        return Err(Error::Internal(format!(
+            "snapshot for partition {} at {} does not match group {} at {}",
+            data.partition, data.applied_index, r.group, meta.index
+        )));
+    }
+    data.meta = meta
+        .write_to_bytes()
+        .map_err(|e| Error::Internal(format!("encode snapshot metadata: {e}")))?;
+    store.import_partition(&data)?;
+    r.storage.stage_snapshot_metadata(batch, meta)?;
+    r.applied = meta.index;
+    tracing::info!(
+        group = r.group,
+        index = meta.index,
+        rows = data.points.len(),
+        "installed snapshot"
+    );
+    Ok(())
+}
+
+/// Decodes committed entries; conf changes are applied to the raw node now and their new
+/// conf state staged into `batch`, so membership is durable before the store moves past it.
+fn decode_committed(
+    r: &mut Replica,
+    entries: Vec<Entry>,
+    batch: &mut WriteBatch,
+) -> Result<Committed> {
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let records = match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => Vec::new(),
+            EntryType::EntryNormal => decode_entry(&e.data)?,
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::parse_from_bytes(&e.data)
+                    .map_err(|err| Error::Internal(format!("bad conf change: {err}")))?;
+                apply_conf_change(r, &cc, batch)?;
+                Vec::new()
+            }
+            EntryType::EntryConfChangeV2 => {
+                let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                    .map_err(|err| Error::Internal(format!("bad conf change: {err}")))?;
+                apply_conf_change(r, &cc, batch)?;
+                Vec::new()
+            }
+        };
+        out.push((e.index, e.term, records));
+    }
+    Ok(Committed {
+        group: r.group,
+        entries: out,
+    })
+}
+
+fn apply_conf_change(
+    r: &mut Replica,
+    cc: &impl raft_proto::ConfChangeI,
+    batch: &mut WriteBatch,
+) -> Result<()> {
+    match r.node.apply_conf_change(cc) {
+        Ok(cs) => r.storage.stage_conf_state(batch, &cs),
+        // An invalid change (e.g. removing the last voter) is skipped, as raft-rs does.
+        Err(e) => {
+            tracing::warn!(group = r.group, error = %e, "conf change refused");
+            Ok(())
+        }
+    }
+}
