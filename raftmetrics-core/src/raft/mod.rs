@@ -9,12 +9,12 @@
 pub mod log;
 mod logger;
 pub mod node;
-// pub mod sim_network;
+pub mod sim_network;
 pub mod transport;
 
 pub use log::{GroupStorage, RaftLog, WriteBatch};
 pub use node::{
     NodeConfig, NodeHandle, RaftNode, ReplicaStatus, Role, add_learner, add_voter, remove_node,
 };
-// pub use sim_network::{FaultConfig, SimNetwork};
+pub use sim_network::{FaultConfig, SimNetwork};
 pub use transport::{Envelope, NodeId, Transport};

@@ -728,8 +728,10 @@ impl Driver {
         }
         let storage = self.log.group(u64::from(group))?;
         if !voters.is_empty() {
-            let mut cs = ConfState::default();
-            cs.voters = voters;
+            let cs = ConfState {
+                voters,
+                ..ConfState::default()
+            };
             let mut batch = WriteBatch::new();
             storage.stage_conf_state(&mut batch, &cs)?;
             self.log.write(&mut batch, true)?;
@@ -813,7 +815,37 @@ impl Driver {
                 r.node.advance_apply();
             }
         }
+        self.destroy_removed()?;
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// A replica whose group no longer lists this node (it was removed by a membership
+    /// change) stops taking part: it is dropped with its log and data, and its waiting
+    /// callers are answered. The remaining members elect a leader without it.
+    fn destroy_removed(&mut self) -> Result<()> {
+        let me = self.config.id;
+        let removed: Vec<PartitionId> = self
+            .replicas
+            .values()
+            .filter(|r| {
+                let cs = r.storage.conf_state();
+                let initialized = !cs.voters.is_empty() || !cs.learners.is_empty();
+                initialized
+                    && !cs.voters.contains(&me)
+                    && !cs.learners.contains(&me)
+                    && !cs.voters_outgoing.contains(&me)
+            })
+            .map(|r| r.group)
+            .collect();
+        for group in removed {
+            tracing::info!(
+                node = me,
+                group,
+                "replica removed from its group; dropping it"
+            );
+            self.remove_group(group)?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,534 @@
+//! Raft replication under faults: in-process clusters of real nodes (raft-engine logs and
+//! DuckDB stores on disk) over a simulated network that drops, delays, duplicates, reorders
+//! and partitions messages, with crashes and restarts.
+//!
+//! The fault schedule and the data come from a seed, printed at the start of each run;
+//! `RM_SEED=<n>` replays a seed (thread timing is not deterministic, the schedule is).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use raftmetrics_core::model::{Limits, Record, validate_batch};
+use raftmetrics_core::raft::{
+    FaultConfig, NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role,
+    SimNetwork, add_learner, add_voter, remove_node,
+};
+use raftmetrics_core::store::conformance::SplitMix;
+use raftmetrics_core::store::{DuckDbStore, Store};
+use raftmetrics_core::{Error, Point, Timestamp};
+
+const TICK_MS: u64 = 20;
+
+struct Cluster {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    net: SimNetwork,
+    nodes: BTreeMap<NodeId, RaftNode>,
+    handles: BTreeMap<NodeId, NodeHandle>,
+    stores: BTreeMap<NodeId, Arc<DuckDbStore>>,
+    compact_threshold: u64,
+}
+
+impl Cluster {
+    fn new(seed: u64, ids: &[NodeId], compact_threshold: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Cluster {
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            net: SimNetwork::new(seed, FaultConfig::reliable()),
+            nodes: BTreeMap::new(),
+            handles: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            compact_threshold,
+        };
+        for &id in ids {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let store =
+            Arc::new(DuckDbStore::open(self.dir.join(format!("node-{id}.duckdb"))).unwrap());
+        let log = RaftLog::open(&self.dir.join(format!("raft-{id}"))).unwrap();
+        let mut cfg = NodeConfig::new(id);
+        cfg.tick_interval_ms = TICK_MS;
+        cfg.proposal_timeout_ms = 1_000;
+        cfg.compact_threshold_entries = self.compact_threshold;
+        cfg.compact_keep_entries = self.compact_threshold / 4;
+        let node = RaftNode::start(cfg, log, store.clone(), self.net.endpoint(id)).unwrap();
+        let handle = node.handle();
+        let h = handle.clone();
+        self.net.register(id, Arc::new(move |batch| h.step(batch)));
+        self.nodes.insert(id, node);
+        self.handles.insert(id, handle);
+        self.stores.insert(id, store);
+    }
+
+    /// Stops a node without a clean shutdown and releases its files.
+    fn crash(&mut self, id: NodeId) {
+        self.net.unregister(id);
+        self.handles.remove(&id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.crash();
+        }
+        self.stores.remove(&id);
+    }
+
+    fn live(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    async fn statuses(&self) -> Vec<ReplicaStatus> {
+        let mut all = Vec::new();
+        for h in self.handles.values() {
+            if let Ok(mut s) = h.status().await {
+                all.append(&mut s);
+            }
+        }
+        all
+    }
+
+    async fn leader(&self, group: u32) -> Option<NodeHandle> {
+        let statuses = self.statuses().await;
+        statuses
+            .iter()
+            .filter(|s| s.group == group && s.role == Role::Leader)
+            .max_by_key(|s| s.term)
+            .and_then(|s| self.handles.get(&s.node).cloned())
+    }
+
+    async fn wait_leader(&self, group: u32) -> NodeHandle {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(h) = self.leader(group).await {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "no leader for group {group}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn create_group(&self, group: u32, voters: &[NodeId]) {
+        for id in voters {
+            self.handles[id]
+                .create_group(group, voters.to_vec())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until every live replica of `group` has applied the same index and holds the
+    /// same data; returns that digest's row count.
+    async fn converged(&self, group: u32, replicas: &[NodeId]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let statuses: Vec<ReplicaStatus> = self
+                .statuses()
+                .await
+                .into_iter()
+                .filter(|s| s.group == group && replicas.contains(&s.node))
+                .collect();
+            let commit = statuses.iter().map(|s| s.commit_index).max().unwrap_or(0);
+            if statuses.len() == replicas.len()
+                && statuses.iter().all(|s| s.applied_index == commit)
+            {
+                let digests: Vec<_> = replicas
+                    .iter()
+                    .map(|id| self.stores[id].digest(group).unwrap())
+                    .collect();
+                if digests.iter().all(|d| *d == digests[0]) {
+                    return digests[0].rows;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} did not converge: {statuses:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Values stored in `group` on `node`, with their multiplicity.
+    fn values(&self, node: NodeId, group: u32) -> HashMap<u64, usize> {
+        let mut out = HashMap::new();
+        for p in self.stores[&node].export_partition(group).unwrap().points {
+            *out.entry(p.value as u64).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+fn records(ids: std::ops::Range<u64>) -> Vec<Record> {
+    let t = Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+    let points = ids
+        .map(|i| {
+            let at = Timestamp::from_micros(t.as_micros() + (i % 1_000_000_000) as i64);
+            Point::new("writes", i as f64).at(at).tag("src", "test")
+        })
+        .collect();
+    validate_batch(points, Timestamp::now(), &Limits::default()).unwrap()
+}
+
+/// Proposes through whichever node leads, following leader hints and retrying for a few
+/// seconds; `None` if the write was not acknowledged.
+async fn write(handles: &[NodeHandle], group: u32, ids: std::ops::Range<u64>) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut target = 0;
+    while Instant::now() < deadline {
+        let h = &handles[target % handles.len()];
+        match tokio::time::timeout(
+            Duration::from_millis(1_500),
+            h.propose(group, records(ids.clone())),
+        )
+        .await
+        {
+            Ok(Ok(index)) => return Some(index),
+            Ok(Err(Error::NotLeader {
+                leader: Some(l), ..
+            })) if handles.iter().any(|h| h.id() == l) => {
+                target = handles
+                    .iter()
+                    .position(|h| h.id() == l)
+                    .unwrap_or(target + 1);
+            }
+            // A timeout or an unknown outcome: the write may have been applied, so it is not
+            // retried (retrying could store it twice); it just does not count as acknowledged.
+            Ok(Err(Error::Raft(m))) if m.contains("outcome unknown") => return None,
+            Err(_) => return None,
+            _ => {
+                target += 1;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    }
+    None
+}
+
+fn seed_or(default: u64) -> u64 {
+    std::env::var("RM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Thousands of proposals while the network misbehaves, leaders are isolated and nodes crash
+/// and restart. Afterwards every acknowledged write is on every replica exactly once, the
+/// replicas are identical, and no term ever had two leaders.
+async fn chaos(seed: u64, nodes: &[NodeId], groups: &[u32], rounds: usize) {
+    eprintln!("chaos seed = {seed} (replay with RM_SEED={seed})");
+    let mut rng = SplitMix(seed);
+    let mut c = Cluster::new(seed, nodes, 300);
+    for &g in groups {
+        c.create_group(g, nodes).await;
+    }
+    let mut leaders_by_term: HashMap<(u32, u64), HashSet<NodeId>> = HashMap::new();
+    let acked: Arc<Mutex<HashMap<u32, Vec<std::ops::Range<u64>>>>> = Arc::default();
+    let mut next_id = 0u64;
+    for round in 0..rounds {
+        // A fault for this round.
+        let live = c.live();
+        match rng.below(6) {
+            0 => c.net.set_faults(FaultConfig {
+                drop_probability: 0.1,
+                duplicate_probability: 0.05,
+                min_delay_ms: 0,
+                max_delay_ms: 15,
+            }),
+            1 => {
+                let victim = live[rng.below(live.len() as u64) as usize];
+                c.net.isolate(victim);
+            }
+            2 => {
+                let a = live[rng.below(live.len() as u64) as usize];
+                let rest: Vec<NodeId> = live.iter().copied().filter(|&n| n != a).collect();
+                c.net.partition(&[a], &rest[..rest.len() / 2]);
+            }
+            3 if live.len() == nodes.len() => {
+                // Crash the leader of a random group (or any node), restart it next round.
+                let g = groups[rng.below(groups.len() as u64) as usize];
+                let victim = match c.leader(g).await {
+                    Some(h) => h.id(),
+                    None => live[rng.below(live.len() as u64) as usize],
+                };
+                c.crash(victim);
+            }
+            _ => {
+                c.net.heal();
+                c.net.set_faults(FaultConfig::reliable());
+            }
+        }
+        // Restart anything that is down with some probability.
+        for &id in nodes {
+            if !c.nodes.contains_key(&id) && rng.below(2) == 0 {
+                c.start(id);
+            }
+        }
+        // Writes from concurrent clients during the fault, for a fixed time per round.
+        let handles: Vec<NodeHandle> = c.handles.values().cloned().collect();
+        let round_end = Instant::now() + Duration::from_millis(700);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let g = groups[rng.below(groups.len() as u64) as usize];
+            let size = 1 + rng.below(20);
+            // Each task owns a disjoint id space for this round.
+            let base = next_id;
+            next_id += 1_000_000;
+            let handles = handles.clone();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut start = base;
+                while Instant::now() < round_end {
+                    let ids = start..start + size;
+                    start += size;
+                    if write(&handles, g, ids.clone()).await.is_some() {
+                        acked.lock().unwrap().entry(g).or_default().push(ids);
+                    }
+                }
+            }));
+        }
+        // Meanwhile, sample who leads each group in each term.
+        while Instant::now() < round_end {
+            for s in c.statuses().await {
+                if s.role == Role::Leader {
+                    leaders_by_term
+                        .entry((s.group, s.term))
+                        .or_default()
+                        .insert(s.node);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        if round % 10 == 0 {
+            eprintln!(
+                "round {round}: {} writes acknowledged",
+                acked.lock().unwrap().values().map(Vec::len).sum::<usize>()
+            );
+        }
+    }
+    // Heal everything and let the cluster converge.
+    c.net.heal();
+    c.net.set_faults(FaultConfig::reliable());
+    for &id in nodes {
+        if !c.nodes.contains_key(&id) {
+            c.start(id);
+        }
+    }
+    for (&(g, term), leaders) in leaders_by_term.iter() {
+        assert!(
+            leaders.len() <= 1,
+            "group {g} term {term} had leaders {leaders:?}"
+        );
+    }
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.values().flatten().map(|r| r.clone().count()).sum();
+    assert!(
+        total > 1_000,
+        "too few acknowledged points ({total}) to say anything"
+    );
+    for &g in groups {
+        // A write after healing makes sure the current leader has committed everything.
+        let leader = c.wait_leader(g).await;
+        assert!(
+            write(&[leader], g, u64::MAX / 4..u64::MAX / 4 + 1)
+                .await
+                .is_some()
+        );
+        c.converged(g, nodes).await;
+        for &n in nodes {
+            let values = c.values(n, g);
+            for range in acked.get(&g).into_iter().flatten() {
+                for id in range.clone() {
+                    assert_eq!(
+                        values.get(&id).copied(),
+                        Some(1),
+                        "node {n} group {g}: acknowledged point {id} must be present exactly once (seed {seed})"
+                    );
+                }
+            }
+            assert!(
+                values.values().all(|&k| k == 1),
+                "node {n} group {g}: duplicated points (seed {seed})"
+            );
+        }
+    }
+    eprintln!(
+        "seed {seed}: {total} acknowledged points verified on {} nodes",
+        nodes.len()
+    );
+    for id in c.live() {
+        c.crash(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_survive_chaos() {
+    chaos(seed_or(0x3a11), &[1, 2, 3], &[0, 1, 2], 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_survive_chaos() {
+    chaos(seed_or(0x5a11), &[1, 2, 3, 4, 5], &[0, 1], 25).await;
+}
+
+/// A replica crashes in the middle of a stream of writes, restarts from its on-disk log and
+/// store, rejoins and converges; then the same happens to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_replicas_restart_from_disk() {
+    let mut c = Cluster::new(seed_or(7), &[1, 2, 3], 10_000);
+    c.create_group(4, &[1, 2, 3]).await;
+    let mut acked = Vec::new();
+    let mut next = 0u64;
+    for step in 0..3 {
+        let leader = c.wait_leader(4).await;
+        let follower = c.live().into_iter().find(|&n| n != leader.id()).unwrap();
+        let victim = if step == 1 { leader.id() } else { follower };
+        for i in 0..60 {
+            if i == 20 {
+                c.crash(victim);
+            }
+            if i == 45 {
+                c.start(victim);
+            }
+            let handles: Vec<NodeHandle> = c.handles.values().cloned().collect();
+            let ids = next..next + 50;
+            next += 50;
+            if write(&handles, 4, ids.clone()).await.is_some() {
+                acked.push(ids);
+            }
+        }
+    }
+    assert!(
+        acked.len() > 150,
+        "writes must keep being served ({} acknowledged)",
+        acked.len()
+    );
+    let leader = c.wait_leader(4).await;
+    assert!(write(&[leader], 4, 1_000_000..1_000_001).await.is_some());
+    c.converged(4, &[1, 2, 3]).await;
+    for n in [1, 2, 3] {
+        let values = c.values(n, 4);
+        for id in acked.iter().flat_map(|r| r.clone()) {
+            assert_eq!(
+                values.get(&id),
+                Some(&1),
+                "node {n}: acknowledged point {id}"
+            );
+        }
+    }
+}
+
+/// Grow a partition from one replica to three (the new ones catch up by snapshot, since the
+/// log was compacted), then remove the leader; writes keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_grows_by_snapshot_and_survives_removing_the_leader() {
+    let c = Cluster::new(seed_or(11), &[1, 2, 3], 100);
+    let group = 9;
+    c.handles[&1].create_group(group, vec![1]).await.unwrap();
+    let leader = c.wait_leader(group).await;
+    let mut acked = Vec::new();
+    for i in 0..300u64 {
+        let ids = i * 10..i * 10 + 10;
+        assert!(
+            write(std::slice::from_ref(&leader), group, ids.clone())
+                .await
+                .is_some()
+        );
+        acked.push(ids);
+    }
+    let first = leader.compact(group).await.unwrap();
+    assert!(
+        first > 200,
+        "the log must be compacted so that newcomers need a snapshot (first index {first})"
+    );
+    for new in [2u64, 3] {
+        c.handles[&new].create_group(group, vec![]).await.unwrap();
+        leader
+            .change_membership(group, add_learner(new))
+            .await
+            .unwrap();
+        // Learners catch up (by snapshot), then become voters.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = c.statuses().await;
+            let lead = s
+                .iter()
+                .find(|s| s.group == group && s.node == 1)
+                .unwrap()
+                .applied_index;
+            if s.iter()
+                .any(|s| s.group == group && s.node == new && s.applied_index >= lead)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "learner {new} did not catch up");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        leader
+            .change_membership(group, add_voter(new))
+            .await
+            .unwrap();
+    }
+    let status = leader.status().await.unwrap();
+    let mut voters = status
+        .iter()
+        .find(|s| s.group == group)
+        .unwrap()
+        .voters
+        .clone();
+    voters.sort();
+    assert_eq!(voters, vec![1, 2, 3]);
+    assert_eq!(c.converged(group, &[1, 2, 3]).await, 3_000);
+    // Remove the leader itself; the other two elect a leader and keep serving writes.
+    leader
+        .change_membership(group, remove_node(1))
+        .await
+        .unwrap();
+    let survivors: Vec<NodeHandle> = vec![c.handles[&2].clone(), c.handles[&3].clone()];
+    for i in 300..400u64 {
+        let ids = i * 10..i * 10 + 10;
+        assert!(
+            write(&survivors, group, ids.clone()).await.is_some(),
+            "write {i} after removing the leader"
+        );
+        acked.push(ids);
+    }
+    assert_eq!(c.converged(group, &[2, 3]).await, 4_000);
+    for n in [2, 3] {
+        let values = c.values(n, group);
+        for id in acked.iter().flat_map(|r| r.clone()) {
+            assert_eq!(values.get(&id), Some(&1), "node {n}: point {id}");
+        }
+    }
+}
+
+/// Linearizable reads: after an acknowledged write, a read index on any replica waits until
+/// that replica has applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_sees_every_acknowledged_write() {
+    let c = Cluster::new(seed_or(5), &[1, 2, 3], 10_000);
+    c.create_group(2, &[1, 2, 3]).await;
+    let leader = c.wait_leader(2).await;
+    for i in 0..20u64 {
+        let index = write(std::slice::from_ref(&leader), 2, i * 5..i * 5 + 5)
+            .await
+            .unwrap();
+        for h in c.handles.values() {
+            let read = h.read_index(2).await.unwrap();
+            assert!(
+                read >= index,
+                "node {}: read index {read} before write {index}",
+                h.id()
+            );
+            let applied = h.status().await.unwrap()[0].applied_index;
+            assert!(applied >= index);
+            assert_eq!(c.values(h.id(), 2).len() as u64, (i + 1) * 5);
+        }
+    }
+}
