@@ -57,6 +57,7 @@ impl Cluster {
         let mut cfg = NodeConfig::new(id);
         cfg.tick_interval_ms = TICK_MS;
         cfg.proposal_timeout_ms = 1_000;
+        cfg.snapshot_timeout_ms = 1_000;
         cfg.compact_threshold_entries = self.compact_threshold;
         cfg.compact_keep_entries = self.compact_threshold / 4;
         let node = RaftNode::start(cfg, log, store.clone(), self.net.endpoint(id)).unwrap();
@@ -221,7 +222,9 @@ fn seed_or(default: u64) -> u64 {
 async fn chaos(seed: u64, nodes: &[NodeId], groups: &[u32], rounds: usize) {
     eprintln!("chaos seed = {seed} (replay with RM_SEED={seed})");
     let mut rng = SplitMix(seed);
-    let mut c = Cluster::new(seed, nodes, 300);
+    // A low compaction threshold, so that restarted and cut-off replicas often need a
+    // snapshot, sent over the same lossy network.
+    let mut c = Cluster::new(seed, nodes, 100);
     for &g in groups {
         c.create_group(g, nodes).await;
     }
@@ -358,8 +361,14 @@ async fn chaos(seed: u64, nodes: &[NodeId], groups: &[u32], rounds: usize) {
             );
         }
     }
+    let snapshots: u64 = c
+        .statuses()
+        .await
+        .iter()
+        .map(|s| s.snapshots_installed)
+        .sum();
     eprintln!(
-        "seed {seed}: {total} acknowledged points verified on {} nodes",
+        "seed {seed}: {total} acknowledged points verified on {} nodes; {snapshots} snapshots installed since the last restarts",
         nodes.len()
     );
     for id in c.live() {
@@ -474,6 +483,13 @@ async fn membership_grows_by_snapshot_and_survives_removing_the_leader() {
             .change_membership(group, add_voter(new))
             .await
             .unwrap();
+    }
+    for new in [2u64, 3] {
+        let s = c.handles[&new].status().await.unwrap();
+        assert_eq!(
+            s[0].snapshots_installed, 1,
+            "node {new} must have caught up by snapshot"
+        );
     }
     let status = leader.status().await.unwrap();
     let mut voters = status

@@ -25,10 +25,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
+use raft::eraftpb::MessageType;
 use raft::eraftpb::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot, SnapshotMetadata,
 };
-use raft::{Config, RawNode, StateRole, Storage as _};
+use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -67,6 +68,9 @@ pub struct NodeConfig {
     pub sync_log: bool,
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
+    /// A snapshot sent to a follower that has not taken effect after this long is reported
+    /// failed, so the leader sends a new one (a transport may lose it).
+    pub snapshot_timeout_ms: u64,
 }
 
 impl NodeConfig {
@@ -86,6 +90,7 @@ impl NodeConfig {
             sync_log: true,
             max_size_per_msg: 4 * 1024 * 1024,
             max_inflight_msgs: 64,
+            snapshot_timeout_ms: 10_000,
         }
     }
 }
@@ -127,6 +132,8 @@ pub struct ReplicaStatus {
     pub learners: Vec<NodeId>,
     /// Milliseconds since the leader was last heard from (0 on the leader itself).
     pub last_heartbeat_ms_ago: Option<u64>,
+    /// Snapshots this replica installed since the node started.
+    pub snapshots_installed: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -399,6 +406,9 @@ struct Replica {
     queued_changes: Vec<(ConfChangeV2, Reply<u64>)>,
     applied: u64,
     last_leader_contact: Option<Instant>,
+    /// Followers this leader sent a snapshot to, and when.
+    snapshots_sent: HashMap<NodeId, Instant>,
+    snapshots_installed: u64,
 }
 
 impl Replica {
@@ -515,6 +525,8 @@ impl Driver {
                 queued_changes: Vec::new(),
                 applied,
                 last_leader_contact: None,
+                snapshots_sent: HashMap::new(),
+                snapshots_installed: 0,
             },
         );
         Ok(())
@@ -716,6 +728,7 @@ impl Driver {
                 r.last_leader_contact
                     .map(|t| t.elapsed().as_millis() as u64)
             },
+            snapshots_installed: r.snapshots_installed,
         }
     }
 
@@ -753,8 +766,10 @@ impl Driver {
     fn process(&mut self) -> Result<()> {
         self.propose_queued();
         let now = Instant::now();
+        let snapshot_timeout = Duration::from_millis(self.config.snapshot_timeout_ms);
         for r in self.replicas.values_mut() {
             expire(r, now);
+            watch_snapshots(r, now, snapshot_timeout);
         }
         let mut outbox: HashMap<NodeId, Vec<Envelope>> = HashMap::new();
         let mut batch = WriteBatch::new();
@@ -770,7 +785,13 @@ impl Driver {
                 continue;
             }
             let mut rd = r.node.ready();
-            queue_messages(&mut outbox, group, rd.take_messages());
+            let messages = rd.take_messages();
+            for m in &messages {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    r.snapshots_sent.insert(m.to, Instant::now());
+                }
+            }
+            queue_messages(&mut outbox, group, messages);
             if !rd.snapshot().is_empty() {
                 install_snapshot(self.store.as_ref(), r, rd.snapshot(), &mut batch)?;
             }
@@ -1043,6 +1064,37 @@ fn expire(r: &mut Replica, now: Instant) {
     });
 }
 
+/// raft-rs waits for a snapshot's outcome before replicating to that follower again; a lost
+/// snapshot message would stall it forever. A snapshot that has not taken effect in time is
+/// reported failed, and the leader sends a fresh one.
+fn watch_snapshots(r: &mut Replica, now: Instant, timeout: Duration) {
+    if r.snapshots_sent.is_empty() {
+        return;
+    }
+    let mut failed = Vec::new();
+    r.snapshots_sent.retain(|&peer, &mut sent| {
+        let waiting = r
+            .node
+            .raft
+            .prs()
+            .get(peer)
+            .is_some_and(|p| p.state == ProgressState::Snapshot);
+        if waiting && now.duration_since(sent) > timeout {
+            failed.push(peer);
+            return false;
+        }
+        waiting
+    });
+    for peer in failed {
+        tracing::warn!(
+            group = r.group,
+            peer,
+            "snapshot not installed in time; resending"
+        );
+        r.node.report_snapshot(peer, SnapshotStatus::Failure);
+    }
+}
+
 fn note_read_state(r: &mut Replica, ctx: &[u8], index: u64) {
     let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
         return;
@@ -1103,6 +1155,7 @@ fn install_snapshot(
     store.import_partition(&data)?;
     r.storage.stage_snapshot_metadata(batch, meta)?;
     r.applied = meta.index;
+    r.snapshots_installed += 1;
     tracing::info!(
         group = r.group,
         index = meta.index,
