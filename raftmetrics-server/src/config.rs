@@ -1,0 +1,1 @@
+//! Node configuration (filled in next).

@@ -1,0 +1,4 @@
+//! Node-to-node communication: length-prefixed frames over TCP.
+
+pub mod frame;
+pub mod tcp_transport;
