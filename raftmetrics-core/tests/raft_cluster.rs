@@ -18,7 +18,7 @@ use raftmetrics_core::raft::{
 };
 use raftmetrics_core::store::conformance::SplitMix;
 use raftmetrics_core::store::{DuckDbStore, Store};
-use raftmetrics_core::{Error, Point, Timestamp};
+use raftmetrics_core::{Error, Point, Timestamp, codec};
 
 const TICK_MS: u64 = 20;
 
@@ -240,6 +240,7 @@ async fn chaos(seed: u64, nodes: &[NodeId], groups: &[u32], rounds: usize) {
                 duplicate_probability: 0.05,
                 min_delay_ms: 0,
                 max_delay_ms: 15,
+                snapshot_chunk_bytes: Some(64 * 1024),
             }),
             1 => {
                 let victim = live[rng.below(live.len() as u64) as usize];
@@ -368,8 +369,9 @@ async fn chaos(seed: u64, nodes: &[NodeId], groups: &[u32], rounds: usize) {
         .map(|s| s.snapshots_installed)
         .sum();
     eprintln!(
-        "seed {seed}: {total} acknowledged points verified on {} nodes; {snapshots} snapshots installed since the last restarts",
-        nodes.len()
+        "seed {seed}: {total} acknowledged points verified on {} nodes; {snapshots} snapshots installed since the last restarts; {} snapshot chunks sent",
+        nodes.len(),
+        c.net.stats().chunks_sent
     );
     for id in c.live() {
         c.crash(id);
@@ -522,6 +524,68 @@ async fn membership_grows_by_snapshot_and_survives_removing_the_leader() {
             assert_eq!(values.get(&id), Some(&1), "node {n}: point {id}");
         }
     }
+}
+
+/// A snapshot many times the chunk size crosses a network that drops, duplicates and reorders
+/// its chunks: a lost chunk loses that send, the leader resends after its snapshot timeout,
+/// and the learner catches up with exactly one installed snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_cross_a_lossy_network_in_chunks() {
+    let seed = seed_or(13);
+    eprintln!("seed = {seed} (replay with RM_SEED={seed})");
+    let c = Cluster::new(seed, &[1, 2], 10_000);
+    let group = 6;
+    c.handles[&1].create_group(group, vec![1]).await.unwrap();
+    let leader = c.wait_leader(group).await;
+    for i in 0..20u64 {
+        let ids = i * 1_000..(i + 1) * 1_000;
+        assert!(
+            write(std::slice::from_ref(&leader), group, ids)
+                .await
+                .is_some()
+        );
+    }
+    let first = leader.compact(group).await.unwrap();
+    assert!(
+        first > 20,
+        "the log must be compacted so that the newcomer needs a snapshot (first index {first})"
+    );
+    let snapshot_bytes = codec::encode(&c.stores[&1].export_partition(group).unwrap())
+        .unwrap()
+        .len();
+    assert!(
+        snapshot_bytes > 4 * 64 * 1024,
+        "the snapshot must be well over 64 KiB ({snapshot_bytes} bytes)"
+    );
+    c.net.set_faults(FaultConfig {
+        drop_probability: 0.2,
+        duplicate_probability: 0.1,
+        min_delay_ms: 0,
+        max_delay_ms: 5,
+        snapshot_chunk_bytes: Some(16 * 1024),
+    });
+    let started = Instant::now();
+    c.handles[&2].create_group(group, vec![]).await.unwrap();
+    leader
+        .change_membership(group, add_learner(2))
+        .await
+        .unwrap();
+    assert_eq!(c.converged(group, &[1, 2]).await, 20_000);
+    let learner = c.handles[&2].status().await.unwrap();
+    let stats = c.net.stats();
+    eprintln!(
+        "{snapshot_bytes} bytes of snapshot caught up in {:?}; network: {stats:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        learner[0].snapshots_installed, 1,
+        "node 2 must have caught up by one snapshot"
+    );
+    assert!(
+        stats.chunks_sent > 1 && stats.reassembled >= 1,
+        "the snapshot must have travelled in chunks: {stats:?}"
+    );
+    assert_eq!(c.values(2, group), c.values(1, group));
 }
 
 /// Linearizable reads: after an acknowledged write, a read index on any replica waits until

@@ -4,14 +4,18 @@
 //! [`RaftNode`] loop over one durable [`RaftLog`] (TiKV's raft-engine) and one
 //! [`crate::store::Store`]. Messages leave through a [`Transport`] and arrive through
 //! [`NodeHandle::step`]; [`SimNetwork`] is an in-process transport that can drop, delay,
-//! duplicate, reorder and partition messages, for tests and simulations.
+//! duplicate, reorder and partition messages, for tests and simulations. [`chunk`] splits
+//! snapshot messages into bounded [`Frame`]s and rebuilds them ([`Reassembler`]), for
+//! transports that move bounded frames.
 
+pub mod chunk;
 pub mod log;
 mod logger;
 pub mod node;
 pub mod sim_network;
 pub mod transport;
 
+pub use chunk::{Frame, Reassembler, SnapshotChunk};
 pub use log::{GroupStorage, RaftLog, WriteBatch};
 pub use node::{
     NodeConfig, NodeHandle, RaftNode, ReplicaStatus, Role, add_learner, add_voter, remove_node,

@@ -138,6 +138,9 @@ pub struct ReplicaStatus {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// How often the loop asks raft-engine to delete fully compacted log files.
+const PURGE_INTERVAL: Duration = Duration::from_secs(10);
+
 enum Command {
     Step(Vec<Envelope>),
     Propose {
@@ -535,6 +538,7 @@ impl Driver {
     fn run(mut self, rx: Receiver<Command>) {
         let tick = Duration::from_millis(self.config.tick_interval_ms.max(1));
         let mut next_tick = Instant::now() + tick;
+        let mut next_purge = Instant::now() + PURGE_INTERVAL;
         loop {
             let now = Instant::now();
             let first = match rx.recv_timeout(next_tick.saturating_duration_since(now)) {
@@ -564,6 +568,13 @@ impl Driver {
                     r.node.tick();
                 }
                 next_tick = Instant::now() + tick;
+            }
+            if Instant::now() >= next_purge {
+                // Log files whose entries every group has compacted away are deleted.
+                if let Err(e) = self.log.purge_expired_files() {
+                    tracing::warn!(node = self.config.id, error = %e, "raft log purge failed");
+                }
+                next_purge = Instant::now() + PURGE_INTERVAL;
             }
             if let Err(e) = self.process() {
                 // Storage failures are not survivable in-process: stop, answer everyone.

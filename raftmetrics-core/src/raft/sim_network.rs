@@ -7,13 +7,28 @@
 //! configured by a [`FaultConfig`], and it can cut links one way, partition sets of nodes and
 //! isolate nodes.
 //!
+//! # Frames and snapshot chunks
+//!
+//! The network moves [`Frame`]s. By default every message is one frame. With
+//! [`FaultConfig::snapshot_chunk_bytes`] set, [`chunk::split`] turns each large snapshot
+//! message into chunks when it is sent, and every frame (whole message or chunk) meets the
+//! faults on its own: it may be dropped, duplicated, delayed or cut like a message. At the
+//! destination, chunks go through that node's [`Reassembler`] (held by the network, used
+//! under its lock but never while a receiver runs), and only complete messages reach the
+//! [`Deliver`] callback: a lost chunk loses the snapshot (until the sender resends it; chunks
+//! that did arrive still count, see [`chunk`]). Partial snapshots to a node are forgotten
+//! when it is unregistered.
+//!
 //! # Determinism
 //!
 //! Fault decisions come from a small PRNG (SplitMix64) seeded by [`SimNetwork::new`]. Every
-//! message draws the same fixed number of values, in send order, whatever the outcome and
+//! frame draws the same fixed number of values (four: drop, duplicate, delay, duplicate's
+//! delay), in send order (a split message's chunks in `seq` order), whatever the outcome and
 //! whatever the cuts, so the same seed, the same fault configuration and the same sequence of
-//! sends give the same drop / duplicate / delay decisions. Concurrent senders are ordered by
-//! who takes the network's lock first. Delivery itself runs on a background thread against the
+//! sends give the same drop / duplicate / delay decisions. Without chunking a frame is a
+//! message, so the draws are the same as before chunking existed; with it, a snapshot draws
+//! four values per chunk, and how many chunks it has depends only on its size. Concurrent
+//! senders are ordered by who takes the network's lock first. Delivery itself runs on a background thread against the
 //! wall clock, so *when* a message arrives (and therefore the interleaving of deliveries with
 //! later sends, cuts and restarts) is not deterministic.
 //!
@@ -26,10 +41,10 @@
 //! With equal delays (e.g. [`FaultConfig::reliable`]) messages from one sender to one
 //! destination arrive in send order.
 //!
-//! Cuts, isolation and unregistered destinations drop a message when it is sent and again when
-//! it is due, so a message in flight when a cut is made is dropped. At most
-//! [`MAX_IN_FLIGHT`] messages (duplicates included) are in flight; beyond that new ones are
-//! dropped. All drops are counted in [`NetStats::dropped`].
+//! Cuts, isolation and unregistered destinations drop a frame when it is sent and again when
+//! it is due, so a frame in flight when a cut is made is dropped. At most [`MAX_IN_FLIGHT`]
+//! frames (duplicates included) are in flight; beyond that new ones are dropped. All drops
+//! are counted in [`NetStats::dropped`].
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -39,16 +54,24 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::chunk::{self, Frame, Reassembler};
 use super::transport::{Envelope, NodeId, Transport};
 
 /// Where delivered messages go: the receiving node's inbox (in practice `NodeHandle::step`).
 pub type Deliver = Arc<dyn Fn(Vec<Envelope>) + Send + Sync>;
 
-/// Most messages in flight at once (duplicates included); beyond it new messages are dropped.
+/// Most frames in flight at once (duplicates included); beyond it new frames are dropped.
 pub const MAX_IN_FLIGHT: usize = 100_000;
 
-/// How the network misbehaves. Probabilities are per message; values `<= 0` (or NaN) never
-/// fire, values `>= 1` always do.
+/// Most bytes of snapshot chunks a destination holds while reassembling.
+pub const REASSEMBLY_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most partial snapshots a destination holds while reassembling.
+pub const REASSEMBLY_MAX_SNAPSHOTS: usize = 64;
+
+/// How the network misbehaves. Probabilities are per frame (a message, or a snapshot chunk
+/// when [`FaultConfig::snapshot_chunk_bytes`] is set); values `<= 0` (or NaN) never fire,
+/// values `>= 1` always do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultConfig {
     /// Probability that a message is lost.
@@ -61,6 +84,10 @@ pub struct FaultConfig {
     /// Largest delay, in milliseconds (inclusive; taken as `min_delay_ms` when smaller).
     /// Delays are uniform per message, so different delays reorder messages.
     pub max_delay_ms: u64,
+    /// `Some(n)`: snapshot messages with more than `n` bytes of data travel as chunks of at
+    /// most `n` bytes, each meeting the faults on its own, and are delivered once complete.
+    /// `None`: every message travels whole.
+    pub snapshot_chunk_bytes: Option<usize>,
 }
 
 impl FaultConfig {
@@ -71,6 +98,7 @@ impl FaultConfig {
             duplicate_probability: 0.0,
             min_delay_ms: 0,
             max_delay_ms: 0,
+            snapshot_chunk_bytes: None,
         }
     }
 }
@@ -81,15 +109,22 @@ impl Default for FaultConfig {
     }
 }
 
-/// Counters of a [`SimNetwork`], in messages (envelopes), since it was created.
+/// Counters of a [`SimNetwork`], in frames, since it was created. Without
+/// [`FaultConfig::snapshot_chunk_bytes`] a frame is a message (an envelope); with it, a large
+/// snapshot message is as many frames as it has chunks.
 ///
 /// `sent + duplicated == delivered + dropped + in_flight` at every snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
-    /// Messages handed to [`Transport::send`] by the endpoints.
+    /// Frames made of the messages handed to [`Transport::send`] by the endpoints.
     pub sent: u64,
-    /// Copies handed to a receiver's [`Deliver`].
+    /// Of `sent`, the snapshot chunks.
+    pub chunks_sent: u64,
+    /// Copies that reached their destination: whole messages handed to the receiver's
+    /// [`Deliver`], chunks handed to its reassembler.
     pub delivered: u64,
+    /// Snapshot messages rebuilt from chunks and handed to a receiver's [`Deliver`].
+    pub reassembled: u64,
     /// Copies lost: by fault, cut, isolation, unregistered destination, overflow or shutdown.
     pub dropped: u64,
     /// Extra copies created by the duplicate fault.
@@ -141,6 +176,8 @@ struct State {
     /// Nodes cut from everyone, both ways.
     isolated: HashSet<NodeId>,
     queue: BinaryHeap<InFlight>,
+    /// Per destination: snapshot chunks waiting for the rest of their snapshot.
+    reassemblers: HashMap<NodeId, Reassembler>,
     next_seq: u64,
     stats: NetStats,
     shutdown: bool,
@@ -171,19 +208,20 @@ impl State {
     fn take_all(&mut self) -> (HashMap<NodeId, Deliver>, BinaryHeap<InFlight>) {
         let receivers = std::mem::take(&mut self.receivers);
         let queue = std::mem::take(&mut self.queue);
+        self.reassemblers.clear();
         self.stats.dropped += queue.len() as u64;
         self.stats.in_flight = 0;
         (receivers, queue)
     }
 }
 
-/// A message copy waiting for its due time.
+/// A frame copy waiting for its due time.
 struct InFlight {
     due: Instant,
     seq: u64,
     from: NodeId,
     to: NodeId,
-    envelope: Envelope,
+    frame: Frame,
 }
 
 impl InFlight {
@@ -247,6 +285,7 @@ impl SimNetwork {
                 cuts: HashSet::new(),
                 isolated: HashSet::new(),
                 queue: BinaryHeap::new(),
+                reassemblers: HashMap::new(),
                 next_seq: 0,
                 stats: NetStats::default(),
                 shutdown: false,
@@ -293,10 +332,17 @@ impl SimNetwork {
         drop(old); // outside the lock: dropping a receiver may run arbitrary code
     }
 
-    /// Takes `node` down: messages to it are dropped, at send and at delivery.
+    /// Takes `node` down: messages to it are dropped, at send and at delivery, and the
+    /// snapshot chunks it was reassembling are forgotten.
     pub fn unregister(&self, node: NodeId) {
-        let old = lock(&self.shared().state).receivers.remove(&node);
-        drop(old);
+        let (old, partial) = {
+            let mut state = lock(&self.shared().state);
+            (
+                state.receivers.remove(&node),
+                state.reassemblers.remove(&node),
+            )
+        };
+        drop((old, partial));
     }
 
     /// The [`Transport`] node `from` sends with.
@@ -374,9 +420,20 @@ impl SimNetwork {
         let mut state = lock(&shared.state);
         let was_first = state.queue.peek().map(|head| head.due);
         let now = Instant::now();
-        for envelope in batch {
+        let chunking = state.faults.snapshot_chunk_bytes;
+        let frames = batch
+            .into_iter()
+            .flat_map(|envelope| match chunking {
+                Some(max) => chunk::split(envelope, max),
+                None => vec![Frame::Message(envelope)],
+            })
+            .collect::<Vec<_>>();
+        for frame in frames {
             state.stats.sent += 1;
-            // Always the same draws per message, so decisions depend only on seed and sends.
+            if matches!(frame, Frame::SnapshotChunk(_)) {
+                state.stats.chunks_sent += 1;
+            }
+            // Always the same draws per frame, so decisions depend only on seed and sends.
             let drop_draw = state.rng.next_f64();
             let dup_draw = state.rng.next_f64();
             let delay = state.delay();
@@ -385,13 +442,13 @@ impl SimNetwork {
                 state.stats.dropped += 1;
                 continue;
             }
-            let mut copies = vec![(delay, envelope)];
+            let mut copies = vec![(delay, frame)];
             if dup_draw < state.faults.duplicate_probability {
                 state.stats.duplicated += 1;
                 let copy = copies[0].1.clone();
                 copies.push((dup_delay, copy));
             }
-            for (delay, envelope) in copies {
+            for (delay, frame) in copies {
                 let Some(due) = now.checked_add(delay) else {
                     state.stats.dropped += 1; // due beyond what the clock can represent
                     continue;
@@ -407,7 +464,7 @@ impl SimNetwork {
                     seq,
                     from,
                     to,
-                    envelope,
+                    frame,
                 });
                 state.stats.in_flight += 1;
             }
@@ -507,29 +564,50 @@ fn delivery_loop(shared: &Shared) {
     shared.running.store(false, Ordering::SeqCst);
 }
 
-/// Pops every message due at `now`, drops those that became unreachable and groups the rest
-/// by destination, keeping their order.
+/// Pops every frame due at `now`, drops those that became unreachable, passes chunks through
+/// their destination's reassembler and groups the messages by destination, keeping their
+/// order.
 fn take_due(state: &mut State, now: Instant) -> Vec<Batch> {
     let mut batches: Vec<Batch> = Vec::new();
     while state.queue.peek().is_some_and(|head| head.due <= now) {
-        let Some(message) = state.queue.pop() else {
+        let Some(InFlight {
+            from, to, frame, ..
+        }) = state.queue.pop()
+        else {
             break;
         };
         state.stats.in_flight -= 1;
-        let deliver = match state.receivers.get(&message.to) {
-            Some(deliver) if !state.blocked(message.from, message.to) => deliver,
-            _ => {
-                state.stats.dropped += 1;
-                continue;
+        if state.blocked(from, to) || !state.receivers.contains_key(&to) {
+            state.stats.dropped += 1;
+            continue;
+        }
+        state.stats.delivered += 1;
+        let envelope = match frame {
+            Frame::Message(envelope) => envelope,
+            chunk @ Frame::SnapshotChunk(_) => {
+                let rebuilt = state
+                    .reassemblers
+                    .entry(to)
+                    .or_insert_with(|| {
+                        Reassembler::new(REASSEMBLY_MAX_BYTES, REASSEMBLY_MAX_SNAPSHOTS)
+                    })
+                    .accept(chunk);
+                let Some(envelope) = rebuilt else {
+                    continue;
+                };
+                state.stats.reassembled += 1;
+                envelope
             }
         };
-        state.stats.delivered += 1;
-        match batches.iter_mut().find(|batch| batch.to == message.to) {
-            Some(batch) => batch.envelopes.push(message.envelope),
+        let Some(deliver) = state.receivers.get(&to) else {
+            continue; // checked above
+        };
+        match batches.iter_mut().find(|batch| batch.to == to) {
+            Some(batch) => batch.envelopes.push(envelope),
             None => batches.push(Batch {
                 deliver: Arc::clone(deliver),
-                to: message.to,
-                envelopes: vec![message.envelope],
+                to,
+                envelopes: vec![envelope],
             }),
         }
     }
@@ -603,6 +681,7 @@ mod tests {
             duplicate_probability: dup,
             min_delay_ms: min,
             max_delay_ms: max,
+            snapshot_chunk_bytes: None,
         }
     }
 
@@ -1006,6 +1085,86 @@ mod tests {
         wait_until("the delivery thread to end", || {
             !shared.running.load(Ordering::SeqCst)
         });
+    }
+
+    /// A snapshot message of `len` bytes of data at `index`.
+    fn snapshot(from: NodeId, to: NodeId, index: u64, len: usize) -> Envelope {
+        let mut e = msg(from, to, index);
+        e.message
+            .set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = 2;
+        snap.set_data(
+            (0..len)
+                .map(|i| (i * 31 + index as usize) as u8)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        e.message.set_snapshot(snap);
+        e
+    }
+
+    fn chunked(drop: f64, dup: f64, max_delay: u64, chunk: usize) -> FaultConfig {
+        FaultConfig {
+            snapshot_chunk_bytes: Some(chunk),
+            ..faults(drop, dup, 0, max_delay)
+        }
+    }
+
+    #[test]
+    fn snapshots_travel_in_chunks() {
+        let net = SimNetwork::new(15, chunked(0.0, 0.0, 0, 1000));
+        let (inbox, deliver) = receiver();
+        net.register(2, deliver);
+        let big = snapshot(1, 2, 2, 10_500);
+        let small = snapshot(1, 2, 4, 1000); // within the chunk size: whole
+        net.endpoint(1).send(
+            2,
+            vec![msg(1, 2, 1), big.clone(), msg(1, 2, 3), small.clone()],
+        );
+        wait_until("the messages", || {
+            net.stats().in_flight == 0 && inbox.lock().unwrap().len() == 4
+        });
+        let got = inbox.lock().unwrap().clone();
+        assert_eq!(got, vec![msg(1, 2, 1), big, msg(1, 2, 3), small]);
+        let s = net.stats();
+        assert_eq!(
+            (s.sent, s.chunks_sent, s.delivered, s.reassembled, s.dropped),
+            (14, 11, 14, 1, 0)
+        );
+    }
+
+    /// Which of 60 snapshots (5 chunks each) sent over a lossy, duplicating, reordering
+    /// network arrived; every one that arrived is intact.
+    fn snapshots_through(seed: u64) -> Vec<u64> {
+        let net = SimNetwork::new(seed, chunked(0.25, 0.2, 3, 1000));
+        let (inbox, deliver) = receiver();
+        net.register(2, deliver);
+        let tx = net.endpoint(1);
+        for index in 0..60 {
+            tx.send(2, vec![snapshot(1, 2, index, 4_500)]);
+            // One snapshot at a time, as a leader does: the next one replaces a partial one.
+            wait_until("the network to drain", || net.stats().in_flight == 0);
+        }
+        let s = net.stats();
+        assert_eq!(s.chunks_sent, 300);
+        assert_eq!(s.sent + s.duplicated, s.delivered + s.dropped, "{s:?}");
+        let got = inbox.lock().unwrap().clone();
+        for e in &got {
+            assert_eq!(*e, snapshot(1, 2, e.message.index, 4_500));
+        }
+        assert_eq!(got.len() as u64, s.reassembled);
+        let mut indexes: Vec<u64> = got.iter().map(|e| e.message.index).collect();
+        indexes.dedup(); // a duplicated last chunk may complete a snapshot twice
+        indexes
+    }
+
+    #[test]
+    fn a_lost_chunk_loses_the_snapshot() {
+        let a = snapshots_through(16);
+        assert!(!a.is_empty() && a.len() < 60, "{a:?}");
+        assert_eq!(a, snapshots_through(16), "same seed, same snapshots");
     }
 
     #[test]
