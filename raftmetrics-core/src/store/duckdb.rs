@@ -221,32 +221,23 @@ impl DuckDbStore {
         })
     }
 
-    fn applied_index_in(conn: &Connection, partition: PartitionId) -> Result<u64> {
+    /// The applied index and the snapshot metadata of a partition, as committed
+    /// (`(0, empty)` for a partition the store has never seen).
+    fn partition_row(conn: &Connection, partition: PartitionId) -> Result<(u64, Vec<u8>)> {
         let mut stmt = conn
-            .prepare_cached("SELECT applied_index FROM rm_partitions WHERE partition_id = ?")
-            .map_err(storage("read applied index"))?;
+            .prepare_cached("SELECT applied_index, meta FROM rm_partitions WHERE partition_id = ?")
+            .map_err(storage("read partition state"))?;
         let mut rows = stmt
             .query(params![partition])
-            .map_err(storage("read applied index"))?;
-        match rows.next().map_err(storage("read applied index"))? {
-            Some(row) => row.get(0).map_err(storage("read applied index")),
-            None => Ok(0),
-        }
-    }
-
-    fn meta_in(conn: &Connection, partition: PartitionId) -> Result<Vec<u8>> {
-        let mut stmt = conn
-            .prepare_cached("SELECT meta FROM rm_partitions WHERE partition_id = ?")
-            .map_err(storage("read snapshot metadata"))?;
-        let mut rows = stmt
-            .query(params![partition])
-            .map_err(storage("read snapshot metadata"))?;
-        match rows.next().map_err(storage("read snapshot metadata"))? {
-            Some(row) => Ok(row
-                .get::<_, Option<Vec<u8>>>(0)
-                .map_err(storage("read snapshot metadata"))?
-                .unwrap_or_default()),
-            None => Ok(Vec::new()),
+            .map_err(storage("read partition state"))?;
+        match rows.next().map_err(storage("read partition state"))? {
+            Some(row) => Ok((
+                row.get(0).map_err(storage("read partition state"))?,
+                row.get::<_, Option<Vec<u8>>>(1)
+                    .map_err(storage("read partition state"))?
+                    .unwrap_or_default(),
+            )),
+            None => Ok((0, Vec::new())),
         }
     }
 
@@ -626,8 +617,7 @@ impl Store for DuckDbStore {
         let mut conn = self.writer.lock().map_err(poisoned)?;
         // One transaction, so the rows and the applied index are from the same moment.
         let tx = conn.transaction().map_err(storage("export"))?;
-        let applied_index = Self::applied_index_in(&tx, partition)?;
-        let meta = Self::meta_in(&tx, partition)?;
+        let (applied_index, meta) = Self::partition_row(&tx, partition)?;
         let series = {
             let mut stmt = tx
                 .prepare("SELECT series_id, metric, tags FROM rm_series WHERE partition_id = ? ORDER BY series_id")
@@ -771,7 +761,7 @@ impl Store for DuckDbStore {
 
     fn snapshot_meta(&self, partition: PartitionId) -> Result<Vec<u8>> {
         let conn = self.reader()?;
-        Self::meta_in(&conn, partition)
+        Ok(Self::partition_row(&conn, partition)?.1)
     }
 
     fn storage_bytes(&self) -> Result<u64> {
