@@ -1,8 +1,111 @@
 //! # raftmetrics-client
 //!
-//! A typed async Rust SDK for a RaftMetrics cluster, speaking the bincode API. It shares its
-//! request and result types with [`raftmetrics_core`] ([`Point`], [`Query`], [`QueryResult`]),
-//! so a program can move between the embedded engine and a cluster without changing types.
-//! The network client arrives with the server.
+//! A typed async Rust SDK for the HTTP API of a RaftMetrics cluster. It shares its request
+//! and result types with [`raftmetrics_core`] ([`Point`], [`Query`], [`QueryResult`], the
+//! bodies of [`raftmetrics_core::api`]), so a program can move between the embedded engine
+//! and a cluster without changing types.
+//!
+//! ## Usage
+//!
+//! ```toml
+//! [dependencies]
+//! raftmetrics-client = { path = "raftmetrics-client" }
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! ```
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use raftmetrics_client::{Agg, Answer, Client, Point, Query, Timestamp};
+//!
+//! # async fn run() -> Result<(), raftmetrics_client::Error> {
+//! let client = Client::builder("http://127.0.0.1:8080")
+//!     .token("my-secret-token")
+//!     .timeout(Duration::from_secs(10))
+//!     .build()?;
+//!
+//! // Inserts are all or nothing.
+//! let now = Timestamp::now();
+//! let points = vec![
+//!     Point::new("cpu_usage", 71.5).at(now).tag("host", "web-1").tag("datacenter", "us-west"),
+//!     Point::new("cpu_usage", 64.0).at(now).tag("host", "web-2").tag("datacenter", "us-east"),
+//! ];
+//! let stored = client.insert_batch(points).await?;
+//! println!("stored {} points in partitions {:?}", stored.points, stored.partitions);
+//!
+//! // The same query as GET /aggregate?metric=cpu_usage&agg=avg,max,p95&group_by=datacenter
+//! let query = Query {
+//!     aggs: vec![Agg::Avg, Agg::Max, Agg::P95],
+//!     group_by: vec!["datacenter".into()],
+//!     ..Query::new("cpu_usage")
+//! };
+//! match client.aggregate(&query).await? {
+//!     Answer::Complete(result) => println!("p95: {:?}", result.get(Agg::P95)),
+//!     Answer::Partial { value, coverage } => println!(
+//!         "partial (partitions {:?} missing): p95 {:?}",
+//!         coverage.missing_partitions,
+//!         value.get(Agg::P95)
+//!     ),
+//! }
+//!
+//! // Or refuse partial answers outright.
+//! let average = client.analytics(Some("cpu_usage")).await?.into_complete()?.average;
+//! println!("average: {average:?}");
+//!
+//! println!("cluster is {}", client.health().await?.status);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Formats
+//!
+//! Bodies travel as bincode (`application/octet-stream`, through
+//! [`raftmetrics_core::codec`]) by default, or as JSON with [`ClientBuilder::json`]. In JSON
+//! mode inserts, `/analytics` and `/health` use JSON; **`/aggregate` always asks for
+//! bincode**, because its JSON answer is a differently shaped document (the one of the API
+//! reference), not a [`QueryResult`]. Error bodies are always JSON. Answers are decoded in
+//! the format their `Content-Type` names, and at most
+//! [`max_response_bytes`](ClientBuilder::max_response_bytes) (256 MiB by default) are read.
+//!
+//! ## Partial answers
+//!
+//! A cluster answers a query from the partitions it can reach; when every replica of some
+//! partition is down the answer is partial. [`Client::aggregate`] and [`Client::analytics`]
+//! return an [`Answer`], whose [`Answer::Partial`] variant carries the [`Coverage`] (which
+//! partitions are missing), so partiality cannot go unnoticed. [`Answer::into_complete`]
+//! turns a partial answer into [`Error::Partial`]. A query sent with
+//! `allow_partial = false` makes the server refuse instead: a `503 RAFT_ERROR`
+//! [`Error::Api`].
+//!
+//! ## Errors
+//!
+//! Every failure is an [`Error`]: [`Error::Api`] for a non-2xx answer (status, typed
+//! [`ErrorCode`], message, `details`, `Retry-After`), with helpers such as
+//! [`Error::is_rate_limited`], [`Error::retry_after`], [`Error::validation_fields`] and
+//! [`Error::is_retryable`]; [`Error::Transport`] when the request did not complete;
+//! [`Error::Decode`] for an undecodable answer; [`Error::InvalidConfig`] from
+//! [`ClientBuilder::build`].
+//!
+//! ## Security
+//!
+//! The token travels only in the `Authorization: Bearer` header, never in a URL; it is
+//! redacted from `Debug` output, redirects are never followed, and environment proxies are
+//! ignored unless [`ClientBuilder::system_proxy`] is set. This client speaks plain HTTP only.
 
-pub use raftmetrics_core::{Point, Query, QueryResult};
+mod answer;
+mod client;
+mod error;
+
+pub use answer::Answer;
+pub use client::{
+    Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT,
+    DEFAULT_URL, Format,
+};
+pub use error::{Error, Result, TransportError, code_for_status, parse_code};
+
+pub use raftmetrics_core;
+pub use raftmetrics_core::api::{AnalyticsResponse, HealthResponse, InsertResponse};
+pub use raftmetrics_core::{
+    Agg, Consistency, Coverage, ErrorCode, FieldError, OrderBy, OrderKey, Point, Query,
+    QueryResult, Tags, Timestamp,
+};

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod api;
 pub mod codec;
 pub mod engine;
 pub mod error;

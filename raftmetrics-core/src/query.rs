@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, FieldError, Result};
 use crate::model::{Tags, check_metric_name};
-use crate::time::{MICROS_PER_SECOND, Timestamp, parse_duration_micros};
+use crate::time::{MICROS_PER_SECOND, Timestamp, format_duration_micros, parse_duration_micros};
 
 /// Most `group_by` keys in one query.
 pub const MAX_GROUP_BY: usize = 8;
@@ -347,6 +347,91 @@ impl Query {
         }
     }
 
+    /// The URL parameters of this query: the inverse of [`Query::from_params`], so that
+    /// `Query::from_params(&q.to_params())` gives back `q` for every query `from_params` can
+    /// produce. Only parameters that differ from their defaults are emitted (`metric` always
+    /// is), in a fixed order; values are not percent-encoded.
+    ///
+    /// Filters on `host` and `datacenter` are written as `hosts=` and `datacenters=`, every
+    /// other filter as `tags=key:pattern`, one parameter per filter in filter order. Some
+    /// queries built by hand have no parameter form and do not survive the round trip:
+    /// durations that are not whole seconds, duplicate aggregations or `group_by` keys,
+    /// filters without patterns, patterns containing a comma or surrounded by whitespace, and
+    /// tag keys containing `:`.
+    ///
+    /// ```
+    /// use raftmetrics_core::{Agg, Query};
+    ///
+    /// let mut q = Query::new("cpu_usage");
+    /// q.aggs = vec![Agg::Avg, Agg::Percentile(9990)];
+    /// q.group_by = vec!["datacenter".into()];
+    /// assert_eq!(
+    ///     q.to_params(),
+    ///     [("metric", "cpu_usage"), ("agg", "avg,p99.9"), ("group_by", "datacenter")]
+    ///         .map(|(k, v)| (k.to_string(), v.to_string()))
+    /// );
+    /// assert_eq!(Query::from_params(&q.to_params())?, q);
+    /// # Ok::<(), raftmetrics_core::Error>(())
+    /// ```
+    pub fn to_params(&self) -> Vec<(String, String)> {
+        let mut params = vec![("metric".to_string(), self.metric.clone())];
+        let mut push = |key: &str, value: String| params.push((key.to_string(), value));
+        if let Some(from) = self.from {
+            push("from", from.to_rfc3339());
+        }
+        if let Some(to) = self.to {
+            push("to", to.to_rfc3339());
+        }
+        if let Some(window) = self.window_micros {
+            push("window", format_duration_micros(window));
+        }
+        if self.rolling {
+            push("rolling", "true".to_string());
+        }
+        if let Some(step) = self.step_micros {
+            push("step", format_duration_micros(step));
+        }
+        for filter in self.filters.iter().filter(|f| !f.patterns.is_empty()) {
+            match filter.key.as_str() {
+                "host" => push("hosts", filter.patterns.join(",")),
+                "datacenter" => push("datacenters", filter.patterns.join(",")),
+                key => push(
+                    "tags",
+                    filter
+                        .patterns
+                        .iter()
+                        .map(|p| format!("{key}:{p}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            }
+        }
+        if self.aggs != DEFAULT_AGGS {
+            push("agg", join(&self.aggs));
+        }
+        if !self.group_by.is_empty() {
+            push("group_by", self.group_by.join(","));
+        }
+        if let Some(order) = self.order_by {
+            let key = match order.key {
+                OrderKey::Agg(agg) => agg.to_string(),
+                OrderKey::Key => "key".to_string(),
+            };
+            let dir = if order.descending { "desc" } else { "asc" };
+            push("order_by", format!("{key}:{dir}"));
+        }
+        if let Some(limit) = self.limit {
+            push("limit", limit.to_string());
+        }
+        if !self.allow_partial {
+            push("allow_partial", "false".to_string());
+        }
+        if self.consistency == Consistency::Strong {
+            push("consistency", "strong".to_string());
+        }
+        params
+    }
+
     fn add_filter(&mut self, key: &str, pattern: &str) {
         match self.filters.iter_mut().find(|f| f.key == key) {
             Some(f) => f.patterns.push(pattern.to_string()),
@@ -486,6 +571,10 @@ impl Query {
     pub fn group_key(&self, tags: &Tags) -> GroupKey {
         self.group_by.iter().map(|k| tags.get(k).cloned()).collect()
     }
+}
+
+fn join(aggs: &[Agg]) -> String {
+    aggs.iter().map(Agg::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -714,5 +803,193 @@ mod tests {
         other.remove("datacenter");
         assert!(!q.matches("cpu", &other));
         assert_eq!(q.group_key(&tags), vec![Some("web-1".to_string()), None]);
+    }
+
+    fn round_trip(q: &Query) {
+        let params = q.to_params();
+        assert_eq!(Query::from_params(&params).unwrap(), *q, "{params:?}");
+    }
+
+    #[test]
+    fn to_params_inverts_from_params() {
+        let q = Query::new("cpu_usage");
+        assert_eq!(
+            q.to_params(),
+            vec![("metric".to_string(), "cpu_usage".to_string())]
+        );
+        round_trip(&q);
+        let cases: &[&[(&str, &str)]] = &[
+            &[("metric", "cpu_usage"), ("window", "1h"), ("rolling", "true")],
+            &[
+                ("metric", "cpu_usage"),
+                ("window", "90m"),
+                ("rolling", "true"),
+                ("step", "30s"),
+                ("from", "2024-01-20T00:00:00.000123Z"),
+                ("to", "2024-01-21"),
+            ],
+            &[("metric", "m"), ("window", "10s"), ("order_by", "key:desc")],
+            &[
+                ("metric", "cpu.usage-1"),
+                ("hosts", "web-*,api-?"),
+                ("tags", "env:prod,service:a*b,env:st%ging,weird:x:y"),
+                ("datacenters", "us-*"),
+                ("tags", "host:db-1,note:a b&c=d"),
+            ],
+            &[
+                ("metric", "m"),
+                ("agg", "p99.9,avg,p50,count,p99.99,p0,p100"),
+                ("order_by", "p99.9:desc"),
+                ("group_by", "datacenter,host"),
+                ("limit", "10"),
+            ],
+            &[
+                ("metric", "m"),
+                ("agg", "max,min"),
+                ("order_by", "value"),
+                ("consistency", "strong"),
+                ("allow_partial", "false"),
+            ],
+            &[("metric", "m"), ("agg", "p95,count,max,min,avg")],
+            &[
+                ("metric", "m"),
+                ("consistency", "eventual"),
+                ("allow_partial", "true"),
+                ("rolling", "false"),
+            ],
+        ];
+        for params in cases {
+            round_trip(&Query::from_params(params).unwrap());
+        }
+        let q = Query::from_params(&[
+            ("metric", "m"),
+            ("agg", "avg"),
+            ("order_by", "value"),
+            ("consistency", "strong"),
+            ("allow_partial", "false"),
+            ("tags", "datacenter:us-*,env:prod"),
+            ("hosts", "web-*"),
+        ])
+        .unwrap();
+        let expected: Vec<(String, String)> = [
+            ("metric", "m"),
+            ("datacenters", "us-*"),
+            ("tags", "env:prod"),
+            ("hosts", "web-*"),
+            ("agg", "avg"),
+            ("order_by", "avg:asc"),
+            ("allow_partial", "false"),
+            ("consistency", "strong"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(q.to_params(), expected);
+    }
+
+    mod to_params_props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn agg() -> impl Strategy<Value = Agg> {
+            prop_oneof![
+                Just(Agg::Avg),
+                Just(Agg::Min),
+                Just(Agg::Max),
+                Just(Agg::Sum),
+                Just(Agg::Count),
+                (0u16..=10_000).prop_map(Agg::Percentile),
+            ]
+        }
+
+        fn duration() -> impl Strategy<Value = i64> {
+            prop_oneof![
+                (1i64..=120).prop_map(|s| s * MICROS_PER_SECOND),
+                (1i64..=48).prop_map(|h| h * 3_600 * MICROS_PER_SECOND),
+                Just(7 * 86_400 * MICROS_PER_SECOND),
+            ]
+        }
+
+        fn timestamp() -> impl Strategy<Value = Timestamp> {
+            // 1970 to 2100, to the microsecond.
+            (0i64..4_102_444_800_000_000).prop_map(Timestamp::from_micros)
+        }
+
+        fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+            let mut out = Vec::new();
+            for item in items {
+                if !out.contains(&item) {
+                    out.push(item);
+                }
+            }
+            out
+        }
+
+        prop_compose! {
+            fn query()(
+                metric in "[a-zA-Z0-9_.-]{1,20}",
+                from in proptest::option::of(timestamp()),
+                // Up to a day after `from`, so that even 1s windows stay under MAX_BUCKETS.
+                to_after in proptest::option::of(1i64..=86_400 * MICROS_PER_SECOND),
+                window in proptest::option::of(duration()),
+                rolling in any::<bool>(),
+                step in proptest::option::of(prop_oneof![Just(1i64), Just(60), Just(300)]),
+                filters in proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("host".to_string()),
+                            Just("datacenter".to_string()),
+                            "[a-z_.-]{1,8}",
+                        ],
+                        proptest::collection::vec("[a-z0-9*?%_'\\-][a-z0-9*?%_ :'\\-]{0,8}[a-z0-9*?%_'\\-]|[a-z*]", 1..4),
+                    ),
+                    0..4,
+                ),
+                aggs in proptest::collection::vec(agg(), 1..6),
+                group_by in proptest::collection::vec("[a-z_]{1,8}", 0..4),
+                order in proptest::option::of((any::<bool>(), any::<prop::sample::Index>(), any::<bool>())),
+                limit in proptest::option::of(1usize..=MAX_LIMIT),
+                allow_partial in any::<bool>(),
+                strong in any::<bool>(),
+            ) -> Query {
+                let aggs = dedup(aggs);
+                let mut q = Query::new(metric);
+                q.from = from;
+                q.to = to_after.map(|after| {
+                    let base = from.unwrap_or(Timestamp::from_micros(1_705_708_800_000_000));
+                    Timestamp::from_micros(base.as_micros() + after)
+                });
+                q.window_micros = window;
+                q.rolling = rolling && window.is_some();
+                q.step_micros = step.filter(|_| q.rolling).map(|s| s * MICROS_PER_SECOND);
+                for (key, patterns) in filters {
+                    for p in patterns {
+                        q.add_filter(&key, &p);
+                    }
+                }
+                q.order_by = order.map(|(by_key, i, descending)| OrderBy {
+                    key: if by_key { OrderKey::Key } else { OrderKey::Agg(*i.get(&aggs)) },
+                    descending,
+                });
+                q.aggs = aggs;
+                q.group_by = dedup(group_by);
+                q.limit = limit;
+                q.allow_partial = allow_partial;
+                q.consistency = if strong { Consistency::Strong } else { Consistency::Eventual };
+                q
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn from_params_of_to_params_is_identity(q in query()) {
+                prop_assume!(q.validate().is_ok());
+                let params = q.to_params();
+                prop_assert_eq!(Query::from_params(&params).unwrap(), q, "{:?}", params);
+            }
+        }
     }
 }

@@ -67,6 +67,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("RATE_LIMIT_PER_MINUTE", "rate-limit-per-minute"),
     ("MAX_BODY_BYTES", "max-body-bytes"),
     ("REQUEST_TIMEOUT_MS", "request-timeout-ms"),
+    ("MIN_WORKERS", "min-workers"),
+    ("BIND_HOST", "bind-host"),
+    ("ADVERTISE_HOST", "advertise-host"),
 ];
 
 const MAX_BODY_LIMIT: usize = 1 << 30;
@@ -148,6 +151,10 @@ pub struct ControlArgs {
     /// Requests per minute per token [env: RATE_LIMIT_PER_MINUTE]
     #[arg(long, default_value_t = DEFAULT_CONTROL_RATE_LIMIT)]
     pub rate_limit_per_minute: u32,
+    /// Workers that must have registered before partitions are placed
+    /// [default: max(number of WORKER_HOSTS, replication factor, 1)] [env: MIN_WORKERS]
+    #[arg(long)]
+    pub min_workers: Option<u32>,
     /// Options every node has.
     #[command(flatten)]
     pub node: NodeArgs,
@@ -188,6 +195,12 @@ pub struct NodeArgs {
     /// Shared secret of node-to-node connections, at least 16 bytes [env: CLUSTER_SECRET]
     #[arg(long)]
     pub cluster_secret: Option<Secret>,
+    /// Address the HTTP and node-to-node listeners bind to [env: BIND_HOST]
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_host: String,
+    /// Host other nodes use to reach this one [env: ADVERTISE_HOST]
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise_host: String,
     /// Public HTTP options.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -310,6 +323,16 @@ impl ControlArgs {
     pub fn replication_factor(&self, workers: usize) -> u32 {
         self.replication_factor
             .unwrap_or_else(|| default_replication_factor(workers))
+    }
+}
+
+impl ControlArgs {
+    /// Workers to wait for before placing partitions.
+    pub fn min_workers(&self) -> u32 {
+        self.min_workers.unwrap_or_else(|| {
+            let hosts = u32::try_from(self.worker_hosts.len()).unwrap_or(u32::MAX);
+            hosts.max(self.replication_factor.unwrap_or(1)).max(1)
+        })
     }
 }
 
@@ -566,12 +589,18 @@ impl DevArgs {
         }
         check_path("--data-dir / DATA_DIR", self.data_dir.as_deref(), problems);
         check_secret(self.cluster_secret.as_ref(), false, problems);
-        self.http.finish(problems);
+        self.http.finish_tokens(false, problems);
     }
 }
 
 impl HttpArgs {
     fn finish(&mut self, problems: &mut Vec<String>) {
+        self.finish_tokens(true, problems);
+    }
+
+    /// Checks the limits and merges the tokens; `tokens_required` is false for `dev`, which
+    /// makes a random token when none is given.
+    fn finish_tokens(&mut self, tokens_required: bool, problems: &mut Vec<String>) {
         if !(1..=MAX_BODY_LIMIT).contains(&self.max_body_bytes) {
             problems.push(format!(
                 "--max-body-bytes / MAX_BODY_BYTES must be 1..={MAX_BODY_LIMIT}"
@@ -603,7 +632,7 @@ impl HttpArgs {
         }
         let mut seen = HashSet::new();
         tokens.retain(|t| seen.insert(t.clone()));
-        if tokens.is_empty() {
+        if tokens.is_empty() && tokens_required {
             problems.push(
                 "no auth tokens configured: every endpoint requires a bearer token; set \
                  --auth-tokens / AUTH_TOKENS or --auth-tokens-file / AUTH_TOKENS_FILE"

@@ -2,15 +2,27 @@
 //!
 //! The thin shell that runs [`raftmetrics_core`] as a cluster: one binary with the roles
 //! `control`, `worker` and `dev`, the public HTTP API (JSON and bincode) and node-to-node
-//! TCP. This crate is being built on top of the core engine and its Raft replication; until
-//! the binary lands, the embedded engine (`cargo run --release --example embedded`) is the
-//! way to run RaftMetrics.
+//! TCP.
 //!
-//! Modules so far: [`config`] (environment variables and flags), [`http`] (errors in the API
-//! format, bearer auth, per-token rate limits) and [`wire`] (node-to-node frames over TCP).
+//! Modules:
+//! - [`config`]: environment variables and flags;
+//! - [`control`], [`worker`], [`dev`]: the three roles;
+//! - [`router`]: where a partition's writes go (leaders, hints, retries);
+//! - [`rpc`]: internal requests between nodes and the pooled client;
+//! - [`http`]: the error format, bearer auth, per-token rate limits, body codecs;
+//! - [`metrics`]: Prometheus metrics;
+//! - [`wire`]: node-to-node frames and the raft transport over TCP;
+//! - [`error`]: the crate's error type.
 
 pub mod config;
+pub mod control;
+pub mod dev;
+pub mod error;
 pub mod http;
+pub mod metrics;
+pub mod router;
+pub mod rpc;
 pub mod wire;
+pub mod worker;
 
 pub use raftmetrics_core as core;

@@ -83,9 +83,8 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 /// One message on the node-to-node wire.
 ///
 /// Variants are appended, never reordered (bincode encodes the variant index). Internal RPC
-/// variants come later, after `Raft`: write forwarding to partition leaders, compute requests
-/// and their partial aggregates, worker registration with the control node. Each will carry
-/// a request id so that answers can be matched on a connection.
+/// (write forwarding to partition leaders, compute requests, worker registration) travels as
+/// `Call`/`Reply` pairs whose bodies are the encoded `crate::rpc` types, matched by id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireMessage {
     /// Acceptor → connector, first frame of a connection: the nonce to prove knowledge of the
@@ -116,6 +115,19 @@ pub enum WireMessage {
         /// `(group, protobuf-encoded raft message)` pairs.
         messages: Vec<(u32, Vec<u8>)>,
     },
+    /// An internal RPC request (see `crate::rpc`); answered by a `Reply` with the same id
+    /// on the same connection.
+    Call {
+        id: u64,
+        /// Encoded `rpc::Request`.
+        body: Vec<u8>,
+    },
+    /// The answer to the `Call` with the same id.
+    Reply {
+        id: u64,
+        /// Encoded `rpc::Response`.
+        body: Vec<u8>,
+    },
 }
 
 impl WireMessage {
@@ -126,6 +138,8 @@ impl WireMessage {
             WireMessage::Hello { .. } => "hello",
             WireMessage::Welcome { .. } => "welcome",
             WireMessage::Raft { .. } => "raft",
+            WireMessage::Call { .. } => "call",
+            WireMessage::Reply { .. } => "reply",
         }
     }
 }

@@ -54,6 +54,13 @@ use super::frame::{
 /// Called on the connection's task: it must not block.
 pub type Deliver = Arc<dyn Fn(Vec<Envelope>) + Send + Sync>;
 
+/// Answers one internal RPC call: `(authenticated caller, request body) -> reply body`.
+pub type RpcHandler = Arc<
+    dyn Fn(NodeId, Vec<u8>) -> std::pin::Pin<Box<dyn Future<Output = Vec<u8>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A sender starts a new frame once the current one holds about this many bytes of raft
 /// messages (a single larger message gets a frame of its own, up to [`MAX_FRAME_BYTES`]).
 pub const TARGET_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -501,33 +508,11 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
             return Err(e);
         }
     };
-    let handshake = with_timeout("handshake", config.handshake_timeout, async {
-        stream.set_nodelay(true)?;
-        let nonce = match read_frame_limited(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await? {
-            WireMessage::Challenge { nonce } => nonce,
-            other => {
-                return Err(WireError::Unexpected {
-                    expected: "challenge",
-                    got: other.kind(),
-                });
-            }
-        };
-        write_frame(&mut stream, &shared.auth.hello(shared.local, &nonce)).await?;
-        match read_frame_limited(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await {
-            Ok(WireMessage::Welcome { node_id }) if node_id == peer => Ok(()),
-            Ok(WireMessage::Welcome { node_id }) => Err(WireError::Handshake(format!(
-                "reached node {node_id} instead of node {peer}"
-            ))),
-            Ok(other) => Err(WireError::Unexpected {
-                expected: "welcome",
-                got: other.kind(),
-            }),
-            Err(WireError::Closed) => Err(WireError::Handshake(
-                "peer closed the connection after the hello (wrong cluster id or secret?)".into(),
-            )),
-            Err(e) => Err(e),
-        }
-    })
+    let handshake = with_timeout(
+        "handshake",
+        config.handshake_timeout,
+        client_handshake(&mut stream, &shared.auth, shared.local, peer),
+    )
     .await;
     match handshake {
         Ok(()) => Ok(stream),
@@ -535,6 +520,41 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
             bump(&shared.stats.handshake_failures);
             Err(e)
         }
+    }
+}
+
+/// The connecting side of the handshake: answers the challenge as node `local` and checks
+/// that the acceptor is node `peer`.
+pub(crate) async fn client_handshake(
+    stream: &mut TcpStream,
+    auth: &ClusterAuth,
+    local: NodeId,
+    peer: NodeId,
+) -> Result<(), WireError> {
+    stream.set_nodelay(true)?;
+    let nonce = match read_frame_limited(stream, MAX_HANDSHAKE_FRAME_BYTES).await? {
+        WireMessage::Challenge { nonce } => nonce,
+        other => {
+            return Err(WireError::Unexpected {
+                expected: "challenge",
+                got: other.kind(),
+            });
+        }
+    };
+    write_frame(stream, &auth.hello(local, &nonce)).await?;
+    match read_frame_limited(stream, MAX_HANDSHAKE_FRAME_BYTES).await {
+        Ok(WireMessage::Welcome { node_id }) if node_id == peer => Ok(()),
+        Ok(WireMessage::Welcome { node_id }) => Err(WireError::Handshake(format!(
+            "reached node {node_id} instead of node {peer}"
+        ))),
+        Ok(other) => Err(WireError::Unexpected {
+            expected: "welcome",
+            got: other.kind(),
+        }),
+        Err(WireError::Closed) => Err(WireError::Handshake(
+            "peer closed the connection after the hello (wrong cluster id or secret?)".into(),
+        )),
+        Err(e) => Err(e),
     }
 }
 
@@ -751,6 +771,48 @@ pub async fn serve_with(
     config: ServeConfig,
     stats: Arc<ServeStats>,
 ) -> Result<(), WireError> {
+    serve_node(
+        listener,
+        Endpoints {
+            auth,
+            local,
+            deliver,
+            rpc: None,
+        },
+        shutdown,
+        config,
+        stats,
+    )
+    .await
+}
+
+/// What a node serves on its node-to-node port.
+pub struct Endpoints {
+    /// Proof every connecting node must give.
+    pub auth: ClusterAuth,
+    /// This node's id (what the handshake answers).
+    pub local: NodeId,
+    /// Where raft messages go.
+    pub deliver: Deliver,
+    /// Answers internal RPC calls; without it a call closes the connection.
+    pub rpc: Option<RpcHandler>,
+}
+
+/// Like [`serve_with`], also answering [`WireMessage::Call`] frames with `endpoints.rpc`.
+/// Calls on one connection are answered in order, one at a time.
+pub async fn serve_node(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    shutdown: impl Future<Output = ()>,
+    config: ServeConfig,
+    stats: Arc<ServeStats>,
+) -> Result<(), WireError> {
+    let Endpoints {
+        auth,
+        local,
+        deliver,
+        rpc,
+    } = endpoints;
     if local == 0 {
         return Err(WireError::Config("node id 0 is reserved".into()));
     }
@@ -765,6 +827,7 @@ pub async fn serve_with(
         auth,
         local,
         deliver,
+        rpc,
         config,
         stats,
     });
@@ -812,6 +875,7 @@ struct ServeCtx {
     auth: ClusterAuth,
     local: NodeId,
     deliver: Deliver,
+    rpc: Option<RpcHandler>,
     config: ServeConfig,
     stats: Arc<ServeStats>,
 }
@@ -862,6 +926,19 @@ async fn serve_connection(
         bump(&stats.frames_received);
         match frame {
             WireMessage::Raft { to, messages } => receive_raft(&ctx, peer, to, messages),
+            WireMessage::Call { id, body } if ctx.rpc.is_some() => {
+                let Some(handler) = &ctx.rpc else { return };
+                let reply = handler(peer, body).await;
+                let written = tokio::time::timeout(
+                    ctx.config.idle_timeout,
+                    write_frame(reader.get_mut(), &WireMessage::Reply { id, body: reply }),
+                )
+                .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    debug!(%remote, peer, "could not write an rpc reply; closing");
+                    return;
+                }
+            }
             other => {
                 bump(&stats.protocol_errors);
                 warn!(%remote, peer, kind = other.kind(),

@@ -1,0 +1,682 @@
+//! The HTTP client: configuration, requests, response decoding.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftmetrics_core::api::{
+    AnalyticsResponse, BINCODE_MEDIA_TYPE, HealthResponse, InsertResponse, JsonPoint,
+};
+use raftmetrics_core::{Point, Query, QueryResult, codec};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+
+use crate::answer::Answer;
+use crate::error::{Error, Result};
+
+/// Where a control node listens by default.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// Default limit on a whole request, from sending it to reading the last byte of the answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default limit on establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default limit on the size of a response body: 256 MiB, the codec's own limit.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = codec::MAX_ENCODED_BYTES;
+/// Error bodies are read up to this size; the rest is dropped.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Largest buffer reserved up front from a `Content-Length`.
+const MAX_PREALLOCATION: usize = 16 * 1024 * 1024;
+const JSON_MEDIA_TYPE: &str = "application/json";
+
+/// The body encoding of requests and answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// bincode (`application/octet-stream`), through [`raftmetrics_core::codec`]: compact
+    /// and exact, the default.
+    #[default]
+    Bincode,
+    /// JSON (`application/json`), the format of the API reference.
+    Json,
+}
+
+impl Format {
+    /// The media type of this format.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Bincode => BINCODE_MEDIA_TYPE,
+            Format::Json => JSON_MEDIA_TYPE,
+        }
+    }
+
+    /// The format of a `Content-Type` value, if it is one of the two.
+    fn of_content_type(value: &str) -> Option<Format> {
+        let media = value.split(';').next().unwrap_or("").trim();
+        if media.eq_ignore_ascii_case(BINCODE_MEDIA_TYPE) {
+            Some(Format::Bincode)
+        } else if media.eq_ignore_ascii_case(JSON_MEDIA_TYPE)
+            || media.to_ascii_lowercase().ends_with("+json")
+        {
+            Some(Format::Json)
+        } else {
+            None
+        }
+    }
+}
+
+/// Configures a [`Client`]; made by [`Client::builder`].
+#[derive(Clone)]
+pub struct ClientBuilder {
+    base_url: String,
+    token: Option<String>,
+    format: Format,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_response_bytes: usize,
+    system_proxy: bool,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("format", &self.format)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("system_proxy", &self.system_proxy)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// The bearer token sent with every request (without the `Bearer ` prefix). Required.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The body format; [`Format::Bincode`] by default.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Speak JSON (`application/json`).
+    pub fn json(self) -> Self {
+        self.format(Format::Json)
+    }
+
+    /// Speak bincode (`application/octet-stream`), the default.
+    pub fn bincode(self) -> Self {
+        self.format(Format::Bincode)
+    }
+
+    /// Limit on a whole request, from sending it to reading the last byte of the answer;
+    /// [`DEFAULT_TIMEOUT`] by default.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Limit on establishing a connection; [`DEFAULT_CONNECT_TIMEOUT`] by default.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest response body read; bigger answers fail with [`Error::ResponseTooLarge`].
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`] by default.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// Go through the proxy named by `HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`. Off by default:
+    /// the client connects to the cluster directly.
+    pub fn system_proxy(mut self, enabled: bool) -> Self {
+        self.system_proxy = enabled;
+        self
+    }
+
+    /// Checks the configuration and builds the client.
+    ///
+    /// Fails with [`Error::InvalidConfig`] when the URL is not a plain `http://` URL without
+    /// credentials, query or fragment (`https` needs TLS, which this client is built without),
+    /// or when the token is missing, empty, or contains whitespace or control characters.
+    pub fn build(self) -> Result<Client> {
+        let base = parse_base_url(&self.base_url)?;
+        let auth = bearer(self.token.as_deref())?;
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::InvalidConfig("timeouts must be above zero".into()));
+        }
+        if self.max_response_bytes == 0 {
+            return Err(Error::InvalidConfig(
+                "max_response_bytes must be above zero".into(),
+            ));
+        }
+        let mut http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("raftmetrics-client/", env!("CARGO_PKG_VERSION")))
+            // Never follow a redirect: the token must only ever go to the configured node.
+            .redirect(reqwest::redirect::Policy::none());
+        if !self.system_proxy {
+            http = http.no_proxy();
+        }
+        let http = http
+            .build()
+            .map_err(|e| Error::InvalidConfig(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                auth,
+                format: self.format,
+                max_response_bytes: self.max_response_bytes,
+            }),
+        })
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<Url> {
+    let bad = |why: &str| Error::InvalidConfig(format!("base URL {text:?} {why}"));
+    let mut url = Url::parse(text.trim()).map_err(|e| bad(&format!("is not a URL ({e}); expected http://host:port")))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(bad(
+                "uses https, but this client is built without TLS; use http://",
+            ));
+        }
+        _ => return Err(bad("must start with http://")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "must not carry credentials; the token goes in .token()",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    // A path prefix (a node behind a reverse proxy) is kept: endpoints are joined onto it.
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+fn bearer(token: Option<&str>) -> Result<HeaderValue> {
+    let token = token.ok_or_else(|| {
+        Error::InvalidConfig("a bearer token is required: call .token(...)".into())
+    })?;
+    if token.is_empty() {
+        return Err(Error::InvalidConfig("the bearer token is empty".into()));
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::InvalidConfig(
+            "the bearer token must be visible ASCII characters, without whitespace or control \
+             characters (pass it without the `Bearer ` prefix)"
+                .into(),
+        ));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|e| Error::InvalidConfig(format!("the bearer token is not a header value: {e}")))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A client of one RaftMetrics node (normally the control node).
+///
+/// Cheap to clone: clones share one connection pool. Every request carries the bearer token
+/// in its `Authorization` header, never in the URL, and redirects are not followed.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    auth: HeaderValue,
+    format: Format,
+    max_response_bytes: usize,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base.as_str())
+            .field("format", &self.inner.format)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client of the node at `base_url` (e.g. [`DEFAULT_URL`]).
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.into(),
+            token: None,
+            format: Format::default(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            system_proxy: false,
+        }
+    }
+
+    /// The node's base URL, ending in `/`.
+    pub fn base_url(&self) -> &str {
+        self.inner.base.as_str()
+    }
+
+    /// The body format in use.
+    pub fn format(&self) -> Format {
+        self.inner.format
+    }
+
+    /// Stores one point: `POST /insert`.
+    pub async fn insert(&self, point: Point) -> Result<InsertResponse> {
+        self.insert_batch(vec![point]).await
+    }
+
+    /// Stores a batch of points: `POST /insert`. All or nothing: either every point was
+    /// stored (acknowledged by a Raft quorum of its partition) or the call fails; a
+    /// `VALIDATION_ERROR` names every bad field (`points[3].metric`, see
+    /// [`Error::validation_fields`]).
+    ///
+    /// Inserts are not idempotent: retrying one whose outcome is unknown (a timeout) may
+    /// store its points twice.
+    pub async fn insert_batch(&self, points: Vec<Point>) -> Result<InsertResponse> {
+        let format = self.inner.format;
+        let body = encode_points(&points, format)?;
+        let request = self
+            .request(Method::POST, "insert", &[])?
+            .header(CONTENT_TYPE, format.media_type())
+            .body(body);
+        self.call(request, format).await
+    }
+
+    /// Runs an analytics query: `GET /aggregate`, with the query's parameters
+    /// ([`Query::to_params`]).
+    ///
+    /// Always asks for bincode, whatever the client's [`Format`]: the JSON answer of
+    /// `/aggregate` is a differently shaped document (the API reference's), not a
+    /// [`QueryResult`].
+    pub async fn aggregate(&self, query: &Query) -> Result<Answer<QueryResult>> {
+        let request = self.request(Method::GET, "aggregate", &query.to_params())?;
+        let result: QueryResult = self.call(request, Format::Bincode).await?;
+        Ok(Answer::from(result))
+    }
+
+    /// The cluster-wide average of `metric` (of
+    /// [`DEFAULT_METRIC`](raftmetrics_core::api::DEFAULT_METRIC) when `None`):
+    /// `GET /analytics`.
+    pub async fn analytics(&self, metric: Option<&str>) -> Result<Answer<AnalyticsResponse>> {
+        let params: Vec<(String, String)> = metric
+            .map(|m| vec![("metric".to_string(), m.to_string())])
+            .unwrap_or_default();
+        self.analytics_params(&params).await
+    }
+
+    /// `GET /analytics` with the filters and time range of `query` (its aggregations do not
+    /// matter: the answer is the average and count).
+    pub async fn analytics_query(&self, query: &Query) -> Result<Answer<AnalyticsResponse>> {
+        self.analytics_params(&query.to_params()).await
+    }
+
+    async fn analytics_params(
+        &self,
+        params: &[(String, String)],
+    ) -> Result<Answer<AnalyticsResponse>> {
+        let request = self.request(Method::GET, "analytics", params)?;
+        let response: AnalyticsResponse = self.call(request, self.inner.format).await?;
+        Ok(Answer::from(response))
+    }
+
+    /// The node's health: `GET /health`.
+    pub async fn health(&self) -> Result<HealthResponse> {
+        let request = self.request(Method::GET, "health", &[])?;
+        self.call(request, self.inner.format).await
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<reqwest::RequestBuilder> {
+        let url = endpoint(&self.inner.base, path, params)?;
+        Ok(self
+            .inner
+            .http
+            .request(method, url)
+            .header(AUTHORIZATION, self.inner.auth.clone()))
+    }
+
+    /// Sends `request` asking for `accept`, and decodes a 2xx answer as a `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        accept: Format,
+    ) -> Result<T> {
+        let response = request
+            .header(ACCEPT, accept.media_type())
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // The status matters more than the body: a body that fails to arrive is empty.
+            let body = read_body(response, MAX_ERROR_BODY_BYTES, true)
+                .await
+                .unwrap_or_default();
+            return Err(Error::from_response(
+                status.as_u16(),
+                retry_after.as_deref(),
+                &body,
+            ));
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_body(response, self.inner.max_response_bytes, false).await?;
+        decode_body(&body, content_type.as_deref(), accept)
+    }
+}
+
+/// The URL of endpoint `path` under `base`, with `params` percent-encoded as its query.
+fn endpoint(base: &Url, path: &str, params: &[(String, String)]) -> Result<Url> {
+    let mut url = base
+        .join(path)
+        .map_err(|e| Error::InvalidConfig(format!("cannot join {path:?} onto {base}: {e}")))?;
+    if !params.is_empty() {
+        url.query_pairs_mut().extend_pairs(params);
+    }
+    Ok(url)
+}
+
+/// The body of an insert of `points`.
+fn encode_points(points: &[Point], format: Format) -> Result<Vec<u8>> {
+    match format {
+        Format::Bincode => codec::encode(&points).map_err(|e| Error::Encode(e.to_string())),
+        Format::Json => {
+            // JSON has no NaN or infinity; serde_json would silently send `null`.
+            if let Some(i) = points.iter().position(|p| !p.value.is_finite()) {
+                return Err(Error::Encode(format!(
+                    "points[{i}].value is {}, which JSON cannot carry",
+                    points[i].value
+                )));
+            }
+            let json: Vec<JsonPoint> = points.iter().map(json_point).collect();
+            serde_json::to_vec(&json).map_err(|e| Error::Encode(e.to_string()))
+        }
+    }
+}
+
+/// A point in the JSON insert format: `{"metric", "value", "timestamp" (RFC 3339), "tags",
+/// "partition_key"}`.
+fn json_point(point: &Point) -> JsonPoint {
+    JsonPoint {
+        metric: Some(point.metric.clone()),
+        value: point.value,
+        timestamp: point.timestamp,
+        tags: Some(point.tags.clone()),
+        partition_key: point.partition_key.clone(),
+    }
+}
+
+/// Reads a response body of at most `limit` bytes: beyond it, fails with
+/// [`Error::ResponseTooLarge`], or with `truncate` keeps the first `limit` bytes.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    truncate: bool,
+) -> Result<Vec<u8>> {
+    let declared = response.content_length().unwrap_or(0);
+    if !truncate && declared > limit as u64 {
+        return Err(Error::ResponseTooLarge { limit });
+    }
+    let mut body = Vec::with_capacity((declared as usize).min(limit).min(MAX_PREALLOCATION));
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            if truncate {
+                body.extend_from_slice(&chunk[..limit - body.len()]);
+                break;
+            }
+            return Err(Error::ResponseTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Decodes a 2xx body in the format its `Content-Type` names, or the one asked for.
+fn decode_body<T: DeserializeOwned>(
+    body: &[u8],
+    content_type: Option<&str>,
+    requested: Format,
+) -> Result<T> {
+    let format = content_type
+        .and_then(Format::of_content_type)
+        .unwrap_or(requested);
+    let what = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("answer");
+    match format {
+        Format::Bincode => codec::decode(body)
+            .map_err(|e| Error::Decode(format!("{what} from bincode: {e}"))),
+        Format::Json => serde_json::from_slice(body)
+            .map_err(|e| Error::Decode(format!("{what} from JSON: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftmetrics_core::api::JsonInsert;
+    use raftmetrics_core::{Agg, Consistency, Coverage, Timestamp};
+
+    use super::*;
+
+    fn client(url: &str) -> Client {
+        Client::builder(url).token("secret").build().unwrap()
+    }
+
+    fn config_error(builder: ClientBuilder) -> String {
+        match builder.build() {
+            Err(Error::InvalidConfig(why)) => why,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_configurations() {
+        let ok = || Client::builder(DEFAULT_URL).token("t0k3n");
+        assert!(ok().build().is_ok());
+        assert!(config_error(Client::builder(DEFAULT_URL)).contains("token is required"));
+        assert!(config_error(ok().token("")).contains("empty"));
+        assert!(config_error(ok().token("Bearer abc")).contains("Bearer"));
+        assert!(config_error(ok().token("a\nb")).contains("control"));
+        assert!(config_error(ok().token("tökén")).contains("ASCII"));
+        assert!(config_error(ok().timeout(Duration::ZERO)).contains("timeouts"));
+        assert!(config_error(ok().max_response_bytes(0)).contains("max_response_bytes"));
+        for (url, why) in [
+            ("127.0.0.1:8080", "http://"),
+            ("not a url", "is not a URL"),
+            ("https://example.com", "TLS"),
+            ("ftp://example.com", "http://"),
+            ("http://user:pw@example.com", "credentials"),
+            ("http://example.com/?token=x", "query"),
+            ("http://example.com/#x", "fragment"),
+        ] {
+            let why_got = config_error(Client::builder(url).token("t"));
+            assert!(why_got.contains(why), "{url}: {why_got}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let builder = Client::builder(DEFAULT_URL).token("hunter2");
+        assert!(!format!("{builder:?}").contains("hunter2"));
+        let client = builder.build().unwrap();
+        assert!(!format!("{client:?}").contains("hunter2"));
+        assert!(client.inner.auth.is_sensitive());
+        assert_eq!(client.inner.auth.to_str().unwrap(), "Bearer hunter2");
+    }
+
+    #[test]
+    fn joins_endpoints_onto_the_base_url() {
+        let c = client("http://127.0.0.1:8080");
+        assert_eq!(c.base_url(), "http://127.0.0.1:8080/");
+        assert_eq!(c.format(), Format::Bincode);
+        let url = endpoint(&c.inner.base, "health", &[]).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/health");
+        let c = client("http://metrics.internal/raftmetrics");
+        let url = endpoint(&c.inner.base, "insert", &[]).unwrap();
+        assert_eq!(url.as_str(), "http://metrics.internal/raftmetrics/insert");
+    }
+
+    #[test]
+    fn encodes_queries_into_urls_that_parse_back() {
+        let mut q = Query::from_params(&[
+            ("metric", "cpu_usage"),
+            ("from", "2024-01-20T00:00:00.5+02:00"),
+            ("to", "2024-01-21"),
+            ("window", "1h"),
+            ("rolling", "true"),
+            ("step", "5m"),
+            ("hosts", "web-*,api-?"),
+            ("tags", "env:a&b=c d,path:/x%2F#y+z"),
+            ("agg", "avg,max,p95,p99.9"),
+            ("group_by", "datacenter"),
+            ("order_by", "p99.9:desc"),
+            ("limit", "10"),
+            ("allow_partial", "false"),
+            ("consistency", "strong"),
+        ])
+        .unwrap();
+        let c = client(DEFAULT_URL);
+        let url = endpoint(&c.inner.base, "aggregate", &q.to_params()).unwrap();
+        assert_eq!(url.path(), "/aggregate");
+        assert!(url.fragment().is_none());
+        let query = url.query().unwrap();
+        assert!(!query.contains("secret"));
+        assert!(query.starts_with("metric=cpu_usage&from=2024-01-19T22%3A00%3A00.500Z&"));
+        assert!(query.contains("&agg=avg%2Cmax%2Cp95%2Cp99.9&"));
+        let decoded: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(decoded, q.to_params());
+        assert_eq!(Query::from_params(&decoded).unwrap(), q);
+        // Defaults are not sent.
+        q = Query::new("m");
+        q.aggs = vec![Agg::Count];
+        q.consistency = Consistency::Eventual;
+        let url = endpoint(&c.inner.base, "aggregate", &q.to_params()).unwrap();
+        assert_eq!(url.query(), Some("metric=m&agg=count"));
+    }
+
+    fn points() -> Vec<Point> {
+        vec![
+            Point::new("cpu_usage", 75.5)
+                .at(Timestamp::parse("2024-01-20T15:30:00.123456Z").unwrap())
+                .tag("host", "web-1")
+                .tag("datacenter", "us-west"),
+            Point::new("mem", -0.25).partition_key("user123"),
+            Point::new("disk", 1e300).at(Timestamp::EPOCH),
+        ]
+    }
+
+    #[test]
+    fn json_inserts_are_what_the_server_reads() {
+        let body = encode_points(&points(), Format::Json).unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains(r#""timestamp":"2024-01-20T15:30:00.123456Z""#));
+        assert!(text.contains(r#""tags":{"datacenter":"us-west","host":"web-1"}"#));
+        let parsed: JsonInsert = serde_json::from_slice(&body).unwrap();
+        assert!(matches!(parsed, JsonInsert::Many(ref ps) if ps.len() == 3));
+        assert_eq!(parsed.into_points(), points());
+        let mut nan = points();
+        nan[1].value = f64::NAN;
+        let err = encode_points(&nan, Format::Json).unwrap_err();
+        assert!(err.to_string().contains("points[1].value"), "{err}");
+    }
+
+    #[test]
+    fn bincode_inserts_use_the_shared_codec() {
+        let body = encode_points(&points(), Format::Bincode).unwrap();
+        assert_eq!(codec::decode::<Vec<Point>>(&body).unwrap(), points());
+        // NaN travels in bincode; the server's validation names the field.
+        let mut nan = points();
+        nan[0].value = f64::NAN;
+        assert!(encode_points(&nan, Format::Bincode).is_ok());
+    }
+
+    fn analytics() -> AnalyticsResponse {
+        AnalyticsResponse {
+            metric: "value".into(),
+            average: Some(42.5),
+            count: 10,
+            is_partial: false,
+            total_nodes: 3,
+            responding_nodes: 3,
+            missing_partitions: vec![],
+        }
+    }
+
+    #[test]
+    fn decodes_by_content_type_then_by_request() {
+        let json = serde_json::to_vec(&analytics()).unwrap();
+        let bin = codec::encode(&analytics()).unwrap();
+        for (body, content_type, requested) in [
+            (&json, Some("application/json"), Format::Bincode),
+            (&json, Some("Application/JSON; charset=utf-8"), Format::Bincode),
+            (&json, Some("application/problem+json"), Format::Bincode),
+            (&json, None, Format::Json),
+            (&json, Some("text/plain"), Format::Json),
+            (&bin, Some("application/octet-stream"), Format::Json),
+            (&bin, None, Format::Bincode),
+        ] {
+            let got: AnalyticsResponse = decode_body(body, content_type, requested).unwrap();
+            assert_eq!(got, analytics(), "{content_type:?} {requested:?}");
+        }
+        let err = decode_body::<AnalyticsResponse>(&bin[..bin.len() - 1], None, Format::Bincode)
+            .unwrap_err();
+        assert!(matches!(&err, Error::Decode(m) if m.starts_with("AnalyticsResponse from bincode")), "{err}");
+        let err = decode_body::<AnalyticsResponse>(b"{}", None, Format::Json).unwrap_err();
+        assert!(matches!(err, Error::Decode(_)));
+    }
+
+    #[test]
+    fn query_results_decode_with_their_coverage() {
+        let result = QueryResult {
+            metric: "cpu".into(),
+            aggregations: Vec::new(),
+            groups: Vec::new(),
+            buckets: Vec::new(),
+            percentiles: None,
+            coverage: Coverage {
+                is_partial: true,
+                total_nodes: 3,
+                responding_nodes: 2,
+                missing_partitions: vec![4],
+            },
+        };
+        let bin = codec::encode(&result).unwrap();
+        let decoded: QueryResult = decode_body(&bin, Some(BINCODE_MEDIA_TYPE), Format::Json).unwrap();
+        let answer = Answer::from(decoded);
+        assert_eq!(answer.missing_partitions(), &[4]);
+        assert!(answer.into_complete().unwrap_err().is_partial());
+    }
+}

@@ -1,0 +1,131 @@
+//! Request and response bodies in JSON or bincode, chosen by `Content-Type` and `Accept`.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use raftmetrics_core::api::{BINCODE_MEDIA_TYPE, JsonInsert, JsonPoint};
+use raftmetrics_core::error::Error;
+use raftmetrics_core::{Point, codec};
+use serde::Serialize;
+
+use super::error::ApiError;
+
+/// A body codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Bincode,
+}
+
+fn media_type(value: &HeaderValue) -> String {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The codec of a request body: bincode for `application/octet-stream`, JSON for
+/// `application/json` or no `Content-Type`; anything else is 415.
+pub fn request_format(headers: &HeaderMap) -> Result<Format, ApiError> {
+    match headers.get(header::CONTENT_TYPE).map(media_type).as_deref() {
+        None | Some("application/json") => Ok(Format::Json),
+        Some(BINCODE_MEDIA_TYPE) => Ok(Format::Bincode),
+        Some(_) => Err(ApiError::unsupported_media_type([
+            "application/json",
+            BINCODE_MEDIA_TYPE,
+        ])),
+    }
+}
+
+/// The codec of the answer: what `Accept` asks for, else `default`.
+pub fn response_format(headers: &HeaderMap, default: Format) -> Format {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return default;
+    };
+    let wants = |m: &str| accept.split(',').any(|part| part.trim().starts_with(m));
+    if wants(BINCODE_MEDIA_TYPE) {
+        Format::Bincode
+    } else if wants("application/json") {
+        Format::Json
+    } else {
+        default
+    }
+}
+
+/// `value` in `format`.
+pub fn respond<T: Serialize>(format: Format, value: &T) -> Response {
+    match format {
+        Format::Json => axum::Json(value).into_response(),
+        Format::Bincode => match codec::encode(value) {
+            Ok(bytes) => (
+                [(header::CONTENT_TYPE, HeaderValue::from_static(BINCODE_MEDIA_TYPE))],
+                bytes,
+            )
+                .into_response(),
+            Err(e) => ApiError::from(e).into_response(),
+        },
+    }
+}
+
+/// The points of an insert body: bincode `Vec<Point>`, or JSON (one point or an array).
+pub fn decode_points(format: Format, body: &Bytes) -> Result<Vec<Point>, ApiError> {
+    match format {
+        Format::Bincode => Ok(codec::decode::<Vec<Point>>(body)?),
+        Format::Json => {
+            let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                Error::InvalidRequest(format!("request body is not valid JSON: {e}"))
+            })?;
+            let parsed = match value {
+                serde_json::Value::Array(items) => {
+                    let mut points = Vec::with_capacity(items.len());
+                    for (i, item) in items.into_iter().enumerate() {
+                        let p: JsonPoint = serde_json::from_value(item).map_err(|e| {
+                            Error::field(format!("points[{i}]"), e.to_string())
+                        })?;
+                        points.push(p);
+                    }
+                    JsonInsert::Many(points)
+                }
+                obj @ serde_json::Value::Object(_) => JsonInsert::One(
+                    serde_json::from_value(obj).map_err(|e| Error::field("body", e.to_string()))?,
+                ),
+                _ => {
+                    return Err(Error::InvalidRequest(
+                        "request body must be a JSON object or an array of objects".into(),
+                    )
+                    .into());
+                }
+            };
+            Ok(parsed.into_points())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_follow_the_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_format(&h).unwrap(), Format::Json);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        assert_eq!(request_format(&h).unwrap(), Format::Bincode);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(request_format(&h).is_err());
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, */*"));
+        assert_eq!(response_format(&h, Format::Bincode), Format::Json);
+        assert_eq!(response_format(&HeaderMap::new(), Format::Bincode), Format::Bincode);
+    }
+
+    #[test]
+    fn json_bodies_name_the_bad_point() {
+        let body = Bytes::from_static(br#"[{"metric":"a","value":1},{"metric":"a","value":"x"}]"#);
+        let err = decode_points(Format::Json, &body).unwrap_err();
+        assert!(format!("{err}").contains("points[1]"), "{err}");
+    }
+}

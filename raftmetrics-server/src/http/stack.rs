@@ -1,0 +1,47 @@
+//! The layers every public router gets, in order from the outside: request metrics, the
+//! request deadline, bearer authentication, the per-token rate limit, the body size limit,
+//! and the API-format fallbacks for unknown routes.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::{TokenSet, require_bearer};
+use super::error::{ApiError, fallback_not_found};
+use super::rate_limit::{RateLimiter, limit_per_token};
+use crate::metrics::{Metrics, track_requests};
+
+/// What the layers need.
+#[derive(Clone)]
+pub struct StackConfig {
+    pub tokens: TokenSet,
+    pub rate_limit_per_minute: NonZeroU32,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Wraps `routes` in the public layers.
+pub fn public(routes: Router, config: StackConfig) -> Router {
+    let limiter = RateLimiter::new(config.rate_limit_per_minute, &config.tokens);
+    routes
+        .fallback(fallback_not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn_with_state(limiter, limit_per_token))
+        .layer(from_fn_with_state(config.tokens.clone(), require_bearer))
+        .layer(from_fn_with_state(config.request_timeout, deadline))
+        .layer(from_fn_with_state(config.metrics, track_requests))
+}
+
+/// Middleware: answers 504 when the handler does not finish within the deadline.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout(limit).into_response(),
+    }
+}

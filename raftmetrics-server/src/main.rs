@@ -1,0 +1,68 @@
+//! `raftmetrics-server control|worker|dev`: see [`raftmetrics_server::config`].
+
+use std::process::ExitCode;
+
+use raftmetrics_server::config::{Role, parse_from_env_and_args};
+use raftmetrics_server::{control, dev, worker};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match parse_from_env_and_args(std::env::args_os(), &|k| std::env::var(k).ok()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let role = cli.role.name();
+    let result = runtime.block_on(async move {
+        match cli.role {
+            Role::Control(args) => control::run(args, shutdown_signal()).await,
+            Role::Worker(args) => worker::run(args, shutdown_signal()).await,
+            Role::Dev(args) => dev::run(args).await.map_err(|e| {
+                raftmetrics_server::error::ServerError::Config(e.to_string())
+            }),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(role, error = %e, "stopped with an error");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

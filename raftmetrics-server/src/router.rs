@@ -1,0 +1,302 @@
+//! Where a partition's writes and reads go: the cluster view, leader hints, worker liveness.
+//!
+//! Both roles route: the control node for every insert and query, a worker for inserts of
+//! partitions it does not lead (forwarded to the leader). [`Router::write`] proposes a batch
+//! to the partition's leader, following `NotLeader` hints and trying the other replicas
+//! while an election runs, until the deadline. It retries only when the batch certainly was
+//! not proposed (no connection, or refused by a non-leader); a batch whose outcome is
+//! unknown (connection lost after sending, proposal timeout) is reported as such and never
+//! resent, so an acknowledged point is stored exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use raftmetrics_core::error::{Error, Result};
+use raftmetrics_core::model::Record;
+use raftmetrics_core::raft::{NodeHandle, NodeId, ReplicaStatus, Role};
+use raftmetrics_core::{HashPartitioner, PartitionId, Partitioner};
+use tracing::debug;
+
+use crate::rpc::{ClusterView, Request, Response, RpcClient, RpcError, WorkerInfo};
+
+/// Pause between rounds of attempts while a partition has no reachable leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Most attempts of one write (each bounded by the deadline too).
+const MAX_ATTEMPTS: usize = 200;
+
+/// A worker as the router sees it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub info: WorkerInfo,
+    pub addr: Option<SocketAddr>,
+}
+
+/// Routing state shared by a node's tasks.
+pub struct Router {
+    /// This worker's raft node (None on the control node).
+    local: Option<NodeHandle>,
+    rpc: Arc<RpcClient>,
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    view: Option<ClusterView>,
+    peers: HashMap<NodeId, Peer>,
+    /// Last known leader of each partition.
+    leaders: HashMap<PartitionId, NodeId>,
+}
+
+impl Router {
+    pub fn new(local: Option<NodeHandle>, rpc: Arc<RpcClient>) -> Self {
+        Router {
+            local,
+            rpc,
+            state: RwLock::new(State::default()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Installs a new cluster view with the workers' resolved addresses.
+    pub fn set_view(&self, view: ClusterView, addrs: &HashMap<NodeId, SocketAddr>) {
+        let mut s = self.write_state();
+        s.peers = view
+            .workers
+            .iter()
+            .map(|w| {
+                (
+                    w.id,
+                    Peer {
+                        info: w.clone(),
+                        addr: addrs.get(&w.id).copied(),
+                    },
+                )
+            })
+            .collect();
+        s.view = Some(view);
+    }
+
+    /// The current view, if any.
+    pub fn view(&self) -> Option<ClusterView> {
+        self.read().view.clone()
+    }
+
+    /// Replicas of `partition`, in placement order.
+    pub fn replicas(&self, partition: PartitionId) -> Vec<NodeId> {
+        self.read()
+            .view
+            .as_ref()
+            .and_then(|v| v.placement.get(partition as usize).cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn peer(&self, node: NodeId) -> Option<Peer> {
+        self.read().peers.get(&node).cloned()
+    }
+
+    /// Records `leader` as the leader of `partition`.
+    pub fn hint_leader(&self, partition: PartitionId, leader: NodeId) {
+        self.write_state().leaders.insert(partition, leader);
+    }
+
+    /// Learns leaders from replica statuses (a worker's heartbeat or its own node).
+    pub fn learn(&self, statuses: &[ReplicaStatus]) {
+        let mut s = self.write_state();
+        for st in statuses {
+            if st.role == Role::Leader {
+                s.leaders.insert(st.group, st.node);
+            } else if st.leader_id != 0 {
+                s.leaders.entry(st.group).or_insert(st.leader_id);
+            }
+        }
+    }
+
+    /// Last known leader of `partition`.
+    pub fn leader(&self, partition: PartitionId) -> Option<NodeId> {
+        self.read().leaders.get(&partition).copied()
+    }
+
+    fn local_id(&self) -> Option<NodeId> {
+        self.local.as_ref().map(NodeHandle::id)
+    }
+
+    /// Proposes `records` to `partition` and waits until they are applied on its leader.
+    /// Answers the leader's id and the log index.
+    pub async fn write(
+        &self,
+        partition: PartitionId,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> Result<(NodeId, u64)> {
+        let replicas = self.replicas(partition);
+        if replicas.is_empty() {
+            return Err(Error::Raft(format!(
+                "partition {partition} has no replicas yet: waiting for workers to register"
+            )));
+        }
+        let mut next_replica = 0usize;
+        let mut target = self.leader(partition).filter(|l| replicas.contains(l));
+        let mut last_error = String::from("no attempt made");
+        for _ in 0..MAX_ATTEMPTS {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let node = match target.take() {
+                Some(n) => n,
+                None => {
+                    let n = replicas[next_replica % replicas.len()];
+                    next_replica += 1;
+                    if next_replica % replicas.len() == 0 {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    n
+                }
+            };
+            let outcome = self.write_to(node, partition, records.clone(), deadline).await;
+            match outcome {
+                Ok(index) => {
+                    self.hint_leader(partition, node);
+                    return Ok((node, index));
+                }
+                Err(Attempt::Redirect(hint)) => {
+                    last_error = format!("node {node} is not the leader");
+                    target = hint.filter(|h| *h != node && replicas.contains(h));
+                    if let Some(h) = target {
+                        self.hint_leader(partition, h);
+                    } else {
+                        tokio::time::sleep(RETRY_PAUSE / 2).await;
+                    }
+                }
+                Err(Attempt::NotSent(reason)) => {
+                    debug!(partition, node, %reason, "write not sent; trying another replica");
+                    last_error = reason;
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        Err(Error::Raft(format!(
+            "partition {partition}: no leader accepted the write before the deadline ({last_error})"
+        )))
+    }
+
+    async fn write_to(
+        &self,
+        node: NodeId,
+        partition: PartitionId,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> std::result::Result<u64, Attempt> {
+        if let Some(local) = self.local.as_ref().filter(|h| h.id() == node) {
+            return match local.propose(partition, records).await {
+                Ok(index) => Ok(index),
+                Err(Error::NotLeader { leader, .. }) => Err(Attempt::Redirect(leader)),
+                Err(Error::NotFound(_)) => Err(Attempt::Redirect(None)),
+                Err(e) => Err(Attempt::Failed(e)),
+            };
+        }
+        let Some(addr) = self.peer(node).and_then(|p| p.addr) else {
+            return Err(Attempt::NotSent(format!("address of node {node} unknown")));
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let request = Request::Write { partition, records };
+        match self.rpc.call(node, addr, &request, timeout).await {
+            Ok(Response::Written { index }) => Ok(index),
+            Ok(Response::Error(e)) => match Error::from(e) {
+                Error::NotLeader { leader, .. } => Err(Attempt::Redirect(leader)),
+                Error::NotFound(_) => Err(Attempt::Redirect(None)),
+                other => Err(Attempt::Failed(other)),
+            },
+            Ok(other) => Err(Attempt::Failed(Error::Internal(format!(
+                "unexpected answer to a write: {other:?}"
+            )))),
+            Err(RpcError::NotSent { reason, .. }) => Err(Attempt::NotSent(reason)),
+            Err(e @ RpcError::Unknown { .. }) => Err(Attempt::Failed(Error::Raft(format!(
+                "outcome unknown, the write may or may not be stored: {e}"
+            )))),
+        }
+    }
+
+    /// Whether this node is a replica of `partition`.
+    pub fn holds(&self, partition: PartitionId) -> bool {
+        self.local_id()
+            .is_some_and(|id| self.replicas(partition).contains(&id))
+    }
+}
+
+/// What a stored batch touched.
+#[derive(Clone, Debug)]
+pub struct BatchOutcome {
+    pub points: usize,
+    /// `(partition, leader that stored it)`, ascending by partition.
+    pub partitions: Vec<(PartitionId, NodeId)>,
+}
+
+/// Splits validated `records` by partition and writes every partition's share through
+/// [`Router::write`], all partitions at once. Each partition's share is stored exactly once
+/// or not at all; when some partitions fail, the error names the ones that were stored.
+pub async fn write_batch(
+    router: &Arc<Router>,
+    partitioner: &HashPartitioner,
+    records: Vec<Record>,
+    deadline: Instant,
+) -> Result<BatchOutcome> {
+    let points = records.len();
+    let mut by_partition: BTreeMap<PartitionId, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        by_partition
+            .entry(partitioner.partition_of(&r.partition_key))
+            .or_default()
+            .push(r);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (partition, records) in by_partition {
+        let router = Arc::clone(router);
+        tasks.spawn(async move { (partition, router.write(partition, records, deadline).await) });
+    }
+    let mut stored = Vec::new();
+    let mut failed: Vec<(PartitionId, Error)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((p, Ok((leader, _)))) => stored.push((p, leader)),
+            Ok((p, Err(e))) => failed.push((p, e)),
+            Err(e) => failed.push((u32::MAX, Error::Internal(format!("write task: {e}")))),
+        }
+    }
+    stored.sort_unstable();
+    if failed.is_empty() {
+        return Ok(BatchOutcome {
+            points,
+            partitions: stored,
+        });
+    }
+    failed.sort_by_key(|(p, _)| *p);
+    let (first_partition, first) = failed.swap_remove(0);
+    if stored.is_empty() && failed.is_empty() {
+        return Err(first);
+    }
+    let stored: Vec<PartitionId> = stored.iter().map(|(p, _)| *p).collect();
+    Err(Error::Raft(format!(
+        "partition {first_partition} failed ({first}); {} other partition(s) failed; \
+         partitions stored: {stored:?}",
+        failed.len()
+    )))
+}
+
+enum Attempt {
+    /// Refused by a non-leader (with its hint): not proposed.
+    Redirect(Option<NodeId>),
+    /// Certainly not delivered.
+    NotSent(String),
+    /// A definite error, or an unknown outcome: do not retry.
+    Failed(Error),
+}

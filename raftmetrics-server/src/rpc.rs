@@ -1,0 +1,311 @@
+//! Internal RPC between nodes: requests, answers, and a pooled client.
+//!
+//! Calls travel as [`WireMessage::Call`] / [`WireMessage::Reply`] frames on authenticated
+//! node-to-node connections (the same handshake as raft traffic, see [`crate::wire`]). A
+//! connection carries one call at a time; [`RpcClient`] keeps a few idle connections per
+//! peer and opens more when calls overlap.
+//!
+//! Errors say whether a request may have taken effect: [`RpcError::NotSent`] means it
+//! certainly did not (no connection), anything after the request was written is
+//! [`RpcError::Unknown`]. Only the first is safe to retry for writes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use raftmetrics_core::aggregate::PartialAggregate;
+use raftmetrics_core::error::{Error, ErrorCode, FieldError};
+use raftmetrics_core::model::Record;
+use raftmetrics_core::query::Query;
+use raftmetrics_core::raft::{NodeId, ReplicaStatus};
+use raftmetrics_core::{PartitionId, codec};
+use serde::{Deserialize, Serialize};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+
+use crate::wire::frame::{ClusterAuth, WireError, WireMessage, read_frame, write_frame};
+use crate::wire::tcp_transport::client_handshake;
+
+/// The control node's id on the node-to-node wire (there is one control node per cluster);
+/// it never collides with a worker, whose ids are at most [`MAX_WORKER_ID`].
+pub const CONTROL_WIRE_ID: NodeId = 1 << 63;
+
+/// Largest worker node id.
+pub const MAX_WORKER_ID: u64 = (1 << 62) - 1;
+
+/// A worker as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: NodeId,
+    /// `host:port` of the public HTTP API.
+    pub http_addr: String,
+    /// `host:port` of the node-to-node listener.
+    pub internal_addr: String,
+}
+
+/// What the control node tells workers: where every partition's replicas live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub partitions: u32,
+    pub replication_factor: u32,
+    /// `placement[p]`: the workers holding a replica of partition `p` (empty until enough
+    /// workers registered).
+    pub placement: Vec<Vec<NodeId>>,
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// A worker's registration, repeated as its heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub worker: WorkerInfo,
+    pub replicas: Vec<ReplicaStatus>,
+    pub storage_bytes: u64,
+}
+
+/// A request from one node to another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Worker → control: register or heartbeat; answered with [`Response::View`].
+    Register(Registration),
+    /// → the leader of `partition`: propose and wait until applied.
+    Write {
+        partition: PartitionId,
+        records: Vec<Record>,
+    },
+    /// → a worker: partial aggregates over the given partitions it holds; with `strong`,
+    /// only from replicas that lead and after a read-index round.
+    Compute {
+        partitions: Vec<PartitionId>,
+        query: Query,
+        strong: bool,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    View(ClusterView),
+    /// Applied at this log index.
+    Written { index: u64 },
+    /// `missing`: asked-for partitions this worker could not answer for.
+    Computed {
+        partial: PartialAggregate,
+        missing: Vec<PartitionId>,
+    },
+    Error(RemoteError),
+}
+
+/// A core error carried over the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub fields: Vec<FieldError>,
+    /// Not the leader: partition and leader hint.
+    pub not_leader: Option<(u32, Option<u64>)>,
+}
+
+impl From<&Error> for RemoteError {
+    fn from(e: &Error) -> Self {
+        RemoteError {
+            code: e.code(),
+            message: e.to_string(),
+            fields: match e {
+                Error::Validation(f) => f.clone(),
+                _ => Vec::new(),
+            },
+            not_leader: match e {
+                Error::NotLeader { partition, leader } => Some((*partition, *leader)),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<RemoteError> for Error {
+    fn from(r: RemoteError) -> Self {
+        if let Some((partition, leader)) = r.not_leader {
+            return Error::NotLeader { partition, leader };
+        }
+        match r.code {
+            ErrorCode::ValidationError => Error::Validation(r.fields),
+            ErrorCode::InvalidRequest => Error::InvalidRequest(r.message),
+            ErrorCode::NotFound => Error::NotFound(r.message),
+            ErrorCode::RaftError => Error::Raft(r.message),
+            ErrorCode::StorageError => Error::Storage {
+                operation: "remote",
+                reason: r.message,
+            },
+            _ => Error::Internal(r.message),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// The request was never written: it certainly had no effect.
+    #[error("could not reach node {node} at {addr}: {reason}")]
+    NotSent {
+        node: NodeId,
+        addr: SocketAddr,
+        reason: String,
+    },
+    /// The request was written but no answer came: it may or may not have taken effect.
+    #[error("no answer from node {node} at {addr}: {reason}")]
+    Unknown {
+        node: NodeId,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// Settings of an [`RpcClient`].
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    pub connect_timeout: Duration,
+    /// Idle connections kept per peer.
+    pub max_idle_per_peer: usize,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            connect_timeout: Duration::from_secs(2),
+            max_idle_per_peer: 8,
+        }
+    }
+}
+
+/// Calls other nodes; cheap to share (`Arc`).
+pub struct RpcClient {
+    local: NodeId,
+    auth: ClusterAuth,
+    config: RpcConfig,
+    idle: Mutex<HashMap<(NodeId, SocketAddr), Vec<BufReader<TcpStream>>>>,
+    next_id: AtomicU64,
+}
+
+impl RpcClient {
+    pub fn new(local: NodeId, auth: ClusterAuth, config: RpcConfig) -> Self {
+        RpcClient {
+            local,
+            auth,
+            config,
+            idle: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends `request` to node `node` at `addr` and waits at most `timeout` for the answer.
+    pub async fn call(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
+        let not_sent = |reason: String| RpcError::NotSent { node, addr, reason };
+        let body = codec::encode(request).map_err(|e| not_sent(e.to_string()))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = WireMessage::Call { id, body };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut conn = match self.take_idle(node, addr) {
+            Some(c) => c,
+            None => tokio::time::timeout_at(deadline, self.dial(node, addr))
+                .await
+                .map_err(|_| not_sent("connect timed out".into()))?
+                .map_err(|e| not_sent(e.to_string()))?,
+        };
+        let exchange = async {
+            write_frame(conn.get_mut(), &frame).await?;
+            loop {
+                match read_frame(&mut conn).await? {
+                    WireMessage::Reply { id: got, body } if got == id => return Ok(body),
+                    WireMessage::Reply { .. } => continue,
+                    other => {
+                        return Err(WireError::Unexpected {
+                            expected: "reply",
+                            got: other.kind(),
+                        });
+                    }
+                }
+            }
+        };
+        let unknown = |reason: String| RpcError::Unknown { node, addr, reason };
+        let body = match tokio::time::timeout_at(deadline, exchange).await {
+            Err(_) => return Err(unknown("timed out".into())),
+            Ok(Err(e)) => return Err(unknown(e.to_string())),
+            Ok(Ok(body)) => body,
+        };
+        self.put_idle(node, addr, conn);
+        codec::decode(&body).map_err(|e| unknown(format!("undecodable answer: {e}")))
+    }
+
+    async fn dial(&self, node: NodeId, addr: SocketAddr) -> Result<BufReader<TcpStream>, WireError> {
+        let mut stream =
+            tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| WireError::Timeout("connect"))??;
+        tokio::time::timeout(
+            self.config.connect_timeout,
+            client_handshake(&mut stream, &self.auth, self.local, node),
+        )
+        .await
+        .map_err(|_| WireError::Timeout("handshake"))??;
+        Ok(BufReader::with_capacity(64 * 1024, stream))
+    }
+
+    /// An idle connection that the peer has not closed.
+    fn take_idle(&self, node: NodeId, addr: SocketAddr) -> Option<BufReader<TcpStream>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.get_mut(&(node, addr))?;
+        while let Some(conn) = conns.pop() {
+            let mut probe = [0u8; 1];
+            // An idle connection has nothing to read: data or EOF means it is unusable.
+            if let Err(e) = conn.get_ref().try_read(&mut probe)
+                && e.kind() == std::io::ErrorKind::WouldBlock
+                && conn.buffer().is_empty()
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, node: NodeId, addr: SocketAddr, conn: BufReader<TcpStream>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.entry((node, addr)).or_default();
+        if conns.len() < self.config.max_idle_per_peer {
+            conns.push(conn);
+        }
+    }
+
+    /// Forgets the idle connections to `node` (after it moved or restarted).
+    pub fn forget(&self, node: NodeId) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(n, _), _| *n != node);
+    }
+}
+
+/// Encodes a response; an encoding failure becomes an error response.
+pub fn encode_response(response: &Response) -> Vec<u8> {
+    codec::encode(response).unwrap_or_else(|e| {
+        let err = Response::Error(RemoteError::from(&Error::Internal(format!(
+            "encode rpc answer: {e}"
+        ))));
+        codec::encode(&err).unwrap_or_default()
+    })
+}
+
+/// Resolves `host:port` to one socket address.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to nothing"))
+}

@@ -1,0 +1,592 @@
+//! The worker role: partition replicas in DuckDB, replicated by Raft, served over HTTP and
+//! node-to-node TCP.
+//!
+//! At start a worker opens its DuckDB file and raft log (recovering every replica it had),
+//! listens on its node-to-node port (raft messages and internal RPC) and its HTTP port, and
+//! registers with the control node. Registration repeats every [`HEARTBEAT`] as the
+//! heartbeat: it carries the status of every replica, and the answer is the cluster view
+//! (the placement of partitions and the workers' addresses). A replica named in the
+//! placement but missing here is created with the placement's voters.
+//!
+//! HTTP: `POST /insert` (partitions this worker does not lead are forwarded to their
+//! leaders), `POST /compute` (only what this worker holds), `GET /health`, `GET /metrics`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router as HttpRouter;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use raftmetrics_core::aggregate::{Coverage, finalize};
+use raftmetrics_core::api::{
+    self, ComputeRequest, ComputeResponse, HealthResponse, InsertResponse, RaftHealth,
+    StorageHealth,
+};
+use raftmetrics_core::error::Error;
+use raftmetrics_core::model::{Limits, validate_batch};
+use raftmetrics_core::query::Query;
+use raftmetrics_core::raft::{
+    NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role as RaftRole,
+};
+use raftmetrics_core::{
+    Agg, DuckDbStore, HashPartitioner, PartitionId, SketchConfig, Store, Timestamp, codec,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::config::WorkerArgs;
+use crate::error::ServerError;
+use crate::http::auth::TokenSet;
+use crate::http::body::{Format, decode_points, request_format, respond, response_format};
+use crate::http::error::ApiError;
+use crate::http::stack::{self, StackConfig};
+use crate::metrics::Metrics;
+use crate::router::{Router, write_batch};
+use crate::rpc::{
+    ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request, Response as RpcResponse,
+    RpcClient, RpcConfig, WorkerInfo, CONTROL_WIRE_ID, encode_response, resolve,
+};
+use crate::wire::frame::ClusterAuth;
+use crate::wire::tcp_transport::{
+    Endpoints, RpcHandler, ServeConfig, ServeStats, TcpTransport, TransportConfig, serve_node,
+};
+
+/// How often a worker registers with (heartbeats to) the control node.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Default control node-to-node port when `--control-host` names none.
+pub const DEFAULT_CONTROL_INTERNAL_PORT: u16 = 9080;
+
+/// Cluster id every node of a cluster shares (the secret is what proves membership).
+pub const CLUSTER_ID: &str = "raftmetrics";
+
+/// A running worker.
+pub struct Worker {
+    id: NodeId,
+    started: Instant,
+    store: Arc<DuckDbStore>,
+    node: NodeHandle,
+    transport: Arc<TcpTransport>,
+    router: Arc<Router>,
+    rpc: Arc<RpcClient>,
+    limits: Limits,
+    sketch: SketchConfig,
+    metrics: Arc<Metrics>,
+    info: WorkerInfo,
+    control_host: String,
+    data_dir: PathBuf,
+    /// Replicas this node has (recovered or created).
+    groups: Mutex<HashSet<PartitionId>>,
+    /// When the control node last answered.
+    control_seen: Mutex<Option<Instant>>,
+    request_timeout: Duration,
+}
+
+/// Runs a worker until `shutdown` completes.
+pub async fn run(
+    args: WorkerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let id = args.node_id;
+    if id == 0 || id > MAX_WORKER_ID {
+        return Err(ServerError::Config(format!(
+            "worker id must be in 1..={MAX_WORKER_ID}"
+        )));
+    }
+    let data_dir = args.data_dir();
+    std::fs::create_dir_all(&data_dir).map_err(ServerError::io(format!(
+        "create data directory {}",
+        data_dir.display()
+    )))?;
+    let db_path = args.db_path();
+    if let Some(parent) = db_path.parent() {
+        std::fs::create_dir_all(parent).map_err(ServerError::io("create DB_PATH directory"))?;
+    }
+    let secret = args
+        .node
+        .cluster_secret()
+        .ok_or_else(|| ServerError::Config("CLUSTER_SECRET is required".into()))?;
+    let auth = ClusterAuth::new(CLUSTER_ID, secret.expose())?;
+    let store = Arc::new(DuckDbStore::open(&db_path)?);
+    let log = RaftLog::open(&data_dir.join("raft"))?;
+    let transport = Arc::new(TcpTransport::new(
+        id,
+        auth.clone(),
+        TransportConfig::default(),
+    )?);
+    let raft = RaftNode::start(
+        NodeConfig::new(id),
+        log,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&transport) as Arc<dyn raftmetrics_core::raft::Transport>,
+    )?;
+    let node = raft.handle();
+    let rpc = Arc::new(RpcClient::new(id, auth.clone(), RpcConfig::default()));
+    let router = Arc::new(Router::new(Some(node.clone()), Arc::clone(&rpc)));
+    let bind = &args.node.bind_host;
+    let internal = TcpListener::bind((bind.as_str(), args.internal_port()))
+        .await
+        .map_err(ServerError::io(format!(
+            "bind node-to-node port {}",
+            args.internal_port()
+        )))?;
+    let http = TcpListener::bind((bind.as_str(), args.port))
+        .await
+        .map_err(ServerError::io(format!("bind HTTP port {}", args.port)))?;
+    let advertise = &args.node.advertise_host;
+    let recovered: HashSet<PartitionId> = node.status().await?.iter().map(|s| s.group).collect();
+    let worker = Arc::new(Worker {
+        id,
+        started: Instant::now(),
+        store,
+        node: node.clone(),
+        transport,
+        router,
+        rpc,
+        limits: Limits::default(),
+        sketch: SketchConfig::default(),
+        metrics: Arc::new(Metrics::new("worker", id)),
+        info: WorkerInfo {
+            id,
+            http_addr: format!("{advertise}:{}", args.port),
+            internal_addr: format!("{advertise}:{}", args.internal_port()),
+        },
+        control_host: control_address(args.control_host.as_deref()),
+        data_dir,
+        groups: Mutex::new(recovered),
+        control_seen: Mutex::new(None),
+        request_timeout: args.node.http.request_timeout(),
+    });
+    info!(id, db = %db_path.display(), http = %worker.info.http_addr,
+        internal = %worker.info.internal_addr, control = %worker.control_host, "worker starting");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let deliver_node = node.clone();
+    let endpoints = Endpoints {
+        auth,
+        local: id,
+        deliver: Arc::new(move |batch| deliver_node.step(batch)),
+        rpc: Some(rpc_handler(Arc::clone(&worker))),
+    };
+    let internal_task = tokio::spawn(serve_node(
+        internal,
+        endpoints,
+        stopped(stop_rx.clone()),
+        ServeConfig::default(),
+        Arc::new(ServeStats::default()),
+    ));
+    let heartbeat_task = tokio::spawn(heartbeat_loop(Arc::clone(&worker), stop_rx.clone()));
+
+    let tokens = TokenSet::new(args.node.http.tokens())
+        .map_err(|e| ServerError::Config(format!("auth tokens: {e}")))?;
+    let app = stack::public(
+        routes(Arc::clone(&worker)),
+        StackConfig {
+            tokens,
+            rate_limit_per_minute: NonZeroU32::new(args.rate_limit_per_minute)
+                .unwrap_or(NonZeroU32::MIN),
+            max_body_bytes: args.node.http.max_body_bytes,
+            request_timeout: args.node.http.request_timeout(),
+            metrics: Arc::clone(&worker.metrics),
+        },
+    );
+    let served = axum::serve(http, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::io("serve HTTP"));
+    info!(id, "worker stopping");
+    let _ = stop_tx.send(true);
+    let _ = heartbeat_task.await;
+    let _ = internal_task.await;
+    drop(worker);
+    raft.shutdown();
+    served
+}
+
+/// `host[:port]` of the control node's node-to-node listener.
+fn control_address(host: Option<&str>) -> String {
+    let host = host.unwrap_or("127.0.0.1");
+    if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        host.to_string()
+    } else {
+        format!("{host}:{DEFAULT_CONTROL_INTERNAL_PORT}")
+    }
+}
+
+async fn heartbeat_loop(worker: Arc<Worker>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = worker.heartbeat().await {
+            debug!(error = %e, "heartbeat to the control node failed");
+        }
+    }
+}
+
+impl Worker {
+    async fn heartbeat(&self) -> Result<(), String> {
+        let statuses = self.node.status().await.map_err(|e| e.to_string())?;
+        self.router.learn(&statuses);
+        self.metrics.observe_raft(&statuses);
+        let storage_bytes = self.store.storage_bytes().unwrap_or(0);
+        self.metrics.set_storage_bytes(storage_bytes);
+        let control = resolve(&self.control_host).await?;
+        let request = Request::Register(Registration {
+            worker: self.info.clone(),
+            replicas: statuses,
+            storage_bytes,
+        });
+        let answer = self
+            .rpc
+            .call(CONTROL_WIRE_ID, control, &request, HEARTBEAT * 4)
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer {
+            RpcResponse::View(view) => {
+                *self.control_seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now());
+                self.apply_view(view).await;
+                Ok(())
+            }
+            RpcResponse::Error(e) => Err(e.message),
+            other => Err(format!("unexpected answer to a registration: {other:?}")),
+        }
+    }
+
+    /// Connects to the view's workers and creates the replicas placed here.
+    async fn apply_view(&self, view: ClusterView) {
+        let mut addrs: HashMap<NodeId, SocketAddr> = HashMap::new();
+        for w in &view.workers {
+            match resolve(&w.internal_addr).await {
+                Ok(addr) => {
+                    addrs.insert(w.id, addr);
+                    if w.id != self.id {
+                        self.transport.set_peer(w.id, addr);
+                    }
+                }
+                Err(e) => warn!(worker = w.id, error = %e, "cannot resolve a worker"),
+            }
+        }
+        let mine: Vec<(PartitionId, Vec<NodeId>)> = view
+            .placement
+            .iter()
+            .enumerate()
+            .filter(|(_, voters)| voters.contains(&self.id))
+            .map(|(p, voters)| (p as PartitionId, voters.clone()))
+            .collect();
+        self.router.set_view(view, &addrs);
+        for (partition, voters) in mine {
+            let exists = self
+                .groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&partition);
+            if exists {
+                continue;
+            }
+            match self.node.create_group(partition, voters.clone()).await {
+                Ok(()) => {
+                    info!(partition, ?voters, "created partition replica");
+                    self.groups
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(partition);
+                }
+                Err(e) => warn!(partition, error = %e, "cannot create partition replica"),
+            }
+        }
+    }
+
+    fn held(&self) -> Vec<PartitionId> {
+        let mut v: Vec<_> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn partitioner(&self) -> Result<HashPartitioner, Error> {
+        let view = self.router.view().ok_or_else(|| {
+            Error::Raft("this worker has not received the cluster view yet".into())
+        })?;
+        HashPartitioner::new(view.partitions)
+    }
+
+    async fn handle_rpc(&self, request: Request) -> RpcResponse {
+        match request {
+            Request::Write { partition, records } => {
+                let started = Instant::now();
+                let result = self.node.propose(partition, records).await;
+                self.metrics.inc_proposal(result.is_ok());
+                match result {
+                    Ok(index) => {
+                        self.metrics.observe_commit(started.elapsed());
+                        RpcResponse::Written { index }
+                    }
+                    Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+                }
+            }
+            Request::Compute {
+                partitions,
+                query,
+                strong,
+            } => match self.compute(&partitions, query, strong).await {
+                Ok((partial, missing)) => RpcResponse::Computed { partial, missing },
+                Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+            },
+            Request::Register(_) => RpcResponse::Error(RemoteError::from(&Error::InvalidRequest(
+                "registration goes to the control node".into(),
+            ))),
+        }
+    }
+
+    /// Partial aggregates over the asked partitions this worker can answer for.
+    async fn compute(
+        &self,
+        partitions: &[PartitionId],
+        query: Query,
+        strong: bool,
+    ) -> Result<(raftmetrics_core::PartialAggregate, Vec<PartitionId>), Error> {
+        query.validate()?;
+        let held: HashSet<PartitionId> = self.held().into_iter().collect();
+        let statuses: HashMap<PartitionId, ReplicaStatus> = if strong {
+            self.node
+                .status()
+                .await?
+                .into_iter()
+                .map(|s| (s.group, s))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut answer = Vec::new();
+        let mut missing = Vec::new();
+        for &p in partitions {
+            if !held.contains(&p) {
+                missing.push(p);
+                continue;
+            }
+            if strong {
+                let leads = statuses.get(&p).is_some_and(|s| s.role == RaftRole::Leader);
+                if !leads || self.node.read_index(p).await.is_err() {
+                    missing.push(p);
+                    continue;
+                }
+            }
+            answer.push(p);
+        }
+        let store = Arc::clone(&self.store);
+        let sketch = self.sketch.clone();
+        let partial = tokio::task::spawn_blocking(move || store.compute(&answer, &query, &sketch))
+            .await
+            .map_err(|e| Error::Internal(format!("compute task: {e}")))??;
+        Ok((partial, missing))
+    }
+
+    async fn health(&self) -> HealthResponse {
+        let statuses = self.node.status().await.unwrap_or_default();
+        let leading = statuses.iter().filter(|s| s.role == RaftRole::Leader).count();
+        let term = statuses.iter().map(|s| s.term).max().unwrap_or(0);
+        let last = statuses.iter().map(|s| s.last_index).max().unwrap_or(0);
+        let leader = statuses.iter().find(|s| s.leader_id != 0 && s.role != RaftRole::Leader);
+        let heard = statuses.iter().filter_map(|s| s.last_heartbeat_ms_ago).min();
+        let total = self.store.storage_bytes().unwrap_or(0);
+        let control_ok = self
+            .control_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < HEARTBEAT * 6);
+        let status = match (control_ok, self.router.view().is_some()) {
+            (_, false) => "starting",
+            (true, true) => "healthy",
+            (false, true) => "degraded",
+        };
+        let uptime = self.started.elapsed().as_secs();
+        HealthResponse {
+            status: status.into(),
+            role: "worker".into(),
+            node_id: self.id,
+            uptime: api::format_uptime(uptime),
+            uptime_secs: uptime,
+            worker_nodes: None,
+            partitions_available: None,
+            partitions_total: self.router.view().map_or(0, |v| v.partitions),
+            storage: Some(StorageHealth {
+                total_size: api::format_bytes(total),
+                free_space: free_space(&self.data_dir).map(api::format_bytes),
+                total_bytes: total,
+            }),
+            raft_status: RaftHealth {
+                role: if leading > 0 { "leader" } else { "follower" }.into(),
+                term,
+                last_log_index: last,
+                leader_id: leader.map(|s| format!("node-{}", s.leader_id)),
+                last_heartbeat: heard.map(|ms| {
+                    Timestamp::from_micros(
+                        Timestamp::now().as_micros() - i64::try_from(ms).unwrap_or(0) * 1000,
+                    )
+                    .to_rfc3339()
+                }),
+                leading: leading as u32,
+                replicas: statuses.len() as u32,
+            },
+        }
+    }
+}
+
+/// Free bytes of the file system holding `dir` (from `df`-like statistics), when known.
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    fs_free_bytes(dir)
+}
+
+#[cfg(target_os = "linux")]
+fn fs_free_bytes(dir: &std::path::Path) -> Option<u64> {
+    nix::sys::statvfs::statvfs(dir)
+        .ok()
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn fs_free_bytes(_dir: &std::path::Path) -> Option<u64> {
+    None
+}
+
+fn rpc_handler(worker: Arc<Worker>) -> RpcHandler {
+    Arc::new(move |_peer, body| {
+        let worker = Arc::clone(&worker);
+        Box::pin(async move {
+            let response = match codec::decode::<Request>(&body) {
+                Ok(request) => worker.handle_rpc(request).await,
+                Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+            };
+            encode_response(&response)
+        })
+    })
+}
+
+fn routes(worker: Arc<Worker>) -> HttpRouter {
+    HttpRouter::new()
+        .route("/insert", post(insert))
+        .route("/compute", post(compute))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(worker)
+}
+
+async fn insert(
+    State(worker): State<Arc<Worker>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let format = request_format(&headers)?;
+    let points = decode_points(format, &body)?;
+    let records = validate_batch(points, Timestamp::now(), &worker.limits)?;
+    let partitioner = worker.partitioner()?;
+    let deadline = Instant::now() + worker.request_timeout;
+    let outcome = write_batch(&worker.router, &partitioner, records, deadline).await;
+    worker.metrics.inc_insert_batch(outcome.is_ok());
+    let outcome = outcome?;
+    worker.metrics.add_points_inserted(outcome.points as u64);
+    let single = (outcome.partitions.len() == 1).then(|| outcome.partitions[0]);
+    let response = InsertResponse {
+        success: true,
+        message: format!("{} point(s) inserted", outcome.points),
+        points: outcome.points as u64,
+        partitions: outcome.partitions.iter().map(|(p, _)| *p).collect(),
+        partition: single.map(|(p, _)| p),
+        worker_node: single.map(|(_, leader)| format!("worker-{leader}")),
+        storage_size: Some(api::format_bytes(worker.store.storage_bytes().unwrap_or(0))),
+    };
+    Ok(respond(response_format(&headers, format), &response))
+}
+
+async fn compute(
+    State(worker): State<Arc<Worker>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let request: ComputeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ComputeRequest::default()
+    } else {
+        match request_format(&headers)? {
+            Format::Json => serde_json::from_slice(&body)
+                .map_err(|e| Error::InvalidRequest(format!("invalid compute request: {e}")))?,
+            Format::Bincode => codec::decode(&body)?,
+        }
+    };
+    if request.group_by.len() > 1 {
+        return Err(Error::field("group_by", "at most one tag on a worker").into());
+    }
+    let query = api::compute_query(&request)?;
+    let held = worker.held();
+    let (partial, _) = worker.compute(&held, query.clone(), false).await?;
+    let result = finalize(&query, &worker.sketch, &partial, Coverage::complete());
+    let named = |values: &[raftmetrics_core::AggValue]| -> BTreeMap<String, Option<f64>> {
+        values
+            .iter()
+            .map(|v| (v.agg.to_string(), v.value))
+            .collect()
+    };
+    let groups = result
+        .groups
+        .iter()
+        .map(|g| {
+            let key = g
+                .key
+                .first()
+                .and_then(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (key, named(&g.aggregations))
+        })
+        .collect();
+    let response = ComputeResponse {
+        metric: result.metric.clone(),
+        results: named(&result.aggregations),
+        groups,
+        average: result.get(Agg::Avg),
+        count: result.get(Agg::Count).unwrap_or(0.0) as u64,
+        partitions: held,
+        computation_time_ms: started.elapsed().as_millis() as u64,
+    };
+    Ok(respond(response_format(&headers, Format::Json), &response))
+}
+
+async fn health(State(worker): State<Arc<Worker>>, headers: HeaderMap) -> Response {
+    let h = worker.health().await;
+    respond(response_format(&headers, Format::Json), &h)
+}
+
+async fn metrics(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
+    if let Ok(statuses) = worker.node.status().await {
+        worker.metrics.observe_raft(&statuses);
+    }
+    worker
+        .metrics
+        .set_storage_bytes(worker.store.storage_bytes().unwrap_or(0));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        worker.metrics.render(),
+    )
+}
