@@ -116,7 +116,10 @@ async fn run(url: &str, token: &str, json: bool) -> Result<(), Error> {
         health
             .worker_nodes
             .as_ref()
-            .map_or("?".to_string(), |w| format!("{}/{} healthy", w.healthy, w.total)),
+            .map_or("?".to_string(), |w| format!(
+                "{}/{} healthy",
+                w.healthy, w.total
+            )),
     );
     Ok(())
 }
@@ -133,7 +136,8 @@ fn print_result(result: &QueryResult) {
             .first()
             .and_then(|(_, v)| v.as_deref())
             .unwrap_or("(none)");
-        let get = |agg| raftmetrics_client::raftmetrics_core::aggregate::find(&group.aggregations, agg);
+        let get =
+            |agg| raftmetrics_client::raftmetrics_core::aggregate::find(&group.aggregations, agg);
         println!(
             "  {:<12} {:>8} {:>8} {:>8}",
             name,

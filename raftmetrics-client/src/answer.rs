@@ -173,7 +173,9 @@ mod tests {
         assert_eq!(answer.as_ref().map(|r| r.metric.len()).into_value(), 3);
         let err = answer.clone().into_complete().unwrap_err();
         assert!(err.is_partial());
-        assert!(matches!(&err, Error::Partial { coverage } if coverage.missing_partitions == [2, 5]));
+        assert!(
+            matches!(&err, Error::Partial { coverage } if coverage.missing_partitions == [2, 5])
+        );
         assert_eq!(
             err.to_string(),
             "partial answer: 2 of 3 nodes responded, partitions [2, 5] missing"
@@ -196,10 +198,7 @@ mod tests {
             missing_partitions: vec![7],
         };
         let answer = Answer::from(response.clone());
-        assert_eq!(
-            answer.partial_coverage(),
-            Some(&coverage(true, vec![7]))
-        );
+        assert_eq!(answer.partial_coverage(), Some(&coverage(true, vec![7])));
         let complete = AnalyticsResponse {
             is_partial: false,
             responding_nodes: 3,

@@ -182,7 +182,8 @@ impl ClientBuilder {
 
 fn parse_base_url(text: &str) -> Result<Url> {
     let bad = |why: &str| Error::InvalidConfig(format!("base URL {text:?} {why}"));
-    let mut url = Url::parse(text.trim()).map_err(|e| bad(&format!("is not a URL ({e}); expected http://host:port")))?;
+    let mut url = Url::parse(text.trim())
+        .map_err(|e| bad(&format!("is not a URL ({e}); expected http://host:port")))?;
     match url.scheme() {
         "http" => {}
         "https" => {
@@ -225,8 +226,9 @@ fn bearer(token: Option<&str>) -> Result<HeaderValue> {
                 .into(),
         ));
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|e| Error::InvalidConfig(format!("the bearer token is not a header value: {e}")))?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| {
+        Error::InvalidConfig(format!("the bearer token is not a header value: {e}"))
+    })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -366,10 +368,7 @@ impl Client {
         request: reqwest::RequestBuilder,
         accept: Format,
     ) -> Result<T> {
-        let response = request
-            .header(ACCEPT, accept.media_type())
-            .send()
-            .await?;
+        let response = request.header(ACCEPT, accept.media_type()).send().await?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -477,8 +476,9 @@ fn decode_body<T: DeserializeOwned>(
         .next()
         .unwrap_or("answer");
     match format {
-        Format::Bincode => codec::decode(body)
-            .map_err(|e| Error::Decode(format!("{what} from bincode: {e}"))),
+        Format::Bincode => {
+            codec::decode(body).map_err(|e| Error::Decode(format!("{what} from bincode: {e}")))
+        }
         Format::Json => serde_json::from_slice(body)
             .map_err(|e| Error::Decode(format!("{what} from JSON: {e}"))),
     }
@@ -641,7 +641,11 @@ mod tests {
         let bin = codec::encode(&analytics()).unwrap();
         for (body, content_type, requested) in [
             (&json, Some("application/json"), Format::Bincode),
-            (&json, Some("Application/JSON; charset=utf-8"), Format::Bincode),
+            (
+                &json,
+                Some("Application/JSON; charset=utf-8"),
+                Format::Bincode,
+            ),
             (&json, Some("application/problem+json"), Format::Bincode),
             (&json, None, Format::Json),
             (&json, Some("text/plain"), Format::Json),
@@ -653,7 +657,10 @@ mod tests {
         }
         let err = decode_body::<AnalyticsResponse>(&bin[..bin.len() - 1], None, Format::Bincode)
             .unwrap_err();
-        assert!(matches!(&err, Error::Decode(m) if m.starts_with("AnalyticsResponse from bincode")), "{err}");
+        assert!(
+            matches!(&err, Error::Decode(m) if m.starts_with("AnalyticsResponse from bincode")),
+            "{err}"
+        );
         let err = decode_body::<AnalyticsResponse>(b"{}", None, Format::Json).unwrap_err();
         assert!(matches!(err, Error::Decode(_)));
     }
@@ -674,7 +681,8 @@ mod tests {
             },
         };
         let bin = codec::encode(&result).unwrap();
-        let decoded: QueryResult = decode_body(&bin, Some(BINCODE_MEDIA_TYPE), Format::Json).unwrap();
+        let decoded: QueryResult =
+            decode_body(&bin, Some(BINCODE_MEDIA_TYPE), Format::Json).unwrap();
         let answer = Answer::from(decoded);
         assert_eq!(answer.missing_partitions(), &[4]);
         assert!(answer.into_complete().unwrap_err().is_partial());

@@ -93,8 +93,13 @@ impl Error {
 
     /// The token was missing, unknown or not allowed (`401`/`403`, `AUTH_ERROR`).
     pub fn is_auth_error(&self) -> bool {
-        matches!(self, Error::Api { status: 401 | 403, .. })
-            || self.code() == Some(ErrorCode::AuthError)
+        matches!(
+            self,
+            Error::Api {
+                status: 401 | 403,
+                ..
+            }
+        ) || self.code() == Some(ErrorCode::AuthError)
     }
 
     /// The request itself was wrong (`INVALID_REQUEST` or `VALIDATION_ERROR`); retrying it
@@ -240,7 +245,8 @@ mod tests {
 
     #[test]
     fn decodes_validation_errors() {
-        let body = br#"{"error":true,"code":"VALIDATION_ERROR","message":"invalid request parameters",
+        let body =
+            br#"{"error":true,"code":"VALIDATION_ERROR","message":"invalid request parameters",
             "details":{"fields":[{"field":"points[3].metric","error":"must match pattern"},
                                  {"field":"from","error":"must be a valid ISO 8601 timestamp"}]}}"#;
         let err = Error::from_response(400, None, body);
@@ -250,7 +256,10 @@ mod tests {
         let fields = err.validation_fields();
         assert_eq!(fields.len(), 2);
         assert_eq!(fields[0].field, "points[3].metric");
-        assert_eq!(fields[1], FieldError::new("from", "must be a valid ISO 8601 timestamp"));
+        assert_eq!(
+            fields[1],
+            FieldError::new("from", "must be a valid ISO 8601 timestamp")
+        );
         assert_eq!(
             err.to_string(),
             "HTTP 400 VALIDATION_ERROR: invalid request parameters"

@@ -291,7 +291,10 @@ mod tests {
     fn sizes_and_uptimes_read_like_the_reference() {
         assert_eq!(format_bytes(1_288_490_189), "1.2GB");
         assert_eq!(format_bytes(512), "512B");
-        assert_eq!(format_uptime(2 * 86_400 + 15 * 3_600 + 30 * 60), "2d 15h 30m");
+        assert_eq!(
+            format_uptime(2 * 86_400 + 15 * 3_600 + 30 * 60),
+            "2d 15h 30m"
+        );
         assert_eq!(format_uptime(42), "42s");
     }
 }

@@ -574,7 +574,10 @@ impl Query {
 }
 
 fn join(aggs: &[Agg]) -> String {
-    aggs.iter().map(Agg::to_string).collect::<Vec<_>>().join(",")
+    aggs.iter()
+        .map(Agg::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -819,7 +822,11 @@ mod tests {
         );
         round_trip(&q);
         let cases: &[&[(&str, &str)]] = &[
-            &[("metric", "cpu_usage"), ("window", "1h"), ("rolling", "true")],
+            &[
+                ("metric", "cpu_usage"),
+                ("window", "1h"),
+                ("rolling", "true"),
+            ],
             &[
                 ("metric", "cpu_usage"),
                 ("window", "90m"),

@@ -152,8 +152,13 @@ pub async fn run(
     let http = TcpListener::bind((bind.as_str(), args.port))
         .await
         .map_err(ServerError::io(format!("bind HTTP port {}", args.port)))?;
-    info!(port = args.port, internal = args.internal_port(), partitions = args.partitions,
-        min_workers = control.min_workers, "control node starting");
+    info!(
+        port = args.port,
+        internal = args.internal_port(),
+        partitions = args.partitions,
+        min_workers = control.min_workers,
+        "control node starting"
+    );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let endpoints = Endpoints {
@@ -335,7 +340,13 @@ impl Control {
     }
 
     /// Live workers and, per partition, the live leader with the highest term.
-    fn liveness(&self) -> (HashMap<NodeId, SocketAddr>, HashMap<PartitionId, NodeId>, usize) {
+    fn liveness(
+        &self,
+    ) -> (
+        HashMap<NodeId, SocketAddr>,
+        HashMap<PartitionId, NodeId>,
+        usize,
+    ) {
         let registry = self.lock_registry();
         let mut live = HashMap::new();
         let mut leaders: HashMap<PartitionId, (u64, NodeId)> = HashMap::new();
@@ -450,9 +461,10 @@ impl Control {
             for p in retry {
                 let replicas = placement.get(p as usize).cloned().unwrap_or_default();
                 let already = tried.get(&p).cloned().unwrap_or_default();
-                let next = replicas.iter().copied().find(|r| {
-                    !already.contains(r) && !failed.contains(r) && live.contains_key(r)
-                });
+                let next = replicas
+                    .iter()
+                    .copied()
+                    .find(|r| !already.contains(r) && !failed.contains(r) && live.contains_key(r));
                 match next {
                     Some(w) => plan.entry(w).or_default().push(p),
                     None => missing.push(p),
@@ -506,7 +518,12 @@ impl Control {
             let (t, l, n) = all.fold((0, 0, 0u32), |(t, l, n), s| {
                 (t.max(s.term), l.max(s.last_index), n + 1)
             });
-            (t, l, n, registry.values().map(|e| e.storage_bytes).sum::<u64>())
+            (
+                t,
+                l,
+                n,
+                registry.values().map(|e| e.storage_bytes).sum::<u64>(),
+            )
         };
         self.metrics
             .set_workers(live.len() as u64, (total - live.len()) as u64);
@@ -699,6 +716,9 @@ mod tests {
         persist_placement(&path, &file).unwrap();
         assert_eq!(load_placement(&path, 4).unwrap(), Some(file));
         assert!(load_placement(&path, 8).is_err());
-        assert_eq!(load_placement(&dir.path().join("none.json"), 4).unwrap(), None);
+        assert_eq!(
+            load_placement(&dir.path().join("none.json"), 4).unwrap(),
+            None
+        );
     }
 }

@@ -32,9 +32,9 @@ fn main() -> ExitCode {
         match cli.role {
             Role::Control(args) => control::run(args, shutdown_signal()).await,
             Role::Worker(args) => worker::run(args, shutdown_signal()).await,
-            Role::Dev(args) => dev::run(args).await.map_err(|e| {
-                raftmetrics_server::error::ServerError::Config(e.to_string())
-            }),
+            Role::Dev(args) => dev::run(args)
+                .await
+                .map_err(|e| raftmetrics_server::error::ServerError::Config(e.to_string())),
         }
     });
     match result {

@@ -162,7 +162,9 @@ impl Router {
                     n
                 }
             };
-            let outcome = self.write_to(node, partition, records.clone(), deadline).await;
+            let outcome = self
+                .write_to(node, partition, records.clone(), deadline)
+                .await;
             match outcome {
                 Ok(index) => {
                     self.hint_leader(partition, node);

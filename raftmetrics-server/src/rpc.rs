@@ -88,7 +88,9 @@ pub enum Request {
 pub enum Response {
     View(ClusterView),
     /// Applied at this log index.
-    Written { index: u64 },
+    Written {
+        index: u64,
+    },
     /// `missing`: asked-for partitions this worker could not answer for.
     Computed {
         partial: PartialAggregate,
@@ -244,7 +246,11 @@ impl RpcClient {
         codec::decode(&body).map_err(|e| unknown(format!("undecodable answer: {e}")))
     }
 
-    async fn dial(&self, node: NodeId, addr: SocketAddr) -> Result<BufReader<TcpStream>, WireError> {
+    async fn dial(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+    ) -> Result<BufReader<TcpStream>, WireError> {
         let mut stream =
             tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
                 .await

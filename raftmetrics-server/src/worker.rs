@@ -50,8 +50,8 @@ use crate::http::stack::{self, StackConfig};
 use crate::metrics::Metrics;
 use crate::router::{Router, write_batch};
 use crate::rpc::{
-    ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request, Response as RpcResponse,
-    RpcClient, RpcConfig, WorkerInfo, CONTROL_WIRE_ID, encode_response, resolve,
+    CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request,
+    Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
 };
 use crate::wire::frame::ClusterAuth;
 use crate::wire::tcp_transport::{
@@ -216,7 +216,10 @@ pub async fn run(
 /// `host[:port]` of the control node's node-to-node listener.
 fn control_address(host: Option<&str>) -> String {
     let host = host.unwrap_or("127.0.0.1");
-    if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         host.to_string()
     } else {
         format!("{host}:{DEFAULT_CONTROL_INTERNAL_PORT}")
@@ -257,8 +260,7 @@ impl Worker {
             .map_err(|e| e.to_string())?;
         match answer {
             RpcResponse::View(view) => {
-                *self.control_seen.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Instant::now());
+                *self.control_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 self.apply_view(view).await;
                 Ok(())
             }
@@ -403,11 +405,19 @@ impl Worker {
 
     async fn health(&self) -> HealthResponse {
         let statuses = self.node.status().await.unwrap_or_default();
-        let leading = statuses.iter().filter(|s| s.role == RaftRole::Leader).count();
+        let leading = statuses
+            .iter()
+            .filter(|s| s.role == RaftRole::Leader)
+            .count();
         let term = statuses.iter().map(|s| s.term).max().unwrap_or(0);
         let last = statuses.iter().map(|s| s.last_index).max().unwrap_or(0);
-        let leader = statuses.iter().find(|s| s.leader_id != 0 && s.role != RaftRole::Leader);
-        let heard = statuses.iter().filter_map(|s| s.last_heartbeat_ms_ago).min();
+        let leader = statuses
+            .iter()
+            .find(|s| s.leader_id != 0 && s.role != RaftRole::Leader);
+        let heard = statuses
+            .iter()
+            .filter_map(|s| s.last_heartbeat_ms_ago)
+            .min();
         let total = self.store.storage_bytes().unwrap_or(0);
         let control_ok = self
             .control_seen

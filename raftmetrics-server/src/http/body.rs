@@ -62,7 +62,10 @@ pub fn respond<T: Serialize>(format: Format, value: &T) -> Response {
         Format::Json => axum::Json(value).into_response(),
         Format::Bincode => match codec::encode(value) {
             Ok(bytes) => (
-                [(header::CONTENT_TYPE, HeaderValue::from_static(BINCODE_MEDIA_TYPE))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(BINCODE_MEDIA_TYPE),
+                )],
                 bytes,
             )
                 .into_response(),
@@ -83,9 +86,8 @@ pub fn decode_points(format: Format, body: &Bytes) -> Result<Vec<Point>, ApiErro
                 serde_json::Value::Array(items) => {
                     let mut points = Vec::with_capacity(items.len());
                     for (i, item) in items.into_iter().enumerate() {
-                        let p: JsonPoint = serde_json::from_value(item).map_err(|e| {
-                            Error::field(format!("points[{i}]"), e.to_string())
-                        })?;
+                        let p: JsonPoint = serde_json::from_value(item)
+                            .map_err(|e| Error::field(format!("points[{i}]"), e.to_string()))?;
                         points.push(p);
                     }
                     JsonInsert::Many(points)
@@ -113,13 +115,22 @@ mod tests {
     fn formats_follow_the_headers() {
         let mut h = HeaderMap::new();
         assert_eq!(request_format(&h).unwrap(), Format::Json);
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         assert_eq!(request_format(&h).unwrap(), Format::Bincode);
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert!(request_format(&h).is_err());
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, */*"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, */*"),
+        );
         assert_eq!(response_format(&h, Format::Bincode), Format::Json);
-        assert_eq!(response_format(&HeaderMap::new(), Format::Bincode), Format::Bincode);
+        assert_eq!(
+            response_format(&HeaderMap::new(), Format::Bincode),
+            Format::Bincode
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub fn aggregate_document(result: &QueryResult, group_by: &[String], windowed: b
     doc.insert("aggregations".into(), aggregations(&result.aggregations));
     doc.insert("is_partial".into(), json!(result.coverage.is_partial));
     doc.insert("total_nodes".into(), json!(result.coverage.total_nodes));
-    doc.insert("responding_nodes".into(), json!(result.coverage.responding_nodes));
+    doc.insert(
+        "responding_nodes".into(),
+        json!(result.coverage.responding_nodes),
+    );
     doc.insert(
         "missing_partitions".into(),
         json!(result.coverage.missing_partitions),
@@ -111,12 +114,21 @@ mod tests {
         let result = QueryResult {
             metric: "cpu".into(),
             aggregations: vec![
-                AggValue { agg: Agg::Avg, value: Some(1.5) },
-                AggValue { agg: Agg::Count, value: Some(2.0) },
+                AggValue {
+                    agg: Agg::Avg,
+                    value: Some(1.5),
+                },
+                AggValue {
+                    agg: Agg::Count,
+                    value: Some(2.0),
+                },
             ],
             groups: vec![GroupResult {
                 key: vec![("dc".into(), Some("west".into()))],
-                aggregations: vec![AggValue { agg: Agg::Count, value: Some(2.0) }],
+                aggregations: vec![AggValue {
+                    agg: Agg::Count,
+                    value: Some(2.0),
+                }],
                 buckets: vec![],
             }],
             buckets: vec![],

@@ -1,5 +1,5 @@
 //! The layers every public router gets, in order from the outside: request metrics, the
-//! request deadline, bearer authentication, the per-token rate limit, the body size limit,
+//! request deadline, bearer authentication, the per-token rate limit, the body size limit (announced, then read),
 //! and the API-format fallbacks for unknown routes.
 
 use std::num::NonZeroU32;
@@ -32,10 +32,27 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
     routes
         .fallback(fallback_not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn_with_state(config.max_body_bytes, announced_length))
         .layer(from_fn_with_state(limiter, limit_per_token))
         .layer(from_fn_with_state(config.tokens.clone(), require_bearer))
         .layer(from_fn_with_state(config.request_timeout, deadline))
         .layer(from_fn_with_state(config.metrics, track_requests))
+}
+
+/// Middleware: refuses a body whose announced `Content-Length` is over the limit before
+/// reading any of it (bodies without a length are cut at the limit while read).
+async fn announced_length(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(len) if len > limit as u64 => {
+            ApiError::payload_too_large(Some(limit as u64)).into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Middleware: answers 504 when the handler does not finish within the deadline.

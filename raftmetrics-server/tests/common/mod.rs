@@ -26,6 +26,12 @@ pub struct Node {
     pub http_port: u16,
 }
 
+/// The JSON body of a response (`Null` when it is not JSON).
+pub async fn json_of(resp: reqwest::Response) -> Value {
+    let bytes = resp.bytes().await.expect("body");
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
 pub struct DevCluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -172,7 +178,8 @@ impl DevCluster {
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await
-                && let Ok(body) = resp.json::<Value>().await
+                && let Ok(bytes) = resp.bytes().await
+                && let Ok(body) = serde_json::from_slice::<Value>(&bytes)
             {
                 if body["status"] == "healthy" {
                     return;
