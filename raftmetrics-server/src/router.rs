@@ -156,7 +156,7 @@ impl Router {
                 None => {
                     let n = replicas[next_replica % replicas.len()];
                     next_replica += 1;
-                    if next_replica % replicas.len() == 0 {
+                    if next_replica.is_multiple_of(replicas.len()) {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
                     n

@@ -181,12 +181,15 @@ impl Default for RpcConfig {
     }
 }
 
+/// Idle connections by peer.
+type IdlePool = HashMap<(NodeId, SocketAddr), Vec<BufReader<TcpStream>>>;
+
 /// Calls other nodes; cheap to share (`Arc`).
 pub struct RpcClient {
     local: NodeId,
     auth: ClusterAuth,
     config: RpcConfig,
-    idle: Mutex<HashMap<(NodeId, SocketAddr), Vec<BufReader<TcpStream>>>>,
+    idle: Mutex<IdlePool>,
     next_id: AtomicU64,
 }
 

@@ -396,7 +396,7 @@ impl Worker {
             answer.push(p);
         }
         let store = Arc::clone(&self.store);
-        let sketch = self.sketch.clone();
+        let sketch = self.sketch;
         let partial = tokio::task::spawn_blocking(move || store.compute(&answer, &query, &sketch))
             .await
             .map_err(|e| Error::Internal(format!("compute task: {e}")))??;
@@ -471,7 +471,7 @@ fn free_space(dir: &std::path::Path) -> Option<u64> {
 fn fs_free_bytes(dir: &std::path::Path) -> Option<u64> {
     nix::sys::statvfs::statvfs(dir)
         .ok()
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
 }
 
 #[cfg(not(target_os = "linux"))]
