@@ -587,6 +587,24 @@ mod tests {
         assert_eq!(url.query(), Some("metric=m&agg=count"));
     }
 
+    #[tokio::test]
+    async fn unreachable_nodes_are_transport_errors() {
+        // Nothing listens on port 1: the connection is refused, no server involved.
+        let c = Client::builder("http://127.0.0.1:1")
+            .token("t")
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let err = c.health().await.unwrap_err();
+        let Error::Transport(transport) = &err else {
+            panic!("expected a transport error, got {err:?}");
+        };
+        assert!(transport.is_connect() && !transport.is_timeout());
+        assert!(err.is_retryable() && err.status().is_none());
+        assert!(err.to_string().contains("127.0.0.1:1/health"), "{err}");
+        assert!(!err.to_string().contains("Bearer"), "{err}");
+    }
+
     fn points() -> Vec<Point> {
         vec![
             Point::new("cpu_usage", 75.5)

@@ -33,7 +33,7 @@ pub enum Error {
     /// The request did not complete: connection refused or reset, timeout, bad response
     /// framing.
     #[error("transport error: {0}")]
-    Transport(#[from] TransportError),
+    Transport(TransportError),
     /// A 2xx response whose body could not be decoded as the expected type.
     #[error("cannot decode the response: {0}")]
     Decode(String),
@@ -217,9 +217,31 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// A failure below HTTP: connecting, sending, timing out, reading.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct TransportError(#[from] reqwest::Error);
+///
+/// Its message spells out the whole chain of causes (`error sending request for url (...):
+/// client error (Connect): tcp connect error: Connection refused`), so it has no
+/// [`source`](std::error::Error::source) of its own.
+#[derive(Debug)]
+pub struct TransportError(reqwest::Error);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut source = std::error::Error::source(&self.0);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if text != last {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TransportError {}
 
 impl TransportError {
     /// The request timed out (the client's timeout or the connect timeout).
