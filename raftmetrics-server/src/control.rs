@@ -4,10 +4,10 @@
 //! Workers register over node-to-node TCP and repeat the registration as a heartbeat (with
 //! the status of their replicas). Once [`ControlArgs::min_workers`] workers registered, the
 //! control node places every partition on `replication_factor` workers (partition `p` on
-//! the sorted workers `p, p+1, ...` modulo their number) and persists the placement in
-//! `<data-dir>/placement.json` (written to a temporary file, synced, renamed); it never
-//! changes afterwards, so a restarted control node hands out the same placement. Workers
-//! that register later hold no partitions.
+//! the sorted workers `p, p+1, ...` modulo their number) and records the placement in its
+//! metadata Raft group ([`crate::metadata`]) before any worker learns it; it never changes
+//! afterwards, so a restarted control node hands out the same placement. Workers that
+//! register later hold no partitions.
 //!
 //! Inserts are validated whole, split by partition and proposed to each partition's leader
 //! ([`crate::router`]). Queries go to one live replica per partition (the leader when known),
@@ -16,10 +16,8 @@
 //! reported in the answer's coverage.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +37,6 @@ use raftmetrics_core::model::{Limits, validate_batch};
 use raftmetrics_core::query::{Consistency, Query};
 use raftmetrics_core::raft::{NodeId, ReplicaStatus, Role as RaftRole};
 use raftmetrics_core::{Agg, HashPartitioner, PartitionId, SketchConfig, Timestamp, codec};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -50,6 +47,7 @@ use crate::http::body::{Format, decode_points, request_format, respond, response
 use crate::http::error::ApiError;
 use crate::http::render::aggregate_document;
 use crate::http::stack::{self, StackConfig};
+use crate::metadata::{MetadataLog, Placement};
 use crate::metrics::{Metrics, Outcome};
 use crate::router::{Router, write_batch};
 use crate::rpc::{
@@ -77,13 +75,6 @@ struct WorkerEntry {
     storage_bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct PlacementFile {
-    partitions: u32,
-    replication_factor: u32,
-    placement: Vec<Vec<NodeId>>,
-}
-
 /// The running control node.
 pub struct Control {
     started: Instant,
@@ -92,8 +83,10 @@ pub struct Control {
     replication_factor: Option<u32>,
     min_workers: usize,
     registry: Mutex<BTreeMap<NodeId, WorkerEntry>>,
-    placement: Mutex<Option<PlacementFile>>,
-    placement_path: PathBuf,
+    placement: Mutex<Option<Placement>>,
+    /// Serializes placing, so two registrations cannot both place.
+    placing: tokio::sync::Mutex<()>,
+    metadata: MetadataLog,
     router: Arc<Router>,
     rpc: Arc<RpcClient>,
     partitioner: HashPartitioner,
@@ -118,8 +111,18 @@ pub async fn run(
         .cluster_secret()
         .ok_or_else(|| ServerError::Config("CLUSTER_SECRET is required".into()))?;
     let auth = ClusterAuth::new(CLUSTER_ID, secret.expose())?;
-    let placement_path = data_dir.join("placement.json");
-    let placement = load_placement(&placement_path, args.partitions)?;
+    let metadata = MetadataLog::open(&data_dir.join("metadata")).await?;
+    let placement = metadata.placement()?;
+    if let Some(p) = &placement
+        && p.partitions() != args.partitions
+    {
+        return Err(ServerError::Config(format!(
+            "this cluster was created with {} partitions, but PARTITIONS is {}; the partition \
+             count is fixed when a cluster is created",
+            p.partitions(),
+            args.partitions
+        )));
+    }
     let rpc = Arc::new(RpcClient::new(
         CONTROL_WIRE_ID,
         auth.clone(),
@@ -133,7 +136,8 @@ pub async fn run(
         min_workers: args.min_workers() as usize,
         registry: Mutex::new(BTreeMap::new()),
         placement: Mutex::new(placement),
-        placement_path,
+        placing: tokio::sync::Mutex::new(()),
+        metadata,
         router: Arc::new(Router::new(None, Arc::clone(&rpc))),
         rpc,
         partitioner: HashPartitioner::new(args.partitions)?,
@@ -200,39 +204,6 @@ pub async fn run(
     served
 }
 
-fn load_placement(path: &Path, partitions: u32) -> Result<Option<PlacementFile>, ServerError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ServerError::io(format!("read {}", path.display()))(e)),
-    };
-    let file: PlacementFile = serde_json::from_str(&text)
-        .map_err(|e| ServerError::Config(format!("{} is corrupt: {e}", path.display())))?;
-    if file.partitions != partitions || file.placement.len() != partitions as usize {
-        return Err(ServerError::Config(format!(
-            "{} was made for {} partitions, but PARTITIONS is {partitions}; the partition \
-             count is fixed when a cluster is created",
-            path.display(),
-            file.partitions
-        )));
-    }
-    Ok(Some(file))
-}
-
-/// Writes `file` durably: temporary file, fsync, rename, fsync of the directory.
-fn persist_placement(path: &Path, file: &PlacementFile) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&text)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Partition `p` on the sorted workers `p, p+1, ..., p+rf-1` (modulo their number).
 pub fn place(workers: &[NodeId], partitions: u32, replication_factor: u32) -> Vec<Vec<NodeId>> {
     let mut sorted = workers.to_vec();
@@ -285,7 +256,7 @@ impl Control {
             );
             registry.keys().copied().collect()
         };
-        self.maybe_place(&workers)?;
+        self.maybe_place(&workers).await?;
         let view = self.view();
         let addrs: HashMap<NodeId, SocketAddr> = self
             .lock_registry()
@@ -296,10 +267,16 @@ impl Control {
         Ok(view)
     }
 
-    /// Places the partitions once enough workers registered.
-    fn maybe_place(&self, workers: &[NodeId]) -> Result<(), Error> {
-        let mut placement = self.placement.lock().unwrap_or_else(|p| p.into_inner());
-        if placement.is_some() || workers.len() < self.min_workers {
+    /// Places the partitions once enough workers registered: recorded in the metadata
+    /// group before anyone learns it.
+    async fn maybe_place(&self, workers: &[NodeId]) -> Result<(), Error> {
+        let _placing = self.placing.lock().await;
+        let placed = self
+            .placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if placed || workers.len() < self.min_workers {
             return Ok(());
         }
         let rf = self
@@ -308,17 +285,12 @@ impl Control {
         if rf as usize > workers.len() {
             return Ok(());
         }
-        let file = PlacementFile {
-            partitions: self.partitions,
-            replication_factor: rf,
-            placement: place(workers, self.partitions, rf),
+        let placement = Placement {
+            replicas: place(workers, self.partitions, rf),
         };
-        persist_placement(&self.placement_path, &file).map_err(|e| Error::Storage {
-            operation: "persist placement",
-            reason: e.to_string(),
-        })?;
+        self.metadata.record(&placement).await?;
         info!(workers = ?workers, replication_factor = rf, "partitions placed");
-        *placement = Some(file);
+        *self.placement.lock().unwrap_or_else(|p| p.into_inner()) = Some(placement);
         Ok(())
     }
 
@@ -326,10 +298,10 @@ impl Control {
         let placement = self.placement.lock().unwrap_or_else(|p| p.into_inner());
         ClusterView {
             partitions: self.partitions,
-            replication_factor: placement.as_ref().map_or(0, |p| p.replication_factor),
+            replication_factor: placement.as_ref().map_or(0, Placement::replication_factor),
             placement: placement
                 .as_ref()
-                .map(|p| p.placement.clone())
+                .map(|p| p.replicas.clone())
                 .unwrap_or_default(),
             workers: self
                 .lock_registry()
@@ -702,23 +674,5 @@ mod tests {
         }
         let per_worker = |w| p.iter().filter(|r| r.contains(&w)).count();
         assert_eq!((per_worker(1), per_worker(2), per_worker(3)), (4, 4, 4));
-    }
-
-    #[test]
-    fn placement_file_survives_a_round_trip_and_guards_the_partition_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("placement.json");
-        let file = PlacementFile {
-            partitions: 4,
-            replication_factor: 1,
-            placement: place(&[1, 2], 4, 1),
-        };
-        persist_placement(&path, &file).unwrap();
-        assert_eq!(load_placement(&path, 4).unwrap(), Some(file));
-        assert!(load_placement(&path, 8).is_err());
-        assert_eq!(
-            load_placement(&dir.path().join("none.json"), 4).unwrap(),
-            None
-        );
     }
 }

@@ -19,6 +19,7 @@ pub mod control;
 pub mod dev;
 pub mod error;
 pub mod http;
+pub mod metadata;
 pub mod metrics;
 pub mod router;
 pub mod rpc;
