@@ -219,9 +219,10 @@ async fn two_transports_exchange_raft_messages_both_ways() {
         ta.send(2, batch_b);
         tb.send(1, batch_a);
     }
-    // Two 6 MiB snapshots in one batch: more than one frame of TARGET_FRAME_BYTES.
+    // Snapshots larger than SNAPSHOT_CHUNK_BYTES travel as chunks and arrive whole, in order
+    // with the other messages.
     let big = vec![
-        envelope(3, snapshot(1, 2, 6 << 20)),
+        envelope(3, snapshot(1, 2, 21 << 20)),
         envelope(4, snapshot(1, 2, 6 << 20)),
         envelope(5, append(1, 2, 99_999)),
     ];

@@ -128,6 +128,19 @@ pub enum WireMessage {
         /// Encoded `rpc::Response`.
         body: Vec<u8>,
     },
+    /// One piece of a large raft snapshot message from node `from` to node `to`, in the
+    /// format of `raftmetrics_core::raft::chunk` (the receiver reassembles the message).
+    SnapshotChunk {
+        to: NodeId,
+        from: NodeId,
+        group: u32,
+        snapshot_index: u64,
+        snapshot_term: u64,
+        seq: u32,
+        total: u32,
+        header: Vec<u8>,
+        bytes: Vec<u8>,
+    },
 }
 
 impl WireMessage {
@@ -140,6 +153,7 @@ impl WireMessage {
             WireMessage::Raft { .. } => "raft",
             WireMessage::Call { .. } => "call",
             WireMessage::Reply { .. } => "reply",
+            WireMessage::SnapshotChunk { .. } => "snapshot chunk",
         }
     }
 }

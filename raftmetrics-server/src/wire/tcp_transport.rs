@@ -7,7 +7,10 @@
 //! and drops it (counted) when the queue is full or the destination unknown. One tokio task
 //! per peer connects to the peer's address, runs the handshake (see [`super::frame`]),
 //! then writes the queued batches as [`WireMessage::Raft`] frames, coalescing what is queued
-//! into frames of about [`TARGET_FRAME_BYTES`]. After any error the task reconnects with
+//! into frames of about [`TARGET_FRAME_BYTES`]. A snapshot message larger than
+//! [`SNAPSHOT_CHUNK_BYTES`] travels as [`WireMessage::SnapshotChunk`] frames
+//! (`raftmetrics_core::raft::chunk`), which the receiver reassembles (bounded per connection)
+//! before delivering the message, so a partition is never too large for a frame. After any error the task reconnects with
 //! capped, jittered exponential backoff; batches that arrive while it waits to retry are
 //! dropped (counted), like a network would lose them, so a peer that comes back is not sent
 //! a backlog of stale messages. Raft tolerates all of it. An idle connection carries an empty
@@ -34,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+use raftmetrics_core::raft::chunk::{self, Frame, Reassembler, SnapshotChunk};
 use raftmetrics_core::raft::{Envelope, NodeId, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -64,6 +68,14 @@ pub type RpcHandler = Arc<
 /// A sender starts a new frame once the current one holds about this many bytes of raft
 /// messages (a single larger message gets a frame of its own, up to [`MAX_FRAME_BYTES`]).
 pub const TARGET_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Snapshot messages with more data than this travel as chunks of this size
+/// ([`WireMessage::SnapshotChunk`]), so no partition is too large for a frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bounds of the snapshot reassembly of one connection.
+const REASSEMBLY_MAX_BYTES: usize = 1 << 30;
+const REASSEMBLY_MAX_SNAPSHOTS: usize = 8;
 
 /// Upper bound of the encoding overhead of a `Raft` frame's header and fields, and of one
 /// message's group and length prefix (varints).
@@ -673,7 +685,41 @@ fn encode_raft_frames(
     let mut current: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut current_bytes = 0usize;
     let mut sent = 0u64;
-    for envelope in batches.into_iter().flatten() {
+    for frame in batches
+        .into_iter()
+        .flatten()
+        .flat_map(|e| chunk::split(e, SNAPSHOT_CHUNK_BYTES))
+    {
+        let envelope = match frame {
+            Frame::Message(envelope) => envelope,
+            Frame::SnapshotChunk(c) => {
+                sent += finish(to, &mut current, &mut frames, stats);
+                current_bytes = 0;
+                let last = c.seq + 1 == c.total;
+                let msg = WireMessage::SnapshotChunk {
+                    to: c.to,
+                    from: c.from,
+                    group: c.group,
+                    snapshot_index: c.snapshot_index,
+                    snapshot_term: c.snapshot_term,
+                    seq: c.seq,
+                    total: c.total,
+                    header: c.header,
+                    bytes: c.bytes,
+                };
+                match encode_frame(&msg) {
+                    Ok(f) => {
+                        frames.push(f);
+                        sent += u64::from(last);
+                    }
+                    Err(e) => {
+                        bump(&stats.messages_dropped_oversize);
+                        warn!(peer = to, error = %e, "dropping a snapshot chunk");
+                    }
+                }
+                continue;
+            }
+        };
         let bytes = match envelope.message.write_to_bytes() {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -904,6 +950,7 @@ async fn serve_connection(
     bump(&stats.handshakes_passed);
     info!(%remote, peer, "raft connection from peer");
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut reassembler = Reassembler::new(REASSEMBLY_MAX_BYTES, REASSEMBLY_MAX_SNAPSHOTS);
     loop {
         let frame =
             match tokio::time::timeout(ctx.config.idle_timeout, read_frame(&mut reader)).await {
@@ -926,6 +973,40 @@ async fn serve_connection(
         bump(&stats.frames_received);
         match frame {
             WireMessage::Raft { to, messages } => receive_raft(&ctx, peer, to, messages),
+            WireMessage::SnapshotChunk {
+                to,
+                from,
+                group,
+                snapshot_index,
+                snapshot_term,
+                seq,
+                total,
+                header,
+                bytes,
+            } => {
+                if to != ctx.local || from != peer {
+                    bump(&stats.messages_dropped_misaddressed);
+                    continue;
+                }
+                let chunk = SnapshotChunk {
+                    group,
+                    from,
+                    to,
+                    snapshot_index,
+                    snapshot_term,
+                    seq,
+                    total,
+                    header,
+                    bytes,
+                };
+                if let Some(envelope) = reassembler.accept(Frame::SnapshotChunk(chunk))
+                    && envelope.message.get_to() == ctx.local
+                    && envelope.message.get_from() == peer
+                {
+                    bump(&stats.messages_delivered);
+                    (ctx.deliver)(vec![envelope]);
+                }
+            }
             WireMessage::Call { id, body } if ctx.rpc.is_some() => {
                 let Some(handler) = &ctx.rpc else { return };
                 let reply = handler(peer, body).await;
