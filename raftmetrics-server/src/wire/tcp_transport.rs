@@ -10,10 +10,11 @@
 //! into frames of about [`TARGET_FRAME_BYTES`]. A snapshot message larger than
 //! [`SNAPSHOT_CHUNK_BYTES`] travels as [`WireMessage::SnapshotChunk`] frames
 //! (`raftmetrics_core::raft::chunk`), which the receiver reassembles (bounded per connection)
-//! before delivering the message, so a partition is never too large for a frame. After any error the task reconnects with
-//! capped, jittered exponential backoff; batches that arrive while it waits to retry are
-//! dropped (counted), like a network would lose them, so a peer that comes back is not sent
-//! a backlog of stale messages. Raft tolerates all of it. An idle connection carries an empty
+//! before delivering the message, so a partition is never too large for a frame.
+//!
+//! After any error the task reconnects with capped, jittered exponential backoff; batches that
+//! arrive while it waits to retry are dropped (counted), like a network would lose them, so a
+//! peer that comes back is not sent a backlog of stale messages. Raft tolerates all of it. An idle connection carries an empty
 //! `Raft` frame every [`TransportConfig::keepalive_interval`] so the receiver's idle timeout
 //! does not close it, and the task watches the socket for the peer closing it, so a restarted
 //! peer is reconnected at once rather than on the next write.
