@@ -180,19 +180,7 @@ impl Error {
 
 /// Maps a `code` string of an error body to an [`ErrorCode`]; `None` when unknown.
 pub fn parse_code(code: &str) -> Option<ErrorCode> {
-    use ErrorCode::*;
-    [
-        InvalidRequest,
-        ValidationError,
-        AuthError,
-        RateLimitExceeded,
-        NotFound,
-        RaftError,
-        StorageError,
-        InternalError,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == code)
+    ErrorCode::parse(code)
 }
 
 /// The code assumed for an error answer without a known `code`: `401`/`403` →

@@ -42,6 +42,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::ValidationError,
+        ErrorCode::AuthError,
+        ErrorCode::RateLimitExceeded,
+        ErrorCode::NotFound,
+        ErrorCode::RaftError,
+        ErrorCode::StorageError,
+        ErrorCode::InternalError,
+    ];
+
+    /// The code a JSON error body names (`"RAFT_ERROR"`), if it is one.
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     /// The code as it appears in the JSON error body.
     pub fn as_str(self) -> &'static str {
         match self {

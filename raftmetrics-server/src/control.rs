@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,11 +41,10 @@ use tracing::{info, warn};
 
 use crate::config::{ControlArgs, default_replication_factor};
 use crate::error::ServerError;
-use crate::http::auth::TokenSet;
 use crate::http::body::{Format, decode_points, request_format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::render::aggregate_document;
-use crate::http::stack::{self, StackConfig};
+use crate::http::stack;
 use crate::metadata::{MetadataLog, Placement};
 use crate::metrics::{Metrics, Outcome};
 use crate::router::{Router, write_batch};
@@ -181,23 +179,15 @@ pub async fn run(
         ServeConfig::default(),
         Arc::new(ServeStats::default()),
     ));
-    let tokens = TokenSet::new(args.node.http.tokens())
-        .map_err(|e| ServerError::Config(format!("auth tokens: {e}")))?;
-    let app = stack::public(
+    let served = stack::serve(
+        http,
         routes(Arc::clone(&control)),
-        StackConfig {
-            tokens,
-            rate_limit_per_minute: NonZeroU32::new(args.rate_limit_per_minute)
-                .unwrap_or(NonZeroU32::MIN),
-            max_body_bytes: args.node.http.max_body_bytes,
-            request_timeout: args.node.http.request_timeout(),
-            metrics: Arc::clone(&control.metrics),
-        },
-    );
-    let served = axum::serve(http, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::io("serve HTTP"));
+        &args.node.http,
+        args.rate_limit_per_minute,
+        Arc::clone(&control.metrics),
+        shutdown,
+    )
+    .await;
     info!("control node stopping");
     let _ = stop_tx.send(true);
     let _ = internal_task.await;

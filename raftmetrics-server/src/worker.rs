@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,10 +42,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::WorkerArgs;
 use crate::error::ServerError;
-use crate::http::auth::TokenSet;
 use crate::http::body::{Format, decode_points, request_format, respond, response_format};
 use crate::http::error::ApiError;
-use crate::http::stack::{self, StackConfig};
+use crate::http::stack;
 use crate::metrics::Metrics;
 use crate::router::{Router, write_batch};
 use crate::rpc::{
@@ -187,23 +185,15 @@ pub async fn run(
     ));
     let heartbeat_task = tokio::spawn(heartbeat_loop(Arc::clone(&worker), stop_rx.clone()));
 
-    let tokens = TokenSet::new(args.node.http.tokens())
-        .map_err(|e| ServerError::Config(format!("auth tokens: {e}")))?;
-    let app = stack::public(
+    let served = stack::serve(
+        http,
         routes(Arc::clone(&worker)),
-        StackConfig {
-            tokens,
-            rate_limit_per_minute: NonZeroU32::new(args.rate_limit_per_minute)
-                .unwrap_or(NonZeroU32::MIN),
-            max_body_bytes: args.node.http.max_body_bytes,
-            request_timeout: args.node.http.request_timeout(),
-            metrics: Arc::clone(&worker.metrics),
-        },
-    );
-    let served = axum::serve(http, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::io("serve HTTP"));
+        &args.node.http,
+        args.rate_limit_per_minute,
+        Arc::clone(&worker.metrics),
+        shutdown,
+    )
+    .await;
     info!(id, "worker stopping");
     let _ = stop_tx.send(true);
     let _ = heartbeat_task.await;

@@ -39,6 +39,35 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
         .layer(from_fn_with_state(config.metrics, track_requests))
 }
 
+/// Serves `routes` behind the public layers on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: Router,
+    http: &crate::config::HttpArgs,
+    rate_limit_per_minute: u32,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::error::ServerError> {
+    use crate::error::ServerError;
+    let tokens = TokenSet::new(http.tokens())
+        .map_err(|e| ServerError::Config(format!("auth tokens: {e}")))?;
+    let app = public(
+        routes,
+        StackConfig {
+            tokens,
+            rate_limit_per_minute: NonZeroU32::new(rate_limit_per_minute)
+                .unwrap_or(NonZeroU32::MIN),
+            max_body_bytes: http.max_body_bytes,
+            request_timeout: http.request_timeout(),
+            metrics,
+        },
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::io("serve HTTP"))
+}
+
 /// Middleware: refuses a body whose announced `Content-Length` is over the limit before
 /// reading any of it (bodies without a length are cut at the limit while read).
 async fn announced_length(State(limit): State<usize>, request: Request, next: Next) -> Response {
