@@ -294,16 +294,7 @@ mod tests {
 
     #[test]
     fn maps_every_known_code_and_falls_back_on_unknown_ones() {
-        for code in [
-            ErrorCode::InvalidRequest,
-            ErrorCode::ValidationError,
-            ErrorCode::AuthError,
-            ErrorCode::RateLimitExceeded,
-            ErrorCode::NotFound,
-            ErrorCode::RaftError,
-            ErrorCode::StorageError,
-            ErrorCode::InternalError,
-        ] {
+        for code in ErrorCode::ALL {
             assert_eq!(parse_code(code.as_str()), Some(code));
         }
         let body = br#"{"error":true,"code":"SHINY_NEW_CODE","message":"m"}"#;

@@ -28,26 +28,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use raftmetrics_core::aggregate::{Coverage, PartialAggregate, finalize};
 use raftmetrics_core::api::{
-    self, AnalyticsResponse, DEFAULT_METRIC, HealthResponse, InsertResponse, RaftHealth,
-    StorageHealth, WorkerCounts,
+    self, AnalyticsResponse, DEFAULT_METRIC, HealthResponse, RaftHealth, StorageHealth,
+    WorkerCounts,
 };
 use raftmetrics_core::error::Error;
-use raftmetrics_core::model::{Limits, validate_batch};
+use raftmetrics_core::model::Limits;
 use raftmetrics_core::query::{Consistency, Query};
 use raftmetrics_core::raft::{NodeId, ReplicaStatus, Role as RaftRole};
-use raftmetrics_core::{Agg, HashPartitioner, PartitionId, SketchConfig, Timestamp, codec};
+use raftmetrics_core::{Agg, HashPartitioner, PartitionId, SketchConfig, codec};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{ControlArgs, default_replication_factor};
 use crate::error::ServerError;
-use crate::http::body::{Format, decode_points, request_format, respond, response_format};
+use crate::http::body::{Format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::render::aggregate_document;
 use crate::http::stack;
+use crate::ingest::Ingest;
 use crate::metadata::{MetadataLog, Placement};
 use crate::metrics::{Metrics, Outcome};
-use crate::router::{Router, write_batch};
+use crate::router::Router;
 use crate::rpc::{
     CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request,
     Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
@@ -562,31 +563,14 @@ async fn insert(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let format = request_format(&headers)?;
-    let points = decode_points(format, &body)?;
-    let records = validate_batch(points, Timestamp::now(), &control.limits)?;
-    let deadline = Instant::now() + control.request_timeout;
-    let started = Instant::now();
-    let outcome = write_batch(&control.router, &control.partitioner, records, deadline).await;
-    control.metrics.observe_rpc("write", started.elapsed());
-    control.metrics.inc_insert_batch(outcome.is_ok());
-    let outcome = outcome?;
-    control.metrics.add_points_inserted(outcome.points as u64);
-    let single = (outcome.partitions.len() == 1).then(|| outcome.partitions[0]);
-    let response = InsertResponse {
-        success: true,
-        message: if outcome.points == 1 {
-            "Metric inserted successfully".into()
-        } else {
-            format!("{} metrics inserted successfully", outcome.points)
-        },
-        points: outcome.points as u64,
-        partitions: outcome.partitions.iter().map(|(p, _)| *p).collect(),
-        partition: single.map(|(p, _)| p),
-        worker_node: single.map(|(_, leader)| format!("worker-{leader}")),
-        storage_size: None,
+    let ingest = Ingest {
+        router: &control.router,
+        partitioner: &control.partitioner,
+        limits: &control.limits,
+        metrics: &control.metrics,
+        timeout: control.request_timeout,
     };
-    Ok(respond(response_format(&headers, format), &response))
+    ingest.handle(&headers, &body, || None).await
 }
 
 async fn aggregate(

@@ -7,6 +7,7 @@
 //! Modules:
 //! - [`config`]: environment variables and flags;
 //! - [`control`], [`worker`], [`dev`]: the three roles;
+//! - [`ingest`]: the insert path both roles share;
 //! - [`router`]: where a partition's writes go (leaders, hints, retries);
 //! - [`rpc`]: internal requests between nodes and the pooled client;
 //! - [`http`]: the error format, bearer auth, per-token rate limits, body codecs;
@@ -19,6 +20,7 @@ pub mod control;
 pub mod dev;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod router;

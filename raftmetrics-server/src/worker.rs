@@ -25,11 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use raftmetrics_core::aggregate::{Coverage, finalize};
 use raftmetrics_core::api::{
-    self, ComputeRequest, ComputeResponse, HealthResponse, InsertResponse, RaftHealth,
-    StorageHealth,
+    self, ComputeRequest, ComputeResponse, HealthResponse, RaftHealth, StorageHealth,
 };
 use raftmetrics_core::error::Error;
-use raftmetrics_core::model::{Limits, validate_batch};
+use raftmetrics_core::model::Limits;
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{
     NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role as RaftRole,
@@ -42,11 +41,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::WorkerArgs;
 use crate::error::ServerError;
-use crate::http::body::{Format, decode_points, request_format, respond, response_format};
+use crate::http::body::{Format, request_format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::stack;
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::router::{Router, write_batch};
+use crate::router::Router;
 use crate::rpc::{
     CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request,
     Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
@@ -452,20 +452,16 @@ impl Worker {
     }
 }
 
-/// Free bytes of the file system holding `dir` (from `df`-like statistics), when known.
-fn free_space(dir: &std::path::Path) -> Option<u64> {
-    fs_free_bytes(dir)
-}
-
+/// Free bytes of the file system holding `dir`, when known.
 #[cfg(target_os = "linux")]
-fn fs_free_bytes(dir: &std::path::Path) -> Option<u64> {
+fn free_space(dir: &std::path::Path) -> Option<u64> {
     nix::sys::statvfs::statvfs(dir)
         .ok()
         .map(|s| s.blocks_available() * s.fragment_size())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn fs_free_bytes(_dir: &std::path::Path) -> Option<u64> {
+fn free_space(_dir: &std::path::Path) -> Option<u64> {
     None
 }
 
@@ -496,26 +492,15 @@ async fn insert(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let format = request_format(&headers)?;
-    let points = decode_points(format, &body)?;
-    let records = validate_batch(points, Timestamp::now(), &worker.limits)?;
-    let partitioner = worker.partitioner()?;
-    let deadline = Instant::now() + worker.request_timeout;
-    let outcome = write_batch(&worker.router, &partitioner, records, deadline).await;
-    worker.metrics.inc_insert_batch(outcome.is_ok());
-    let outcome = outcome?;
-    worker.metrics.add_points_inserted(outcome.points as u64);
-    let single = (outcome.partitions.len() == 1).then(|| outcome.partitions[0]);
-    let response = InsertResponse {
-        success: true,
-        message: format!("{} point(s) inserted", outcome.points),
-        points: outcome.points as u64,
-        partitions: outcome.partitions.iter().map(|(p, _)| *p).collect(),
-        partition: single.map(|(p, _)| p),
-        worker_node: single.map(|(_, leader)| format!("worker-{leader}")),
-        storage_size: Some(api::format_bytes(worker.store.storage_bytes().unwrap_or(0))),
+    let ingest = Ingest {
+        router: &worker.router,
+        partitioner: &worker.partitioner()?,
+        limits: &worker.limits,
+        metrics: &worker.metrics,
+        timeout: worker.request_timeout,
     };
-    Ok(respond(response_format(&headers, format), &response))
+    let storage = || Some(api::format_bytes(worker.store.storage_bytes().unwrap_or(0)));
+    ingest.handle(&headers, &body, storage).await
 }
 
 async fn compute(

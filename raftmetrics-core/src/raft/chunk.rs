@@ -47,7 +47,7 @@ pub enum Frame {
 }
 
 /// One piece of a `MsgSnapshot` message (see the module docs for the format).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotChunk {
     pub group: PartitionId,
     /// `message.from` of the snapshot message.

@@ -45,7 +45,7 @@ use std::io::{self, Read};
 use std::time::Duration;
 
 use raftmetrics_core::codec;
-use raftmetrics_core::raft::NodeId;
+use raftmetrics_core::raft::{NodeId, SnapshotChunk};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -128,19 +128,9 @@ pub enum WireMessage {
         /// Encoded `rpc::Response`.
         body: Vec<u8>,
     },
-    /// One piece of a large raft snapshot message from node `from` to node `to`, in the
-    /// format of `raftmetrics_core::raft::chunk` (the receiver reassembles the message).
-    SnapshotChunk {
-        to: NodeId,
-        from: NodeId,
-        group: u32,
-        snapshot_index: u64,
-        snapshot_term: u64,
-        seq: u32,
-        total: u32,
-        header: Vec<u8>,
-        bytes: Vec<u8>,
-    },
+    /// One piece of a large raft snapshot message (`raftmetrics_core::raft::chunk`); the
+    /// receiver reassembles the message. `chunk.to` is the destination node.
+    SnapshotChunk(SnapshotChunk),
 }
 
 impl WireMessage {
@@ -153,7 +143,7 @@ impl WireMessage {
             WireMessage::Raft { .. } => "raft",
             WireMessage::Call { .. } => "call",
             WireMessage::Reply { .. } => "reply",
-            WireMessage::SnapshotChunk { .. } => "snapshot chunk",
+            WireMessage::SnapshotChunk(_) => "snapshot chunk",
         }
     }
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use raftmetrics_core::raft::chunk::{self, Frame, Reassembler, SnapshotChunk};
+use raftmetrics_core::raft::chunk::{self, Frame, Reassembler};
 use raftmetrics_core::raft::{Envelope, NodeId, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -697,17 +697,7 @@ fn encode_raft_frames(
                 sent += finish(to, &mut current, &mut frames, stats);
                 current_bytes = 0;
                 let last = c.seq + 1 == c.total;
-                let msg = WireMessage::SnapshotChunk {
-                    to: c.to,
-                    from: c.from,
-                    group: c.group,
-                    snapshot_index: c.snapshot_index,
-                    snapshot_term: c.snapshot_term,
-                    seq: c.seq,
-                    total: c.total,
-                    header: c.header,
-                    bytes: c.bytes,
-                };
+                let msg = WireMessage::SnapshotChunk(c);
                 match encode_frame(&msg) {
                     Ok(f) => {
                         frames.push(f);
@@ -974,32 +964,11 @@ async fn serve_connection(
         bump(&stats.frames_received);
         match frame {
             WireMessage::Raft { to, messages } => receive_raft(&ctx, peer, to, messages),
-            WireMessage::SnapshotChunk {
-                to,
-                from,
-                group,
-                snapshot_index,
-                snapshot_term,
-                seq,
-                total,
-                header,
-                bytes,
-            } => {
-                if to != ctx.local || from != peer {
+            WireMessage::SnapshotChunk(chunk) => {
+                if chunk.to != ctx.local || chunk.from != peer {
                     bump(&stats.messages_dropped_misaddressed);
                     continue;
                 }
-                let chunk = SnapshotChunk {
-                    group,
-                    from,
-                    to,
-                    snapshot_index,
-                    snapshot_term,
-                    seq,
-                    total,
-                    header,
-                    bytes,
-                };
                 if let Some(envelope) = reassembler.accept(Frame::SnapshotChunk(chunk))
                     && envelope.message.get_to() == ctx.local
                     && envelope.message.get_from() == peer

@@ -146,9 +146,7 @@ impl DevCluster {
             .send()
             .await
             .expect("request");
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.expect("body");
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        (resp.status().as_u16(), json_of(resp).await)
     }
 
     pub async fn post_json(&self, url: &str, body: &Value) -> (u16, Value) {
@@ -161,9 +159,7 @@ impl DevCluster {
             .send()
             .await
             .expect("request");
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.expect("body");
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        (resp.status().as_u16(), json_of(resp).await)
     }
 
     async fn wait_healthy(&self, limit: Duration) {
