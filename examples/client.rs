@@ -1,7 +1,7 @@
 //! Talks to a running RaftMetrics cluster: inserts a batch, queries it, prints health.
 //!
 //! ```sh
-//! RAFTMETRICS_TOKEN=... cargo run --release -p raftmetrics-client --example client
+//! RAFTMETRICS_TOKEN=... cargo run --release --example client
 //! ```
 //!
 //! `RAFTMETRICS_URL` names the control node (default `http://127.0.0.1:8080`);
@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     let Ok(token) = std::env::var("RAFTMETRICS_TOKEN") else {
         eprintln!(
             "error: RAFTMETRICS_TOKEN is not set; export the bearer token of the cluster, e.g.\n  \
-             RAFTMETRICS_TOKEN=... cargo run --release -p raftmetrics-client --example client"
+             RAFTMETRICS_TOKEN=... cargo run --release --example client"
         );
         return ExitCode::from(2);
     };

@@ -2,7 +2,7 @@
 //! logs with fsync, DuckDB stores on disk, simulated loopback network) against unreplicated
 //! store inserts of the same batches, measured in the same run.
 //!
-//! `cargo bench -p raftmetrics-core --bench raft [-- POINTS]` (default 400,000 points).
+//! `cargo bench --bench raft [-- POINTS]` (default 400,000 points).
 //! All three replicas share this machine's cores, so the ratio is a lower bound of what
 //! three machines would do.
 

@@ -1,7 +1,7 @@
 //! Store benchmark: batch inserts and partial-aggregate queries against plain DuckDB
 //! measured in the same run on the same rows.
 //!
-//! `cargo bench -p raftmetrics-core --bench store [-- POINTS]` (default 1,000,000 points).
+//! `cargo bench --bench store [-- POINTS]` (default 1,000,000 points).
 //! Prints points/s and ratios; asserts nothing about time.
 
 use std::time::{Duration, Instant};

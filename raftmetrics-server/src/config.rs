@@ -127,6 +127,20 @@ pub enum Role {
     Worker(WorkerArgs),
     /// A whole cluster in one process: control on --port, workers on the ports after it.
     Dev(DevArgs),
+    /// Asks the node on this machine's --port for /health; exit status 0 when it answers
+    /// 200 (a container health check).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Options of the healthcheck command.
+#[derive(Args, Debug, Clone)]
+pub struct HealthcheckArgs {
+    /// HTTP port of the node to ask, on 127.0.0.1 [env: PORT]
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The node's tokens; the first one is sent.
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Options of the control role.
@@ -163,9 +177,10 @@ pub struct ControlArgs {
 /// Options of the worker role.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Node id, nonzero, unique among workers [env: NODE_ID]
+    /// Node id, 1..=2^62-1, unique among workers; without it, the id kept in the data
+    /// directory, or a new random one kept there (needs --data-dir) [env: NODE_ID]
     #[arg(long = "node-id", alias = "id")]
-    pub node_id: u64,
+    pub node_id: Option<u64>,
     /// HTTP port of the public API [env: PORT]
     #[arg(long, default_value_t = 8081)]
     pub port: u16,
@@ -198,7 +213,8 @@ pub struct NodeArgs {
     /// Address the HTTP and node-to-node listeners bind to [env: BIND_HOST]
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_host: String,
-    /// Host other nodes use to reach this one [env: ADVERTISE_HOST]
+    /// Host other nodes use to reach this one; `auto`: the address this machine's hostname
+    /// resolves to (a container's address) [env: ADVERTISE_HOST]
     #[arg(long, default_value = "127.0.0.1")]
     pub advertise_host: String,
     /// Public HTTP options.
@@ -295,6 +311,7 @@ impl Role {
             Role::Control(_) => "control",
             Role::Worker(_) => "worker",
             Role::Dev(_) => "dev",
+            Role::Healthcheck(_) => "healthcheck",
         }
     }
 
@@ -304,6 +321,7 @@ impl Role {
             Role::Control(a) => &a.node.http,
             Role::Worker(a) => &a.node.http,
             Role::Dev(a) => &a.http,
+            Role::Healthcheck(a) => &a.http,
         }
     }
 }
@@ -342,9 +360,12 @@ impl WorkerArgs {
         self.node.internal_port_for(self.port)
     }
 
-    /// This node's data directory.
+    /// This node's data directory (`--data-dir`, which is required without `--node-id`).
     pub fn data_dir(&self) -> PathBuf {
-        self.node.data_dir_for("worker", self.node_id)
+        match self.node_id {
+            Some(id) => self.node.data_dir_for("worker", id),
+            None => self.node.data_dir.clone().unwrap_or_else(|| "data".into()),
+        }
     }
 
     /// The DuckDB file.
@@ -496,6 +517,10 @@ where
         Role::Control(a) => a.finish(&mut problems),
         Role::Worker(a) => a.finish(&mut problems),
         Role::Dev(a) => a.finish(&mut problems),
+        Role::Healthcheck(a) => {
+            check_port("--port / PORT", a.port, &mut problems);
+            a.http.finish(&mut problems);
+        }
     }
     if problems.is_empty() {
         Ok(cli)
@@ -541,7 +566,15 @@ impl ControlArgs {
 
 impl WorkerArgs {
     fn finish(&mut self, problems: &mut Vec<String>) {
-        check_node_id(self.node_id, problems);
+        match self.node_id {
+            Some(id) => check_node_id(id, problems),
+            None if self.node.data_dir.is_none() => problems.push(
+                "a worker needs --node-id / NODE_ID, or --data-dir / DATA_DIR where it keeps \
+                 a generated id"
+                    .into(),
+            ),
+            None => {}
+        }
         check_port("--port / PORT", self.port, problems);
         if let Some(host) = &mut self.control_host {
             check_host("--control-host / CONTROL_HOST", host, problems);
@@ -815,7 +848,7 @@ mod tests {
         let Role::Worker(w) = cli.role else {
             panic!("not a worker")
         };
-        assert_eq!((w.node_id, w.port), (1, 8081));
+        assert_eq!((w.node_id, w.port), (Some(1), 8081));
         assert_eq!(w.rate_limit_per_minute, DEFAULT_WORKER_RATE_LIMIT);
         assert_eq!(w.internal_port(), 9081);
 
@@ -823,7 +856,7 @@ mod tests {
         let Role::Worker(w) = cli.role else {
             panic!("not a worker")
         };
-        assert_eq!((w.node_id, w.port), (2, 8082));
+        assert_eq!((w.node_id, w.port), (Some(2), 8082));
         assert_eq!(w.db_path(), Path::new("data/worker-2/store.duckdb"));
     }
 
@@ -854,7 +887,7 @@ mod tests {
         let Role::Worker(w) = cli.role else {
             panic!("not a worker")
         };
-        assert_eq!((w.node_id, w.port), (7, 9000));
+        assert_eq!((w.node_id, w.port), (Some(7), 9000));
         // A subcommand on the command line wins over NODE_ROLE.
         let cli = parse(&["control"], &env).expect("parse");
         assert_eq!(cli.role.name(), "control");
@@ -894,7 +927,7 @@ mod tests {
         let Role::Worker(w) = cli.role else {
             panic!("not a worker")
         };
-        assert_eq!(w.node_id, 3);
+        assert_eq!(w.node_id, Some(3));
         assert_eq!(w.port, 18082, "the flag wins");
         assert_eq!(w.internal_port(), 19000);
         assert_eq!(w.db_path(), Path::new("/tmp/w3.duckdb"));
@@ -937,11 +970,16 @@ mod tests {
     }
 
     #[test]
-    fn worker_needs_a_node_id() {
-        assert!(matches!(
-            parse(&["worker", "--port", "8081"], &base_env()),
-            Err(ConfigError::Cli(_))
-        ));
+    fn worker_needs_a_node_id_or_a_data_dir_to_keep_one() {
+        let p = problems(parse(&["worker", "--port", "8081"], &base_env()));
+        assert!(p.iter().any(|m| m.contains("--node-id / NODE_ID")), "{p:?}");
+        let cli = parse(&["worker", "--data-dir", "/data"], &base_env()).expect("parse");
+        let Role::Worker(w) = cli.role else {
+            panic!("not a worker")
+        };
+        assert_eq!(w.node_id, None);
+        assert_eq!(w.data_dir(), Path::new("/data"));
+        assert_eq!(w.db_path(), Path::new("/data/store.duckdb"));
     }
 
     #[test]

@@ -27,9 +27,8 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -45,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{DevArgs, ENV_VARS, INTERNAL_PORT_OFFSET, NODE_ROLE_VAR, Secret};
+use crate::identity;
 
 /// How long [`run`] waits for every node to accept connections on its HTTP port.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -420,28 +420,10 @@ pub fn nodes_json(args: &DevArgs, token_file: &Path, nodes: &[(&ChildSpec, u32)]
     json
 }
 
-/// Writes `contents` to `path` atomically: a temporary file created with `mode` in the same
-/// directory, then renamed over `path`.
+/// Writes `contents` to `path` atomically (see [`identity::write_atomic`]).
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), DevError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let what = |verb: &str| format!("cannot {verb} {}", path.display());
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(what("replace"))(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_error(what("write")))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(what("write")))?;
-    std::fs::rename(&tmp, path).map_err(io_error(what("write")))
+    identity::write_atomic(path, contents, mode)
+        .map_err(io_error(format!("cannot write {}", path.display())))
 }
 
 /// The banner printed once every node is up.

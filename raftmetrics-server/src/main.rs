@@ -1,9 +1,10 @@
-//! `raftmetrics-server control|worker|dev`: see [`raftmetrics_server::config`].
+//! `raftmetrics-server control|worker|dev|healthcheck`: see [`raftmetrics_server::config`].
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use raftmetrics_server::config::{Role, parse_from_env_and_args};
-use raftmetrics_server::{control, dev, worker};
+use raftmetrics_server::{control, dev, healthcheck, worker};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -11,11 +12,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Role::Healthcheck(args) = &cli.role {
+        return healthcheck::run(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -35,6 +40,8 @@ fn main() -> ExitCode {
             Role::Dev(args) => dev::run(args)
                 .await
                 .map_err(|e| raftmetrics_server::error::ServerError::Config(e.to_string())),
+            // Answered before the runtime started.
+            Role::Healthcheck(_) => Ok(()),
         }
     });
     match result {

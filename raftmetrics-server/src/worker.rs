@@ -44,12 +44,13 @@ use crate::error::ServerError;
 use crate::http::body::{Format, request_format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::stack;
+use crate::identity;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::rpc::{
-    CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request,
-    Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
+    CONTROL_WIRE_ID, ClusterView, Registration, RemoteError, Request, Response as RpcResponse,
+    RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
 };
 use crate::wire::frame::ClusterAuth;
 use crate::wire::tcp_transport::{
@@ -92,17 +93,13 @@ pub async fn run(
     args: WorkerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let id = args.node_id;
-    if id == 0 || id > MAX_WORKER_ID {
-        return Err(ServerError::Config(format!(
-            "worker id must be in 1..={MAX_WORKER_ID}"
-        )));
-    }
     let data_dir = args.data_dir();
     std::fs::create_dir_all(&data_dir).map_err(ServerError::io(format!(
         "create data directory {}",
         data_dir.display()
     )))?;
+    let id = identity::worker_id(args.node_id, &data_dir)?;
+    let advertise = identity::advertise_host(&args.node.advertise_host).await?;
     let db_path = args.db_path();
     if let Some(parent) = db_path.parent() {
         std::fs::create_dir_all(parent).map_err(ServerError::io("create DB_PATH directory"))?;
@@ -138,7 +135,6 @@ pub async fn run(
     let http = TcpListener::bind((bind.as_str(), args.port))
         .await
         .map_err(ServerError::io(format!("bind HTTP port {}", args.port)))?;
-    let advertise = &args.node.advertise_host;
     let recovered: HashSet<PartitionId> = node.status().await?.iter().map(|s| s.group).collect();
     let worker = Arc::new(Worker {
         id,

@@ -405,7 +405,8 @@ pub async fn fallback_not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::route_not_found(method, uri.path())
 }
 
-/// A `MethodRouter::fallback` handler: a known path with a wrong method answers 405.
+/// A `Router::method_not_allowed_fallback` handler: a known path with a wrong method answers
+/// 405 in the API format.
 pub async fn fallback_method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(method, uri.path())
 }

@@ -12,7 +12,7 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{TokenSet, require_bearer};
-use super::error::{ApiError, fallback_not_found};
+use super::error::{ApiError, fallback_method_not_allowed, fallback_not_found};
 use super::rate_limit::{RateLimiter, limit_per_token};
 use crate::metrics::{Metrics, track_requests};
 
@@ -31,6 +31,7 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
     let limiter = RateLimiter::new(config.rate_limit_per_minute, &config.tokens);
     routes
         .fallback(fallback_not_found)
+        .method_not_allowed_fallback(fallback_method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(from_fn_with_state(config.max_body_bytes, announced_length))
         .layer(from_fn_with_state(limiter, limit_per_token))

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The Docker Compose cluster, tested for real: builds the image around a release binary,
+# starts docker-compose.yml (control, worker1, worker2), inserts through the control node and
+# through a worker, queries, kills worker2 (SIGKILL) and checks that the answer is still
+# complete (replication factor 2), restarts it and writes again, scales to a third worker
+# and sees it registered, then tears everything down.
+#
+#   cargo build --release --bin raftmetrics-server
+#   docker/compose-test.sh [path/to/raftmetrics-server]
+#
+# Needs docker, docker-compose (or the compose plugin), curl and jq. Without registry
+# access, set RUNTIME_IMAGE to a local Debian 12 image (docker/local-base.sh makes one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+binary="${1:-${CARGO_TARGET_DIR:-target}/release/raftmetrics-server}"
+[ -x "$binary" ] || { echo "no binary at $binary: cargo build --release --bin raftmetrics-server" >&2; exit 1; }
+runtime_image="${RUNTIME_IMAGE:-debian:bookworm-slim}"
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+
+export RAFTMETRICS_IMAGE="raftmetrics:compose-test"
+export CONTROL_PORT="${CONTROL_PORT:-18080}" WORKER1_PORT="${WORKER1_PORT:-18081}" WORKER2_PORT="${WORKER2_PORT:-18082}"
+export AUTH_TOKENS="compose-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+export CLUSTER_SECRET="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+export REPLICATION_FACTOR=2 MIN_WORKERS=2
+project="raftmetrics-compose-test"
+dc() { "${compose[@]}" -p "$project" -f docker-compose.yml "$@"; }
+control="http://127.0.0.1:$CONTROL_PORT"
+auth=(-H "Authorization: Bearer $AUTH_TOKENS")
+
+context="$(mktemp -d)"
+cleanup() {
+  status=$?
+  if [ $status -ne 0 ]; then
+    echo "== FAILED; container logs:"
+    dc logs --no-color --tail=40 2>/dev/null || true
+  fi
+  dc down -v -t 2 >/dev/null 2>&1 || true
+  docker image rm "$RAFTMETRICS_IMAGE" >/dev/null 2>&1 || true
+  rm -rf "$context"
+  exit $status
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# wait_for DESCRIPTION SECONDS COMMAND...: runs COMMAND once a second until it succeeds.
+wait_for() {
+  local what="$1" deadline=$((SECONDS + $2)); shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "timed out waiting for $what"
+    sleep 1
+  done
+  echo "ok: $what"
+}
+health() { curl -sf "${auth[@]}" "$control/health"; }
+# cluster_ready WORKERS: that many healthy workers, and every partition with a live leader.
+cluster_ready() {
+  health | jq -e --argjson n "$1" \
+    '.worker_nodes.healthy == $n and .partitions_total > 0 and .partitions_available == .partitions_total'
+}
+# workers_are TOTAL HEALTHY: the control node's worker counts.
+workers_are() {
+  health | jq -e --argjson t "$1" --argjson h "$2" \
+    '.worker_nodes.total == $t and .worker_nodes.healthy == $h'
+}
+# container_healthy SERVICE: Docker's HEALTHCHECK passes in the service's container.
+container_healthy() {
+  [ "$(docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q "$1")")" = healthy ]
+}
+containers_healthy() { container_healthy control && container_healthy worker1 && container_healthy worker2; }
+# count_is N: a complete answer counting N points of the test metric.
+count_is() {
+  curl -sf "${auth[@]}" "$control/aggregate?metric=compose_test&agg=count,sum" \
+    | jq -e --argjson n "$1" '.is_partial == false and .aggregations.count == $n'
+}
+# insert FROM TO: points FROM..TO-1 through the control node, one batch.
+insert() {
+  jq -nc --argjson a "$1" --argjson b "$2" \
+    '[range($a; $b) | {metric: "compose_test", value: ., partition_key: "user\(.)"}]' \
+    | curl -sf "${auth[@]}" -H 'Content-Type: application/json' --data-binary @- "$control/metrics"
+}
+
+echo "== image from $binary on $runtime_image"
+mkdir -p "$context/dist"
+cp Dockerfile "$context/"
+cp "$binary" "$context/dist/raftmetrics-server"
+docker build -q --target prebuilt --build-arg RUNTIME_IMAGE="$runtime_image" \
+  -t "$RAFTMETRICS_IMAGE" "$context" >/dev/null
+
+echo "== docker-compose up"
+dc up -d --no-build
+wait_for "control, worker1 and worker2 up, partitions placed" 90 cluster_ready 2
+wait_for "control and worker containers healthy (HEALTHCHECK)" 60 containers_healthy
+[ "$(dc exec -T control id -u | tr -d '\r')" = 10001 ] || fail "the node does not run as uid 10001"
+
+echo "== inserts through the control node and through worker1"
+wait_for "200 points acknowledged" 30 insert 0 200
+curl -sf "${auth[@]}" -H 'Content-Type: application/json' "http://127.0.0.1:$WORKER1_PORT/insert" \
+  -d '{"metric": "compose_test", "partition_key": "user123", "value": 42.5}' >/dev/null \
+  || fail "insert through worker1"
+wait_for "count 201, complete" 30 count_is 201
+
+echo "== worker2 killed (SIGKILL)"
+dc kill -s SIGKILL worker2 >/dev/null
+wait_for "control sees worker2 gone" 30 workers_are 2 1
+count_is 201 >/dev/null || fail "with worker2 down, the answer is not complete with 201 points: \
+$(curl -s "${auth[@]}" "$control/aggregate?metric=compose_test&agg=count")"
+echo "ok: complete answer from worker1 alone (every partition has a replica there)"
+
+echo "== worker2 restarted"
+dc start worker2 >/dev/null
+wait_for "worker2 back, every partition led" 90 cluster_ready 2
+wait_for "100 more points acknowledged" 30 insert 200 300
+wait_for "count 301, complete" 30 count_is 301
+
+echo "== scaled: one more worker"
+dc up -d --no-build --no-recreate --scale worker=1 >/dev/null
+wait_for "three workers registered" 60 workers_are 3 3
+id="$(dc exec -T worker cat /data/node-id | tr -d '\r\n')"
+[[ "$id" =~ ^[0-9]+$ ]] || fail "the new worker kept no id: '$id'"
+echo "ok: the new worker registered with id $id"
+count_is 301 >/dev/null || fail "the answer changed after scaling"
+
+echo "compose test passed"
