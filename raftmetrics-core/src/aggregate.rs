@@ -74,7 +74,13 @@ impl PartialState {
             Agg::Avg => any.then(|| self.sum / self.count as f64),
             Agg::Min => any.then_some(self.min),
             Agg::Max => any.then_some(self.max),
-            Agg::Percentile(_) => self.sketch.as_ref()?.quantile(cfg, agg.quantile()?),
+            // The sketch answers a bucket's representative value; the true quantile lies
+            // within [min, max], so clamping only ever moves the answer closer to it.
+            Agg::Percentile(_) => self
+                .sketch
+                .as_ref()?
+                .quantile(cfg, agg.quantile()?)
+                .map(|q| if any { q.clamp(self.min, self.max) } else { q }),
         }
     }
 }
@@ -374,6 +380,21 @@ mod tests {
         for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::P50] {
             assert_eq!(s.value(agg, &cfg), None, "{agg}");
         }
+    }
+
+    #[test]
+    fn percentiles_stay_within_min_and_max() {
+        let cfg = SketchConfig::default();
+        let s = state(&[42.5, 42.5]);
+        for agg in [Agg::P50, Agg::P95, Agg::P99] {
+            assert_eq!(s.value(agg, &cfg), Some(42.5), "{agg}");
+        }
+        let s = state(&[1.0, 2.0, 1000.0]);
+        let p99 = s.value(Agg::P99, &cfg).expect("p99");
+        assert!(
+            p99 <= 1000.0 && (p99 - 1000.0).abs() <= 1000.0 * 0.01,
+            "{p99}"
+        );
     }
 
     #[test]
