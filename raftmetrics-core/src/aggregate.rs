@@ -75,12 +75,19 @@ impl PartialState {
             Agg::Min => any.then_some(self.min),
             Agg::Max => any.then_some(self.max),
             // The sketch answers a bucket's representative value; the true quantile lies
-            // within [min, max], so clamping only ever moves the answer closer to it.
+            // within [min, max], so clamping only ever moves the answer closer to it. A state
+            // computed for percentiles alone may carry no min and max (±inf): no clamp then.
             Agg::Percentile(_) => self
                 .sketch
                 .as_ref()?
                 .quantile(cfg, agg.quantile()?)
-                .map(|q| if any { q.clamp(self.min, self.max) } else { q }),
+                .map(|q| {
+                    if self.min <= self.max {
+                        q.clamp(self.min, self.max)
+                    } else {
+                        q
+                    }
+                }),
         }
     }
 }
