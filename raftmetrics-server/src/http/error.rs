@@ -411,6 +411,18 @@ pub async fn fallback_method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::method_not_allowed(method, uri.path())
 }
 
+/// What a request answers when its handler panicked (`CatchPanicLayer`): 500
+/// INTERNAL_ERROR in the API format, the panic message in the log only. A panic is a bug;
+/// this keeps it from also dropping the client's connection.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::internal(format!("request handler panicked: {detail}")).into_response()
+}
+
 /// `Retry-After` in whole seconds: rounded up, at least 1.
 pub fn retry_after_secs(retry_after: Duration) -> u64 {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -436,7 +448,7 @@ mod tests {
     use axum::body::{Body, to_bytes};
     use axum::extract::DefaultBodyLimit;
     use axum::http::Request;
-    use axum::routing::post;
+    use axum::routing::{get, post};
     use raftmetrics_core::FieldError;
     use tower::ServiceExt;
 
@@ -646,6 +658,29 @@ mod tests {
         assert_eq!(body["message"], "Internal server error");
         assert_eq!(body["details"], json!({}));
         assert!(!body.to_string().contains("poisoned"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_the_api_format() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let v: Vec<u8> = Vec::new();
+                    v[1].to_string()
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                panic_response,
+            ));
+        let resp = app
+            .oneshot(Request::get("/boom").body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let (status, _, body) = parts(resp).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["code"], "INTERNAL_ERROR");
+        assert_eq!(body["message"], "Internal server error");
     }
 
     #[tokio::test]

@@ -12,9 +12,10 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{TokenSet, require_bearer};
-use super::error::{ApiError, fallback_method_not_allowed, fallback_not_found};
+use super::error::{ApiError, fallback_method_not_allowed, fallback_not_found, panic_response};
 use super::rate_limit::{RateLimiter, limit_per_token};
 use crate::metrics::{Metrics, track_requests};
+use tower_http::catch_panic::CatchPanicLayer;
 
 /// What the layers need.
 #[derive(Clone)]
@@ -32,6 +33,7 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
     routes
         .fallback(fallback_not_found)
         .method_not_allowed_fallback(fallback_method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(from_fn_with_state(config.max_body_bytes, announced_length))
         .layer(from_fn_with_state(limiter, limit_per_token))
