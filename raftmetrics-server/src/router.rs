@@ -23,6 +23,11 @@ use crate::rpc::{ClusterView, Request, Response, RpcClient, RpcError, WorkerInfo
 
 /// Pause between rounds of attempts while a partition has no reachable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest wait for one node's answer to a write. A healthy leader answers in milliseconds;
+/// a leader that stopped answering (paused, partitioned away) has been replaced after an
+/// election timeout or two, so waiting longer only holds the client. The outcome of a write
+/// that timed out is unknown and goes back to the client as such.
+pub const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most attempts of one write (each bounded by the deadline too).
 const MAX_ATTEMPTS: usize = 200;
@@ -209,7 +214,9 @@ impl Router {
         let Some(addr) = self.peer(node).and_then(|p| p.addr) else {
             return Err(Attempt::NotSent(format!("address of node {node} unknown")));
         };
-        let timeout = deadline.saturating_duration_since(Instant::now());
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .min(WRITE_ATTEMPT_TIMEOUT);
         let request = Request::Write { partition, records };
         match self.rpc.call(node, addr, &request, timeout).await {
             Ok(Response::Written { index }) => Ok(index),

@@ -6,10 +6,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DevCluster, TOKEN, TOKEN_B, TOKEN_C};
+use common::{DevCluster, TOKEN, TOKEN_B, TOKEN_C, batches};
 use duckdb::{Connection, params};
 use raftmetrics_core::api::AnalyticsResponse;
 use raftmetrics_core::model::{Limits, validate_batch};
@@ -538,150 +537,38 @@ async fn seed_flow_errors_limits_and_partial_answers_with_two_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_during_continuous_inserts_loses_and_duplicates_nothing() {
     const PARTS: u32 = 4;
-    const BATCH: usize = 100;
     let c = Arc::new(DevCluster::start(3, 3, PARTS, &[]).await);
-    let stop = Arc::new(AtomicBool::new(false));
     // One writer: batches of BATCH points, each batch in one partition (its own key), each
-    // point with a unique value; remembers which batches were acknowledged and by whom.
-    let writer = {
-        let c = Arc::clone(&c);
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move {
-            let mut log: Vec<(u64, Option<String>, Instant)> = Vec::new();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let points: Vec<Point> = (0..BATCH as u64)
-                    .map(|i| {
-                        Point::new("ingest", (n * BATCH as u64 + i) as f64)
-                            .at(Timestamp::from_micros(T0 + (n * BATCH as u64 + i) as i64))
-                            .tag("batch", n.to_string())
-                            .partition_key(format!("key-{}", n % 16))
-                    })
-                    .collect();
-                let sent = c
-                    .http
-                    .post(c.url("/insert"))
-                    .bearer_auth(TOKEN_B)
-                    .header("content-type", "application/octet-stream")
-                    .header("accept", "application/octet-stream")
-                    .timeout(Duration::from_secs(20))
-                    .body(codec::encode(&points).unwrap())
-                    .send()
-                    .await;
-                let acked = match sent {
-                    Ok(r) if r.status() == 200 => {
-                        let ack: raftmetrics_core::api::InsertResponse =
-                            codec::decode(&r.bytes().await.unwrap()).unwrap();
-                        assert_eq!(ack.points, BATCH as u64);
-                        Some(ack.worker_node.unwrap_or_default())
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        if status == 429 {
-                            panic!("rate limited: lower the write rate of this test");
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        None
-                    }
-                    Err(_) => None,
-                };
-                log.push((n, acked, Instant::now()));
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-            log
-        })
-    };
+    // point with a unique value; it remembers which batches were acknowledged and by whom.
+    let writer = batches::Writer::start(Arc::clone(&c), "ingest", Duration::from_millis(60));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // Every partition has a leader the control node knows; kill the one that acknowledges a
-    // write to the partition of `key-0`.
-    loop {
-        let (s, body) = c.get_json(&c.url("/health")).await;
-        assert_eq!(s, 200);
-        if body["partitions_available"] == PARTS {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let victim = {
-        let resp = post_bincode(
-            &c,
-            &c.url("/insert"),
-            &[Point::new("probe", 1.0).partition_key("key-0")],
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-        let ack: raftmetrics_core::api::InsertResponse =
-            codec::decode(&resp.bytes().await.unwrap()).unwrap();
-        ack.worker_node
-            .unwrap()
-            .trim_start_matches("worker-")
-            .parse::<u64>()
-            .unwrap()
-    };
+    c.wait_partitions_led(PARTS).await;
+    // Kill the worker that acknowledges a write to the partition of `key-0`.
+    let victim = c.leader_of("key-0").await;
     let killed_at = Instant::now();
     c.kill_worker(victim);
     tokio::time::sleep(Duration::from_secs(12)).await;
-    stop.store(true, Ordering::Relaxed);
-    let log = writer.await.unwrap();
+    let log = writer.stop().await;
 
-    let acked_after: Vec<&(u64, Option<String>, Instant)> = log
-        .iter()
-        .filter(|(_, a, t)| a.is_some() && *t > killed_at)
-        .collect();
-    let first_after = acked_after
-        .first()
+    let resumed = batches::resumed_after(&log, killed_at)
         .expect("writes must resume after the leader is killed");
     eprintln!(
-        "writes resumed {:?} after the kill; {} batches, {} acknowledged",
-        first_after.2 - killed_at,
+        "writes resumed {resumed:?} after the kill; {} batches, {} acknowledged",
         log.len(),
-        log.iter().filter(|(_, a, _)| a.is_some()).count()
+        log.iter().filter(|o| o.acked_by.is_some()).count()
     );
     assert!(
-        acked_after.iter().any(|(n, _, _)| n % 16 == 0),
+        log.iter()
+            .any(|o| o.acked_by.is_some() && o.at > killed_at && o.n % batches::KEYS == 0),
         "the killed leader's partition must take writes again"
     );
-
-    // Every acknowledged batch is present exactly once (count and sum of its unique values);
-    // a failed batch is absent or whole. Strong reads go through the leaders.
-    let url = c.url(
-        "/aggregate?metric=ingest&agg=count,sum&group_by=batch&limit=100000&consistency=strong",
-    );
-    let (s, doc) = c.get_json(&url).await;
-    assert_eq!(s, 200, "{doc}");
-    assert_eq!(doc["is_partial"], false, "{doc}");
+    // Every acknowledged batch is present exactly once; a failed batch is absent or whole.
+    batches::check(&c, "ingest", &log).await;
+    let (_, doc) = c
+        .get_json(&c.url("/aggregate?metric=ingest&agg=count&consistency=strong"))
+        .await;
     assert_eq!(doc["total_nodes"], 3);
     assert_eq!(doc["responding_nodes"], 2);
-    let stored: HashMap<u64, (u64, f64)> = doc["by_batch"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.parse().unwrap(),
-                (v["count"].as_u64().unwrap(), v["sum"].as_f64().unwrap()),
-            )
-        })
-        .collect();
-    for (n, acked, _) in &log {
-        let base = n * BATCH as u64;
-        let want_sum: f64 = (base..base + BATCH as u64).map(|v| v as f64).sum();
-        match (acked, stored.get(n)) {
-            (Some(_), Some(&(count, sum))) => {
-                assert_eq!(
-                    count, BATCH as u64,
-                    "batch {n} stored {count} times its points"
-                );
-                assert_eq!(sum, want_sum, "batch {n}");
-            }
-            (Some(_), None) => panic!("acknowledged batch {n} is missing"),
-            (None, Some(&(count, _))) => {
-                assert_eq!(count, BATCH as u64, "failed batch {n} half stored")
-            }
-            (None, None) => {}
-        }
-    }
     // Eventual reads are complete too once the survivors caught up.
     let (s, doc) = c
         .get_json(&c.url("/aggregate?metric=ingest&agg=count"))

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+pub mod batches;
+
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -38,6 +40,8 @@ pub struct DevCluster {
     pub workers: u16,
     dev: Child,
     pub http: reqwest::Client,
+    /// Nodes started again by [`DevCluster::restart`] (not children of `dev`): role, id.
+    restarted: std::sync::Mutex<Vec<(String, u64, Child)>>,
 }
 
 /// A base port such that the control and worker HTTP ports and their node-to-node ports
@@ -91,6 +95,7 @@ impl DevCluster {
             port,
             workers,
             dev,
+            restarted: std::sync::Mutex::new(Vec::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -128,14 +133,123 @@ impl DevCluster {
             .collect()
     }
 
-    /// Sends SIGKILL to worker `id`.
-    pub fn kill_worker(&self, id: u64) {
-        let node = self
+    /// The node `role`/`id` as `nodes.json` lists it, with the pid of its latest start.
+    pub fn node(&self, role: &str, id: u64) -> Node {
+        let mut node = self
             .nodes()
             .into_iter()
-            .find(|n| n.role == "worker" && n.id == id)
-            .expect("worker in nodes.json");
-        kill(Pid::from_raw(node.pid), Signal::SIGKILL).expect("kill -9 worker");
+            .find(|n| n.role == role && n.id == id)
+            .unwrap_or_else(|| panic!("{role} {id} in nodes.json"));
+        let restarted = self.restarted.lock().unwrap();
+        if let Some((_, _, child)) = restarted
+            .iter()
+            .rev()
+            .find(|(r, i, _)| r == role && *i == id)
+        {
+            node.pid = child.id() as i32;
+        }
+        node
+    }
+
+    /// Sends `signal` to the node `role`/`id`.
+    pub fn signal(&self, role: &str, id: u64, signal: Signal) {
+        let node = self.node(role, id);
+        kill(Pid::from_raw(node.pid), signal).expect("signal a node");
+    }
+
+    /// Sends SIGKILL to worker `id`.
+    pub fn kill_worker(&self, id: u64) {
+        self.signal("worker", id, Signal::SIGKILL);
+    }
+
+    /// Kills the node `role`/`id` with SIGKILL and, `down` later, starts it again as its
+    /// supervisor would: the same program, command line and environment (read from `/proc`),
+    /// the same data directory. Waits until it listens on its HTTP port again.
+    pub async fn restart(&self, role: &str, id: u64, down: Duration) {
+        let node = self.node(role, id);
+        let read = |what: &str| {
+            std::fs::read(format!("/proc/{}/{what}", node.pid)).expect("read /proc of the node")
+        };
+        let split = |bytes: Vec<u8>| -> Vec<String> {
+            bytes
+                .split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        let cmdline = split(read("cmdline"));
+        let environ = split(read("environ"));
+        kill(Pid::from_raw(node.pid), Signal::SIGKILL).expect("kill -9 the node");
+        let gone = Instant::now();
+        // Gone, or a zombie its parent has not reaped yet: either way its ports are free.
+        while std::fs::read_to_string(format!("/proc/{}/stat", node.pid))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(
+                gone.elapsed() < Duration::from_secs(10),
+                "the node survived SIGKILL"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(down).await;
+        let mut cmd = Command::new(&cmdline[0]);
+        cmd.args(&cmdline[1..])
+            .env_clear()
+            .envs(environ.iter().filter_map(|kv| kv.split_once('=')))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("start the node again");
+        self.restarted
+            .lock()
+            .unwrap()
+            .push((role.to_string(), id, child));
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", node.http_port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{role} {id} does not listen again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the control node knows a live leader for each of `partitions`.
+    pub async fn wait_partitions_led(&self, partitions: u32) {
+        let start = Instant::now();
+        loop {
+            let (s, body) = self.get_json(&self.url("/health")).await;
+            if s == 200 && body["partitions_available"] == partitions {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "partitions without a leader: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The worker that leads the partition of `key` (the one that acknowledges a write to it).
+    pub async fn leader_of(&self, key: &str) -> u64 {
+        let probe = vec![raftmetrics_core::Point::new("probe", 1.0).partition_key(key)];
+        let resp = self
+            .http
+            .post(self.url("/insert"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/octet-stream")
+            .header("accept", "application/octet-stream")
+            .body(raftmetrics_core::codec::encode(&probe).unwrap())
+            .send()
+            .await
+            .expect("probe insert");
+        assert_eq!(resp.status(), 200);
+        let ack: raftmetrics_core::api::InsertResponse =
+            raftmetrics_core::codec::decode(&resp.bytes().await.unwrap()).unwrap();
+        ack.worker_node
+            .expect("acknowledging worker")
+            .trim_start_matches("worker-")
+            .parse()
+            .expect("worker id")
     }
 
     pub async fn get_json(&self, url: &str) -> (u16, Value) {
@@ -190,6 +304,12 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
+        if let Ok(mut restarted) = self.restarted.lock() {
+            for (_, _, child) in restarted.iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         let nodes = std::fs::read_to_string(self.nodes_path())
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());

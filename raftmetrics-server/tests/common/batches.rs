@@ -1,0 +1,164 @@
+//! A writer that records every batch it sends and whether it was acknowledged, and the set
+//! checker that holds the cluster to it afterwards: every acknowledged batch stored exactly
+//! once, no batch stored in part, nothing stored that was not sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use raftmetrics_core::api::InsertResponse;
+use raftmetrics_core::{Point, Timestamp, codec};
+use tokio::task::JoinHandle;
+
+use super::{DevCluster, TOKEN_B};
+
+/// Points per batch; every point of every batch has its own value.
+pub const BATCH: u64 = 100;
+/// Partition keys the batches rotate through (batch `n` uses `key-{n % KEYS}`).
+pub const KEYS: u64 = 16;
+const T0: i64 = 1_705_708_800_000_000; // 2024-01-20T00:00:00Z
+
+/// What became of one batch.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub n: u64,
+    /// The worker that acknowledged it; `None` when the write failed or its outcome is
+    /// unknown.
+    pub acked_by: Option<String>,
+    pub at: Instant,
+}
+
+/// Batch `n`: values `n*BATCH .. (n+1)*BATCH`, tagged `batch=n`, in partition `key-{n%KEYS}`.
+pub fn batch(metric: &str, n: u64) -> Vec<Point> {
+    (0..BATCH)
+        .map(|i| {
+            let v = n * BATCH + i;
+            Point::new(metric, v as f64)
+                .at(Timestamp::from_micros(T0 + v as i64))
+                .tag("batch", n.to_string())
+                .partition_key(format!("key-{}", n % KEYS))
+        })
+        .collect()
+}
+
+/// One writer sending batches to the control node one after another, `pause` apart.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<Outcome>>,
+}
+
+impl Writer {
+    pub fn start(c: Arc<DevCluster>, metric: &'static str, pause: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut log = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let acked_by = send(&c, metric, n).await;
+                    if acked_by.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    log.push(Outcome {
+                        n,
+                        acked_by,
+                        at: Instant::now(),
+                    });
+                    n += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                log
+            })
+        };
+        Writer { stop, task }
+    }
+
+    /// Stops after the batch in flight and returns every outcome.
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+}
+
+async fn send(c: &DevCluster, metric: &str, n: u64) -> Option<String> {
+    let sent = c
+        .http
+        .post(c.url("/insert"))
+        .bearer_auth(TOKEN_B)
+        .header("content-type", "application/octet-stream")
+        .header("accept", "application/octet-stream")
+        .timeout(Duration::from_secs(20))
+        .body(codec::encode(&batch(metric, n)).expect("encode"))
+        .send()
+        .await
+        .ok()?;
+    match sent.status().as_u16() {
+        200 => {
+            let ack: InsertResponse =
+                codec::decode(&sent.bytes().await.ok()?).expect("insert answer");
+            assert_eq!(ack.points, BATCH);
+            Some(ack.worker_node.unwrap_or_default())
+        }
+        429 => panic!("rate limited: lower the write rate of this test"),
+        _ => None,
+    }
+}
+
+/// How long after `since` the first batch was acknowledged (`None`: none was).
+pub fn resumed_after(log: &[Outcome], since: Instant) -> Option<Duration> {
+    log.iter()
+        .find(|o| o.acked_by.is_some() && o.at > since)
+        .map(|o| o.at - since)
+}
+
+/// The set checker: reads every batch of `metric` back (strong reads, through the leaders)
+/// and panics unless each acknowledged batch is stored exactly once, each failed batch is
+/// absent or whole, and no batch was stored that the log does not know. Returns the number
+/// of batches stored.
+pub async fn check(c: &DevCluster, metric: &str, log: &[Outcome]) -> usize {
+    let url = c.url(&format!(
+        "/aggregate?metric={metric}&agg=count,sum&group_by=batch&limit=100000&consistency=strong"
+    ));
+    let (s, doc) = c.get_json(&url).await;
+    assert_eq!(s, 200, "{doc}");
+    assert_eq!(doc["is_partial"], false, "{doc}");
+    let stored: HashMap<u64, (u64, f64)> = doc["by_batch"]
+        .as_object()
+        .map(|groups| {
+            groups
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.parse().expect("batch tag"),
+                        (v["count"].as_u64().unwrap(), v["sum"].as_f64().unwrap()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let sent: HashMap<u64, &Outcome> = log.iter().map(|o| (o.n, o)).collect();
+    for n in stored.keys() {
+        assert!(
+            sent.contains_key(n),
+            "batch {n} is stored but was never sent"
+        );
+    }
+    for o in log {
+        let base = o.n * BATCH;
+        let want_sum: f64 = (base..base + BATCH).map(|v| v as f64).sum();
+        match (&o.acked_by, stored.get(&o.n)) {
+            (Some(_), Some(&(count, sum))) => {
+                assert_eq!(count, BATCH, "batch {} stored {count} of its points", o.n);
+                assert_eq!(sum, want_sum, "batch {}", o.n);
+            }
+            (Some(_), None) => panic!("acknowledged batch {} is missing", o.n),
+            (None, Some(&(count, _))) => {
+                assert_eq!(count, BATCH, "failed batch {} stored in part", o.n)
+            }
+            (None, None) => {}
+        }
+    }
+    stored.len()
+}

@@ -1,0 +1,151 @@
+//! Faults injected into a real cluster while a writer runs: real processes started by `dev`,
+//! real SIGKILL, SIGSTOP and SIGCONT, restarts from the same command line and data directory.
+//! After each, the set checker ([`batches::check`]) proves that every acknowledged batch is
+//! stored exactly once and no batch in part, and the replicas are compared with each other.
+//!
+//! Three workers, replication factor 3: any one worker may fail.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{DevCluster, batches};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const PARTS: u32 = 4;
+const WORKERS: u16 = 3;
+const METRIC: &str = "ingest";
+
+async fn cluster() -> Arc<DevCluster> {
+    let c = Arc::new(DevCluster::start(WORKERS, 3, PARTS, &[]).await);
+    c.wait_partitions_led(PARTS).await;
+    c
+}
+
+fn summary(log: &[batches::Outcome], fault: Instant) -> String {
+    format!(
+        "{} batches, {} acknowledged, writes resumed {:?} after the fault",
+        log.len(),
+        log.iter().filter(|o| o.acked_by.is_some()).count(),
+        batches::resumed_after(log, fault)
+    )
+}
+
+/// Waits until every worker holds the same count and sum of `METRIC` (each holds every
+/// partition at factor 3) and returns the count.
+async fn replicas_agree(c: &DevCluster) -> u64 {
+    let start = Instant::now();
+    loop {
+        let mut answers = Vec::new();
+        for id in 1..=WORKERS {
+            let (s, doc) = c
+                .post_json(
+                    &c.worker_url(id, "/compute"),
+                    &json!({"metric": METRIC, "aggregations": ["count", "sum"]}),
+                )
+                .await;
+            assert_eq!(s, 200, "{doc}");
+            answers.push((
+                doc["count"].as_u64().unwrap(),
+                doc["results"]["sum"].clone(),
+            ));
+        }
+        if answers.iter().all(|a| *a == answers[0]) {
+            return answers[0].0;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "replicas disagree: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The stored points, counted through the control node with strong reads.
+async fn strong_count(c: &DevCluster) -> u64 {
+    let (s, doc) = c
+        .get_json(&c.url(&format!(
+            "/aggregate?metric={METRIC}&agg=count&consistency=strong"
+        )))
+        .await;
+    assert_eq!(s, 200, "{doc}");
+    doc["aggregations"]["count"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_node_killed_and_restarted_during_writes() {
+    let c = cluster().await;
+    let writer = batches::Writer::start(Arc::clone(&c), METRIC, Duration::from_millis(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    c.restart("control", 1, Duration::from_secs(1)).await;
+    c.wait_partitions_led(PARTS).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = writer.stop().await;
+    eprintln!("control restart: {}", summary(&log, fault));
+    assert!(
+        log.iter()
+            .any(|o| o.acked_by.is_some() && o.at > fault + Duration::from_secs(1)),
+        "writes must resume once the control node is back"
+    );
+    // The placement survived the restart: still every partition, nothing placed twice.
+    let (_, health) = c.get_json(&c.url("/health")).await;
+    assert_eq!(health["partitions_total"], PARTS, "{health}");
+    let stored = batches::check(&c, METRIC, &log).await;
+    assert!(stored > 0);
+    assert_eq!(replicas_agree(&c).await, strong_count(&c).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_killed_then_restarted_catches_up() {
+    let c = cluster().await;
+    let leader = c.leader_of("key-0").await;
+    let follower = (1..=u64::from(WORKERS))
+        .find(|&w| w != leader)
+        .expect("a follower");
+    let writer = batches::Writer::start(Arc::clone(&c), METRIC, Duration::from_millis(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    // Down for 4 s while writes go on; then back with its own data directory.
+    c.restart("worker", follower, Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = writer.stop().await;
+    eprintln!("follower {follower} restart: {}", summary(&log, fault));
+    assert!(
+        log.iter()
+            .any(|o| o.acked_by.is_some() && o.at > fault && o.at < fault + Duration::from_secs(4)),
+        "writes must go on while one follower of three is down"
+    );
+    batches::check(&c, METRIC, &log).await;
+    assert_eq!(replicas_agree(&c).await, strong_count(&c).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_past_the_election_timeout_then_resumed() {
+    let c = cluster().await;
+    let leader = c.leader_of("key-0").await;
+    let writer = batches::Writer::start(Arc::clone(&c), METRIC, Duration::from_millis(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault = Instant::now();
+    // Paused longer than an election timeout plus the control node's wait for one write
+    // (`WRITE_ATTEMPT_TIMEOUT`): a write caught on the paused leader comes back with an
+    // unknown outcome, and the next ones go to the new leader.
+    c.signal("worker", leader, Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    c.signal("worker", leader, Signal::SIGCONT);
+    let resumed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = writer.stop().await;
+    eprintln!("leader {leader} paused 10 s: {}", summary(&log, fault));
+    assert!(
+        log.iter().any(|o| o.acked_by.is_some()
+            && o.n % batches::KEYS == 0
+            && o.at > fault
+            && o.at < resumed),
+        "the paused leader's partition must take writes under a new leader"
+    );
+    batches::check(&c, METRIC, &log).await;
+    assert_eq!(replicas_agree(&c).await, strong_count(&c).await);
+}
