@@ -24,7 +24,8 @@
 //!     .timeout(Duration::from_secs(10))
 //!     .build()?;
 //!
-//! // Inserts are all or nothing.
+//! // A 200 means every point was stored; a batch that spans partitions is split per
+//! // partition, and on an error some partitions may have stored their part.
 //! let now = Timestamp::now();
 //! let points = vec![
 //!     Point::new("cpu_usage", 71.5).at(now).tag("host", "web-1").tag("datacenter", "us-west"),

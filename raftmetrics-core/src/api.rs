@@ -68,8 +68,9 @@ impl JsonInsert {
     }
 }
 
-/// The answer to an insert: every point was stored (acknowledged by a Raft quorum of its
-/// partition), or none was and the answer is an error.
+/// The answer to an insert that succeeded: every point was stored (acknowledged by a Raft
+/// quorum of its partition). An insert that fails answers an error instead; when its points
+/// spanned several partitions, the partitions that did store their part are named in it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InsertResponse {
     pub success: bool,

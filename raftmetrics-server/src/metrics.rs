@@ -318,7 +318,7 @@ impl Metrics {
     }
 
     /// Records one node-to-node RPC round trip of the operation `op` (a fixed name such as
-    /// `insert` or `query_partial`) in `raftmetrics_rpc_round_trip_seconds{op}`.
+    /// `write` or `compute`) in `raftmetrics_rpc_round_trip_seconds{op}`.
     pub fn observe_rpc(&self, op: &str, elapsed: Duration) {
         let histogram = {
             let mut rpc = lock(&self.rpc);
@@ -811,7 +811,7 @@ mod tests {
         m.inc_proposal(true);
         m.inc_proposal(false);
         m.inc_proposal(true);
-        m.observe_rpc("insert", Duration::from_millis(3));
+        m.observe_rpc("write", Duration::from_millis(3));
         let text = m.render();
 
         for name in [
