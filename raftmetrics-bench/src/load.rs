@@ -1,0 +1,261 @@
+//! The load tool: drives a running cluster with generated points through the typed client.
+//!
+//! A generator thread turns the dataset's samples into batches of `batch` API points and
+//! hands them over a bounded queue (two batches per connection) to `connections` tasks, each
+//! with a client (and so a connection) of its own, sending one batch at a time and waiting
+//! for its acknowledgement. Without a rate, every connection sends its next batch as soon as
+//! the previous one is acknowledged (full load), and a batch's latency runs from sending to
+//! acknowledgement. With a rate, batch `k` is due at `start + k × batch / rate` (open loop)
+//! and its latency runs from when it was due, so time spent waiting for a free connection
+//! counts too.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use raftmetrics_client::{Client, Format, Point};
+use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
+
+use crate::error::{BenchError, Result};
+use crate::generator::Dataset;
+
+/// Longest wait for one insert's acknowledgement.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Batches queued per connection ahead of sending.
+const QUEUE_PER_CONNECTION: usize = 2;
+
+/// How to load the cluster.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub connections: usize,
+    /// Points per request.
+    pub batch: usize,
+    pub format: Format,
+    /// Points per second offered; `None`: as fast as they are acknowledged.
+    pub rate: Option<f64>,
+    /// Shown in front of the progress bar.
+    pub label: String,
+}
+
+/// Which part of the dataset to send: intervals `first..first + count`.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    pub first: u64,
+    pub count: u64,
+}
+
+/// What a load run measured.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    pub points: u64,
+    pub elapsed: Duration,
+    /// Acknowledgement latency of every request in microseconds, ascending.
+    latencies_micros: Vec<u64>,
+}
+
+impl LoadReport {
+    /// Acknowledged points per second.
+    pub fn points_per_second(&self) -> f64 {
+        self.points as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile (nearest rank) of the acknowledgement latency.
+    pub fn latency(&self, q: f64) -> Duration {
+        let n = self.latencies_micros.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+        Duration::from_micros(self.latencies_micros[rank])
+    }
+}
+
+/// One batch and its place in the sequence.
+struct Job {
+    seq: u64,
+    points: Vec<Point>,
+}
+
+/// Sends intervals `span` of `dataset` to the cluster at `url` and waits for every
+/// acknowledgement. The first failed insert stops the run and is returned.
+pub async fn run(
+    url: &str,
+    token: &str,
+    dataset: Arc<Dataset>,
+    span: Span,
+    spec: &LoadSpec,
+) -> Result<LoadReport> {
+    if spec.connections == 0 || spec.batch == 0 {
+        return Err(BenchError::Config(
+            "connections and batch must be at least 1".into(),
+        ));
+    }
+    if spec.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(BenchError::Config("the rate must be above zero".into()));
+    }
+    let clients = (0..spec.connections)
+        .map(|_| {
+            Client::builder(url)
+                .token(token)
+                .format(spec.format)
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let total = span.count * dataset.points_per_interval();
+    let (tx, rx) = mpsc::channel::<Job>(spec.connections * QUEUE_PER_CONNECTION);
+    let batch = spec.batch;
+    let producer = std::thread::spawn(move || {
+        let mut samples = dataset.samples(span.first, span.count);
+        for seq in 0.. {
+            let points = samples.take_points(batch);
+            if points.is_empty() || tx.blocking_send(Job { seq, points }).is_err() {
+                break;
+            }
+        }
+    });
+
+    let rx = Arc::new(Mutex::new(rx));
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let progress = tokio::spawn(show_progress(spec.label.clone(), Arc::clone(&acked), total));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        let rx = Arc::clone(&rx);
+        let acked = Arc::clone(&acked);
+        let rate = spec.rate;
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(job) = rx.lock().await.recv().await else {
+                    break;
+                };
+                let n = job.points.len() as u64;
+                let sent = match rate {
+                    Some(rate) => {
+                        let due =
+                            start + Duration::from_secs_f64(job.seq as f64 * batch as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                client.insert_batch(job.points).await?;
+                latencies.push(sent.elapsed().as_micros() as u64);
+                acked.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok::<_, BenchError>(latencies)
+        });
+    }
+    drop(rx);
+    let mut latencies_micros = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(l)) => latencies_micros.extend(l),
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+                tasks.abort_all();
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                failure.get_or_insert(BenchError::Task(e.to_string()));
+                tasks.abort_all();
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.abort();
+    let _ = progress.await;
+    // The queue's receiver is gone, so the generator stops at its next batch.
+    tokio::task::spawn_blocking(move || producer.join())
+        .await
+        .map_err(|e| BenchError::Task(e.to_string()))?
+        .map_err(|_| BenchError::Task("the generator thread panicked".into()))?;
+    if let Some(e) = failure {
+        finish_progress_line();
+        return Err(e);
+    }
+    let points = acked.load(Ordering::Relaxed);
+    print_progress(&spec.label, points, total, elapsed, true);
+    latencies_micros.sort_unstable();
+    Ok(LoadReport {
+        points,
+        elapsed,
+        latencies_micros,
+    })
+}
+
+/// Redraws the progress bar until aborted: in place on a terminal, as a line every few
+/// seconds otherwise.
+async fn show_progress(label: String, acked: Arc<AtomicU64>, total: u64) {
+    let started = Instant::now();
+    let every = if std::io::stderr().is_terminal() {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(5)
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        print_progress(
+            &label,
+            acked.load(Ordering::Relaxed),
+            total,
+            started.elapsed(),
+            false,
+        );
+    }
+}
+
+const BAR_WIDTH: usize = 30;
+
+fn print_progress(label: &str, done: u64, total: u64, elapsed: Duration, last: bool) {
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let filled = (fraction * BAR_WIDTH as f64).round() as usize;
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+    let line = format!(
+        "{label:<22} [{}{}] {:>5.1}% {done:>11} points {:>9.0} points/s {:>6.1} s",
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH - filled),
+        fraction * 100.0,
+        rate,
+        elapsed.as_secs_f64()
+    );
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line}{}", if last { "\n" } else { "" });
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// Ends a progress line cut short by an error.
+fn finish_progress_line() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_are_nearest_rank() {
+        let report = LoadReport {
+            points: 1_000,
+            elapsed: Duration::from_secs(2),
+            latencies_micros: (1..=100).collect(),
+        };
+        assert_eq!(report.points_per_second(), 500.0);
+        assert_eq!(report.latency(0.5), Duration::from_micros(50));
+        assert_eq!(report.latency(0.99), Duration::from_micros(99));
+        assert_eq!(report.latency(1.0), Duration::from_micros(100));
+        assert_eq!(report.latency(0.0), Duration::from_micros(1));
+    }
+}

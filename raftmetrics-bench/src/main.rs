@@ -1,0 +1,357 @@
+//! `raftmetrics-bench`: TSBS-style data, a load tool, and ingest and query benchmarks of a
+//! RaftMetrics cluster against plain DuckDB measured in the same run.
+//!
+//! ```text
+//! raftmetrics-bench all                      # everything, on a local cluster it starts
+//! raftmetrics-bench generate --points 1000   # the data, as JSON lines
+//! raftmetrics-bench ingest --url URL --token T --connections 8 --batch 10000
+//! raftmetrics-bench query --url URL --token T
+//! ```
+//!
+//! See `docs/benchmarks.md` for what is measured and the results.
+
+mod cluster;
+mod cpu;
+mod error;
+mod generator;
+mod load;
+mod queries;
+mod reference;
+mod report;
+mod suite;
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftmetrics_client::raftmetrics_core::api::JsonPoint;
+use raftmetrics_client::{Client, Format};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::{BenchError, Result};
+use crate::generator::{Config, Dataset};
+use crate::load::{LoadSpec, Span};
+use crate::report::{ingest_table, query_table};
+
+#[derive(Parser, Debug)]
+#[command(name = "raftmetrics-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Writes the dataset as JSON lines (the API's point format), for inspection.
+    Generate {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Output file [default: standard output].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Loads a running cluster with the dataset and reports rate, latency and CPU, beside
+    /// the raw Appender reference on the same points.
+    Ingest {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// First interval to send (to continue after an earlier run without duplicates).
+        #[arg(long, default_value_t = 0)]
+        first_interval: u64,
+        /// Points per second to offer (open loop); as fast as acknowledged when absent.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The dev cluster's nodes.json, to count the cluster's CPU time.
+        #[arg(long)]
+        nodes_json: Option<PathBuf>,
+        /// Skip the raw Appender reference.
+        #[arg(long)]
+        no_reference: bool,
+    },
+    /// Runs the query set on a running cluster that holds the dataset (loaded by `ingest`
+    /// with the same data options) and on plain DuckDB, and compares the answers.
+    Query {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Timed runs per query (the median is reported), after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// The whole benchmark on local clusters it starts and stops: references, ingest at
+    /// replication factors 1 and 3, the query set.
+    All {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Timed runs per query (the median is reported), after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds of each half-load phase.
+        #[arg(long, default_value_t = 10)]
+        half_load_secs: u64,
+        /// Points per request in the half-load phases.
+        #[arg(long, default_value_t = 1_000)]
+        half_load_batch: usize,
+        /// Points sent over JSON at replication factor 1 (0: skip).
+        #[arg(long, default_value_t = 200_000)]
+        json_points: u64,
+        /// Workers of the replication factor 1 cluster (factor 3 uses at least 3).
+        #[arg(long, default_value_t = 2)]
+        workers: u16,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// The server binary [default: raftmetrics-server next to this executable].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Skip the replication factor 3 cluster.
+        #[arg(long)]
+        skip_rf3: bool,
+    },
+}
+
+/// Which data.
+#[derive(Args, Debug, Clone)]
+struct DataArgs {
+    /// Hosts.
+    #[arg(long, default_value_t = 20)]
+    scale: u32,
+    /// Points (rounded down to whole intervals of scale x 10 points).
+    #[arg(long, default_value_t = 1_000_000)]
+    points: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl DataArgs {
+    fn dataset(&self) -> Result<(Arc<Dataset>, u64)> {
+        if self.scale == 0 {
+            return Err(BenchError::Config("--scale must be at least 1".into()));
+        }
+        let dataset = Dataset::new(Config::new(self.seed, self.scale));
+        let intervals = dataset.intervals_for(self.points);
+        Ok((Arc::new(dataset), intervals))
+    }
+}
+
+/// Which cluster.
+#[derive(Args, Debug, Clone)]
+struct TargetArgs {
+    /// The control node.
+    #[arg(long, default_value = raftmetrics_client::DEFAULT_URL)]
+    url: String,
+    #[arg(long, env = "RAFTMETRICS_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+/// How to load it.
+#[derive(Args, Debug, Clone)]
+struct LoadArgs {
+    /// Concurrent connections, each sending one batch at a time.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Points per request.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Body format of inserts.
+    #[arg(long, value_enum, default_value_t = FormatArg::Bincode)]
+    format: FormatArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FormatArg {
+    Bincode,
+    Json,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Bincode => Format::Bincode,
+            FormatArg::Json => Format::Json,
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).map_err(BenchError::io("catch SIGTERM"))?;
+        // Dropping the command's future on a signal stops any cluster it started.
+        tokio::select! {
+            result = run(cli.command) => result,
+            _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
+            _ = term.recv() => Err(BenchError::Interrupted),
+        }
+    });
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs a command; `Ok(false)` when it ran but some answer disagreed with the reference.
+async fn run(command: Command) -> Result<bool> {
+    match command {
+        Command::Generate { data, out } => generate(&data, out).map(|()| true),
+        Command::Ingest {
+            target,
+            data,
+            load,
+            first_interval,
+            rate,
+            nodes_json,
+            no_reference,
+        } => {
+            let (dataset, intervals) = data.dataset()?;
+            let mut rows = Vec::new();
+            let mut reference_rate = None;
+            let dir = tempfile::tempdir().map_err(BenchError::io("create a temp dir"))?;
+            if !no_reference {
+                let (_, timing) = suite::build_reference(
+                    &dir.path().join("reference.duckdb"),
+                    &dataset,
+                    intervals,
+                    load.batch,
+                )
+                .await?;
+                rows.push(suite::reference_row(&timing));
+                reference_rate = Some(rows[0].points_per_second);
+            }
+            let pids = match &nodes_json {
+                Some(path) => cluster::nodes_json_pids(path)?,
+                None => Vec::new(),
+            };
+            let spec = LoadSpec {
+                connections: load.connections,
+                batch: load.batch,
+                format: load.format.into(),
+                rate,
+                label: "ingest".into(),
+            };
+            let span = Span {
+                first: first_interval,
+                count: intervals,
+            };
+            let measured =
+                suite::measure_load(&target.url, &target.token, &pids, &dataset, span, &spec)
+                    .await?;
+            let own_rate = measured.report.points_per_second();
+            rows.push(suite::load_row(
+                format!(
+                    "cluster, {:?}, {} conn x {}",
+                    load.format, load.connections, load.batch
+                ),
+                &measured,
+                reference_rate.unwrap_or(own_rate),
+                None,
+                nodes_json.is_some(),
+            ));
+            println!("{}", ingest_table(&rows).render());
+            Ok(true)
+        }
+        Command::Query { target, data, runs } => {
+            let (dataset, intervals) = data.dataset()?;
+            let dir = tempfile::tempdir().map_err(BenchError::io("create a temp dir"))?;
+            let (reference, _) = suite::build_reference(
+                &dir.path().join("reference.duckdb"),
+                &dataset,
+                intervals,
+                10_000,
+            )
+            .await?;
+            let client = Client::builder(&target.url).token(&target.token).build()?;
+            let cases = queries::cases(&dataset, intervals)?;
+            let rows = suite::run_queries(&cases, &client, &reference, runs).await?;
+            println!("{}", query_table(&rows).render());
+            Ok(rows.iter().all(|r| r.answers.is_ok()))
+        }
+        Command::All {
+            data,
+            load,
+            runs,
+            half_load_secs,
+            half_load_batch,
+            json_points,
+            workers,
+            partitions,
+            server_bin,
+            skip_rf3,
+        } => {
+            let (dataset, intervals) = data.dataset()?;
+            let server_bin = match server_bin {
+                Some(p) => p,
+                None => cluster::default_server_bin()?,
+            };
+            let options = suite::AllOptions {
+                dataset,
+                intervals,
+                connections: load.connections,
+                batch: load.batch,
+                runs,
+                half_load: Duration::from_secs(half_load_secs),
+                half_load_batch,
+                json_points,
+                workers,
+                partitions,
+                server_bin,
+                skip_rf3,
+            };
+            let report = suite::run_all(&options).await?;
+            report.print();
+            Ok(report.answers_agree())
+        }
+    }
+}
+
+/// Writes the dataset as JSON lines.
+fn generate(data: &DataArgs, out: Option<PathBuf>) -> Result<()> {
+    let (dataset, intervals) = data.dataset()?;
+    let sink: Box<dyn Write> = match &out {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .map_err(BenchError::io(format!("create {}", path.display())))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = BufWriter::new(sink);
+    for sample in dataset.samples(0, intervals) {
+        let point = dataset.point(&sample);
+        let line = JsonPoint {
+            metric: Some(point.metric),
+            value: point.value,
+            timestamp: point.timestamp,
+            tags: Some(point.tags),
+            partition_key: None,
+        };
+        serde_json::to_writer(&mut sink, &line).map_err(|e| BenchError::Io {
+            what: "write a point".into(),
+            source: e.into(),
+        })?;
+        sink.write_all(b"\n")
+            .map_err(BenchError::io("write a point"))?;
+    }
+    sink.flush().map_err(BenchError::io("write the points"))
+}
