@@ -880,7 +880,7 @@ mod tests {
             Some("1")
         );
         assert_eq!(
-            s("raftmetrics_rpc_round_trip_seconds_count{op=\"insert\"}").as_deref(),
+            s("raftmetrics_rpc_round_trip_seconds_count{op=\"write\"}").as_deref(),
             Some("1")
         );
         assert!(text.contains("# TYPE raftmetrics_raft_commit_seconds histogram"));
