@@ -145,13 +145,7 @@ fn cpu_points(n: usize, seed: u64) -> Vec<Point> {
 }
 
 async fn post_bincode(c: &DevCluster, url: &str, points: &[Point]) -> reqwest::Response {
-    c.http
-        .post(url)
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/octet-stream")
-        .header("accept", "application/octet-stream")
-        .body(codec::encode(&points.to_vec()).unwrap())
-        .send()
+    c.post_bincode(url, TOKEN, points, Duration::from_secs(30))
         .await
         .unwrap()
 }

@@ -84,14 +84,12 @@ impl Writer {
 
 async fn send(c: &DevCluster, metric: &str, n: u64) -> Option<String> {
     let sent = c
-        .http
-        .post(c.url("/insert"))
-        .bearer_auth(TOKEN_B)
-        .header("content-type", "application/octet-stream")
-        .header("accept", "application/octet-stream")
-        .timeout(Duration::from_secs(20))
-        .body(codec::encode(&batch(metric, n)).expect("encode"))
-        .send()
+        .post_bincode(
+            &c.url("/insert"),
+            TOKEN_B,
+            &batch(metric, n),
+            Duration::from_secs(20),
+        )
         .await
         .ok()?;
     match sent.status().as_u16() {

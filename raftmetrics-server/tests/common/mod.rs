@@ -229,17 +229,30 @@ impl DevCluster {
         }
     }
 
-    /// The worker that leads the partition of `key` (the one that acknowledges a write to it).
-    pub async fn leader_of(&self, key: &str) -> u64 {
-        let probe = vec![raftmetrics_core::Point::new("probe", 1.0).partition_key(key)];
-        let resp = self
-            .http
-            .post(self.url("/insert"))
-            .bearer_auth(TOKEN)
+    /// POSTs `points` in bincode to `url` with `token`, asking for a bincode answer.
+    pub async fn post_bincode(
+        &self,
+        url: &str,
+        token: &str,
+        points: &[raftmetrics_core::Point],
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(url)
+            .bearer_auth(token)
             .header("content-type", "application/octet-stream")
             .header("accept", "application/octet-stream")
-            .body(raftmetrics_core::codec::encode(&probe).unwrap())
+            .timeout(timeout)
+            .body(raftmetrics_core::codec::encode(&points).expect("encode"))
             .send()
+            .await
+    }
+
+    /// The worker that leads the partition of `key` (the one that acknowledges a write to it).
+    pub async fn leader_of(&self, key: &str) -> u64 {
+        let probe = [raftmetrics_core::Point::new("probe", 1.0).partition_key(key)];
+        let resp = self
+            .post_bincode(&self.url("/insert"), TOKEN, &probe, Duration::from_secs(30))
             .await
             .expect("probe insert");
         assert_eq!(resp.status(), 200);
