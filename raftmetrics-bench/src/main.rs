@@ -261,8 +261,10 @@ async fn run(command: Command) -> Result<bool> {
             let own_rate = measured.report.points_per_second();
             rows.push(suite::load_row(
                 format!(
-                    "cluster, {:?}, {} conn x {}",
-                    load.format, load.connections, load.batch
+                    "cluster, {}, {} conn x {}",
+                    format!("{:?}", load.format).to_lowercase(),
+                    load.connections,
+                    load.batch
                 ),
                 &measured,
                 reference_rate.unwrap_or(own_rate),
