@@ -204,6 +204,35 @@ fn intervals_for_rate(dataset: &Dataset, rate: f64, time: Duration) -> u64 {
     ((rate * time.as_secs_f64()) / dataset.points_per_interval() as f64).ceil() as u64
 }
 
+/// The open-loop run at `spec.rate` (half the measured full-load rate) for `o.half_load`,
+/// from interval `first`: its table row, judged against the p99 goal, and the intervals sent.
+async fn half_load(
+    o: &AllOptions,
+    cluster: &LocalCluster,
+    pids: &[u32],
+    spec: &LoadSpec,
+    first: u64,
+    reference_rate: f64,
+) -> Result<(IngestRow, u64)> {
+    let rate = spec.rate.unwrap_or_default();
+    let count = intervals_for_rate(&o.dataset, rate, o.half_load);
+    let span = Span { first, count };
+    let half = measure_load(&cluster.url, &cluster.token, pids, &o.dataset, span, spec).await?;
+    let p99 = half.report.latency(0.99);
+    let name = spec.label.replace(" half load", "");
+    let row = load_row(
+        format!(
+            "cluster {name}, bincode, half load ({rate:.0}/s, batches of {})",
+            o.half_load_batch
+        ),
+        &half,
+        reference_rate,
+        Some(("p99 <= 30 ms".into(), p99 <= HALF_LOAD_P99_GOAL)),
+        true,
+    );
+    Ok((row, count))
+}
+
 /// Runs the whole benchmark.
 pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
     let dataset = &o.dataset;
@@ -281,30 +310,10 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
     let query_rows = run_queries(&cases, &client, &reference, o.runs).await?;
 
     let half_rate = rf1_rate / 2.0;
-    let half = measure_load(
-        &cluster.url,
-        &cluster.token,
-        &pids,
-        dataset,
-        Span {
-            first: next,
-            count: intervals_for_rate(dataset, half_rate, o.half_load),
-        },
-        &spec("rf=1 half load", Format::Bincode, Some(half_rate)),
-    )
-    .await?;
-    next += intervals_for_rate(dataset, half_rate, o.half_load);
-    let p99 = half.report.latency(0.99);
-    ingest.push(load_row(
-        format!(
-            "cluster rf=1, bincode, half load ({:.0}/s, batches of {})",
-            half_rate, o.half_load_batch
-        ),
-        &half,
-        reference_rate,
-        Some(("p99 <= 30 ms".into(), p99 <= HALF_LOAD_P99_GOAL)),
-        true,
-    ));
+    let spec_half = spec("rf=1 half load", Format::Bincode, Some(half_rate));
+    let (row, sent) = half_load(o, &cluster, &pids, &spec_half, next, reference_rate).await?;
+    ingest.push(row);
+    next += sent;
 
     if o.json_points > 0 {
         let json = measure_load(
@@ -368,30 +377,10 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
             )),
             true,
         ));
-        let half_rate = rf3_rate / 2.0;
-        let half = measure_load(
-            &cluster.url,
-            &cluster.token,
-            &pids,
-            dataset,
-            Span {
-                first: o.intervals,
-                count: intervals_for_rate(dataset, half_rate, o.half_load),
-            },
-            &spec("rf=3 half load", Format::Bincode, Some(half_rate)),
-        )
-        .await?;
-        let p99 = half.report.latency(0.99);
-        ingest.push(load_row(
-            format!(
-                "cluster rf=3, bincode, half load ({:.0}/s, batches of {})",
-                half_rate, o.half_load_batch
-            ),
-            &half,
-            reference_rate,
-            Some(("p99 <= 30 ms".into(), p99 <= HALF_LOAD_P99_GOAL)),
-            true,
-        ));
+        let spec_half = spec("rf=3 half load", Format::Bincode, Some(rf3_rate / 2.0));
+        let (row, _) =
+            half_load(o, &cluster, &pids, &spec_half, o.intervals, reference_rate).await?;
+        ingest.push(row);
     }
     Ok(AllReport {
         ingest,
