@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftmetrics_core::api::{
-    AnalyticsResponse, BINCODE_MEDIA_TYPE, HealthResponse, InsertResponse, JsonPoint,
+    AnalyticsResponse, BINCODE_MEDIA_TYPE, HealthResponse, IDEMPOTENCY_KEY_HEADER, InsertResponse,
+    JsonPoint,
 };
-use raftmetrics_core::{Point, Query, QueryResult, codec};
+use raftmetrics_core::{BatchId, Point, Query, QueryResult, codec};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
@@ -23,6 +24,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default limit on the size of a response body: 256 MiB, the codec's own limit.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = codec::MAX_ENCODED_BYTES;
+/// Default number of times an insert is sent again after a retryable failure.
+pub const DEFAULT_INSERT_RETRIES: u32 = 3;
+/// First pause before sending an insert again; it doubles with every retry, up to
+/// [`MAX_RETRY_PAUSE`], and a `Retry-After` answer is honoured when it asks for longer.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(200);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Error bodies are read up to this size; the rest is dropped.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Largest buffer reserved up front from a `Content-Length`.
@@ -74,6 +81,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     max_response_bytes: usize,
     system_proxy: bool,
+    insert_retries: u32,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -86,6 +94,7 @@ impl fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("system_proxy", &self.system_proxy)
+            .field("insert_retries", &self.insert_retries)
             .finish()
     }
 }
@@ -140,6 +149,15 @@ impl ClientBuilder {
         self
     }
 
+    /// How many times an insert is sent again, under the same batch id, after a failure
+    /// that may be temporary (a lost connection, a timeout, 429, 502, 503 or 504);
+    /// [`DEFAULT_INSERT_RETRIES`] by default, 0 to never retry. The pause between attempts
+    /// starts at 200 ms and doubles, up to 5 s, or follows `Retry-After`.
+    pub fn insert_retries(mut self, retries: u32) -> Self {
+        self.insert_retries = retries;
+        self
+    }
+
     /// Checks the configuration and builds the client.
     ///
     /// Fails with [`Error::InvalidConfig`] when the URL is not a plain `http://` URL without
@@ -175,6 +193,7 @@ impl ClientBuilder {
                 auth,
                 format: self.format,
                 max_response_bytes: self.max_response_bytes,
+                insert_retries: self.insert_retries,
             }),
         })
     }
@@ -248,6 +267,7 @@ struct Inner {
     auth: HeaderValue,
     format: Format,
     max_response_bytes: usize,
+    insert_retries: u32,
 }
 
 impl fmt::Debug for Client {
@@ -270,6 +290,7 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             system_proxy: false,
+            insert_retries: DEFAULT_INSERT_RETRIES,
         }
     }
 
@@ -293,16 +314,45 @@ impl Client {
     /// `VALIDATION_ERROR` names every bad field (`points[3].metric`, see
     /// [`Error::validation_fields`]).
     ///
-    /// Inserts are not idempotent: retrying one whose outcome is unknown (a timeout) may
-    /// store its points twice.
+    /// The batch goes under a new random batch id ([`Client::insert_batch_with_id`]), so
+    /// the client's own retries after a lost answer or a temporary failure store it once.
     pub async fn insert_batch(&self, points: Vec<Point>) -> Result<InsertResponse> {
+        self.insert_batch_with_id(&BatchId::random(), points).await
+    }
+
+    /// [`Client::insert_batch`] under the caller's batch id (the `Idempotency-Key`
+    /// header). The cluster stores a batch id once per partition: sending the same batch
+    /// again with the same id, even after this call failed, after a leader change or
+    /// through another control node, stores nothing twice. The id must be new for every
+    /// different batch; the cluster remembers it for an hour (see the API reference).
+    ///
+    /// Failures that may be temporary are retried with the same id, up to
+    /// [`ClientBuilder::insert_retries`] times; the error of the last attempt is returned.
+    pub async fn insert_batch_with_id(
+        &self,
+        id: &BatchId,
+        points: Vec<Point>,
+    ) -> Result<InsertResponse> {
         let format = self.inner.format;
         let body = encode_points(&points, format)?;
-        let request = self
-            .request(Method::POST, "insert", &[])?
-            .header(CONTENT_TYPE, format.media_type())
-            .body(body);
-        self.call(request, format).await
+        let mut pause = FIRST_RETRY_PAUSE;
+        let mut attempt = 0u32;
+        loop {
+            let request = self
+                .request(Method::POST, "insert", &[])?
+                .header(CONTENT_TYPE, format.media_type())
+                .header(IDEMPOTENCY_KEY_HEADER, id.as_str())
+                .body(body.clone());
+            match self.call(request, format).await {
+                Err(e) if e.is_retryable() && attempt < self.inner.insert_retries => {
+                    attempt += 1;
+                    let wait = e.retry_after().map_or(pause, |asked| asked.max(pause));
+                    tokio::time::sleep(wait.min(MAX_RETRY_PAUSE)).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs an analytics query: `GET /aggregate`, with the query's parameters

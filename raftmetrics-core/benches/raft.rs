@@ -51,11 +51,7 @@ fn unreplicated(dir: &std::path::Path, batches: &[(u32, Vec<Record>)]) -> Durati
     let start = Instant::now();
     for (i, (group, records)) in batches.iter().enumerate() {
         store
-            .apply(&[PartitionWrite {
-                partition: *group,
-                index: i as u64 + 1,
-                records,
-            }])
+            .apply(&[PartitionWrite::new(*group, i as u64 + 1, records)])
             .unwrap();
     }
     start.elapsed()

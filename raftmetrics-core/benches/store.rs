@@ -109,11 +109,7 @@ fn store_insert(dir: &std::path::Path, rows: &[Record]) -> (Duration, DuckDbStor
     for (i, batch) in batches.iter().enumerate() {
         let writes: Vec<PartitionWrite<'_>> = batch
             .iter()
-            .map(|(p, records)| PartitionWrite {
-                partition: *p,
-                index: i as u64 + 1,
-                records,
-            })
+            .map(|(p, records)| PartitionWrite::new(*p, i as u64 + 1, records))
             .collect();
         store.apply(&writes).unwrap();
     }

@@ -24,6 +24,10 @@ pub const DEFAULT_METRIC: &str = "value";
 /// Media type of bincode bodies.
 pub const BINCODE_MEDIA_TYPE: &str = "application/octet-stream";
 
+/// The request header that names an insert batch, so that sending it again stores it once
+/// ([`crate::idempotency`]). Its value is a [`crate::BatchId`].
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
 /// A point in the JSON insert format.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -21,6 +21,13 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
         .map_err(|e| Error::Internal(format!("encode: {e}")))
 }
 
+/// Encodes `value` at the end of `out`.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|e| Error::Internal(format!("encode: {e}")))
+}
+
 /// Decodes a `T` that must fill `bytes` exactly.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if bytes.len() > MAX_ENCODED_BYTES {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Coverage, PartialAggregate, QueryResult, finalize};
 use crate::error::{Error, Result};
+use crate::idempotency::{BatchId, IdSpan};
 use crate::model::{Limits, Point, Record, validate_batch};
 use crate::partition::{HashPartitioner, PartitionId, Partitioner};
 use crate::query::Query;
@@ -120,8 +121,19 @@ impl Engine {
         self.insert_records(records)
     }
 
+    /// [`Engine::insert`] of a batch named `id`: a batch with an id already stored (within
+    /// the window of [`crate::idempotency`]) is not stored again, and the call succeeds.
+    pub fn insert_with_id(&self, id: &BatchId, points: Vec<Point>) -> Result<InsertReport> {
+        let records = validate_batch(points, Timestamp::now(), &self.config.limits)?;
+        self.write(Some(id), records)
+    }
+
     /// Stores records that [`validate_batch`] produced.
     pub fn insert_records(&self, records: Vec<Record>) -> Result<InsertReport> {
+        self.write(None, records)
+    }
+
+    fn write(&self, id: Option<&BatchId>, records: Vec<Record>) -> Result<InsertReport> {
         let count = records.len();
         let mut by_partition: std::collections::BTreeMap<PartitionId, Vec<Record>> =
             std::collections::BTreeMap::new();
@@ -135,13 +147,26 @@ impl Engine {
             .write_lock
             .lock()
             .map_err(|_| Error::Internal("engine write lock poisoned".into()))?;
+        let now = Timestamp::now().as_micros();
+        let spans: Vec<Vec<IdSpan>> = by_partition
+            .values()
+            .map(|records| {
+                id.map(|id| IdSpan {
+                    id: id.clone(),
+                    start: 0,
+                    len: records.len() as u32,
+                })
+                .into_iter()
+                .collect()
+            })
+            .collect();
         let mut writes = Vec::with_capacity(by_partition.len());
-        for (&partition, records) in &by_partition {
+        for ((&partition, records), ids) in by_partition.iter().zip(&spans) {
             let index = self.store.applied_index(partition)? + 1;
             writes.push(PartitionWrite {
-                partition,
-                index,
-                records,
+                ids,
+                proposed_at_micros: now,
+                ..PartitionWrite::new(partition, index, records)
             });
         }
         self.store.apply(&writes)?;

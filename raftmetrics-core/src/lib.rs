@@ -46,6 +46,7 @@ pub mod api;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod idempotency;
 pub mod model;
 pub mod partition;
 pub mod query;
@@ -59,6 +60,7 @@ pub use aggregate::{
 };
 pub use engine::{Engine, EngineConfig, InsertReport};
 pub use error::{Error, ErrorCode, FieldError, Result};
+pub use idempotency::BatchId;
 pub use model::{Limits, Point, Record, Tags};
 pub use partition::{HashPartitioner, PartitionId, Partitioner};
 pub use query::{Agg, Consistency, OrderBy, OrderKey, Query};

@@ -152,11 +152,7 @@ fn fixture(seed: u64) -> Fixture {
         let writes: Vec<PartitionWrite<'_>> = rows
             .chunks(700)
             .enumerate()
-            .map(|(i, chunk)| PartitionWrite {
-                partition: *p,
-                index: i as u64 + 1,
-                records: chunk,
-            })
+            .map(|(i, chunk)| PartitionWrite::new(*p, i as u64 + 1, chunk))
             .collect();
         stores[*p as usize % STORES].apply(&writes).unwrap();
     }

@@ -18,7 +18,7 @@ use raftmetrics_core::raft::{
 };
 use raftmetrics_core::store::conformance::SplitMix;
 use raftmetrics_core::store::{DuckDbStore, Store};
-use raftmetrics_core::{Error, Point, Timestamp, codec};
+use raftmetrics_core::{BatchId, Error, Point, Timestamp, codec};
 
 const TICK_MS: u64 = 20;
 
@@ -175,15 +175,18 @@ fn records(ids: std::ops::Range<u64>) -> Vec<Record> {
 }
 
 /// Proposes through whichever node leads, following leader hints and retrying for a few
-/// seconds; `None` if the write was not acknowledged.
+/// seconds; `None` if the write was not acknowledged. The write carries a batch id, so it is
+/// also resent when its outcome is unknown (a timeout, a superseded entry): the store keeps
+/// one copy whatever happens, which the callers check.
 async fn write(handles: &[NodeHandle], group: u32, ids: std::ops::Range<u64>) -> Option<u64> {
+    let id = BatchId::parse(&format!("w{group}-{}", ids.start)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut target = 0;
     while Instant::now() < deadline {
         let h = &handles[target % handles.len()];
         match tokio::time::timeout(
             Duration::from_millis(1_500),
-            h.propose(group, records(ids.clone())),
+            h.propose_batch(group, Some(id.clone()), records(ids.clone())),
         )
         .await
         {
@@ -196,10 +199,8 @@ async fn write(handles: &[NodeHandle], group: u32, ids: std::ops::Range<u64>) ->
                     .position(|h| h.id() == l)
                     .unwrap_or(target + 1);
             }
-            // A timeout or an unknown outcome: the write may have been applied, so it is not
-            // retried (retrying could store it twice); it just does not count as acknowledged.
-            Ok(Err(Error::Raft(m))) if m.contains("outcome unknown") => return None,
-            Err(_) => return None,
+            // An unknown outcome (maybe applied, maybe not) or a refusal: resend under the
+            // same id, elsewhere.
             _ => {
                 target += 1;
                 tokio::time::sleep(Duration::from_millis(30)).await;

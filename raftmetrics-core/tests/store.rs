@@ -43,16 +43,8 @@ fn reopening_a_file_keeps_data_series_and_applied_index() {
         let store = DuckDbStore::open(&path).unwrap();
         store
             .apply(&[
-                PartitionWrite {
-                    partition: 2,
-                    index: 41,
-                    records: &rows[..600],
-                },
-                PartitionWrite {
-                    partition: 5,
-                    index: 7,
-                    records: &rows[600..],
-                },
+                PartitionWrite::new(2, 41, &rows[..600]),
+                PartitionWrite::new(5, 7, &rows[600..]),
             ])
             .unwrap();
         store.digest(2).unwrap()
@@ -65,22 +57,14 @@ fn reopening_a_file_keeps_data_series_and_applied_index() {
     // Replaying the last entry after a restart is a no-op...
     assert_eq!(
         store
-            .apply(&[PartitionWrite {
-                partition: 2,
-                index: 41,
-                records: &rows[..600]
-            }])
+            .apply(&[PartitionWrite::new(2, 41, &rows[..600])])
             .unwrap(),
         vec![false]
     );
     assert_eq!(store.digest(2).unwrap(), digest);
     // ...and the next one reuses the series the catalog reloaded (no duplicate series).
     store
-        .apply(&[PartitionWrite {
-            partition: 2,
-            index: 42,
-            records: &rows[..10],
-        }])
+        .apply(&[PartitionWrite::new(2, 42, &rows[..10])])
         .unwrap();
     let snapshot = store.export_partition(2).unwrap();
     let mut ids: Vec<u64> = snapshot.series.iter().map(|s| s.id).collect();
@@ -115,4 +99,36 @@ fn appender_rows_roll_back_with_their_transaction() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 0);
+}
+
+#[test]
+fn batch_ids_survive_reopening_the_file() {
+    use raftmetrics_core::{BatchId, Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.duckdb");
+    let id = BatchId::parse("import-2024-01-20").unwrap();
+    let batch = || -> Vec<Point> {
+        (0..50)
+            .map(|i| {
+                Point::new("cpu", f64::from(i))
+                    .at(Timestamp::from_micros(1_700_000_000_000_000 + i64::from(i)))
+                    .partition_key(format!("k{}", i % 7))
+            })
+            .collect()
+    };
+    let count = |engine: &Engine| {
+        let q = Query::from_params(&[("metric", "cpu"), ("agg", "count")]).unwrap();
+        engine.query(&q).unwrap().get(raftmetrics_core::Agg::Count)
+    };
+    {
+        let engine = Engine::open(&path, EngineConfig::default()).unwrap();
+        engine.insert_with_id(&id, batch()).unwrap();
+        engine.insert_with_id(&id, batch()).unwrap();
+        assert_eq!(count(&engine), Some(50.0));
+    }
+    let engine = Engine::open(&path, EngineConfig::default()).unwrap();
+    engine.insert_with_id(&id, batch()).unwrap();
+    assert_eq!(count(&engine), Some(50.0), "the id is remembered on disk");
+    engine.insert(batch()).unwrap();
+    assert_eq!(count(&engine), Some(100.0), "a batch without an id is new");
 }

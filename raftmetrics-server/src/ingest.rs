@@ -1,6 +1,7 @@
 //! The insert path both roles share: decode the body, validate the whole batch (one bad
 //! point refuses it before anything is written), write every partition's share through its
-//! leader ([`write_batch`]), answer with what was stored.
+//! leader ([`write_batch`]) under the batch's id (its `Idempotency-Key`, or a new one),
+//! answer with what was stored.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use raftmetrics_core::api::InsertResponse;
 use raftmetrics_core::model::{Limits, validate_batch};
 use raftmetrics_core::{HashPartitioner, Timestamp};
 
-use crate::http::body::{decode_points, request_format, respond, response_format};
+use crate::http::body::{batch_id, decode_points, request_format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::router::{Router, write_batch};
@@ -36,12 +37,14 @@ impl Ingest<'_> {
         storage_size: impl FnOnce() -> Option<String>,
     ) -> Result<Response, ApiError> {
         let format = request_format(headers)?;
+        let id = batch_id(headers)?;
         let points = decode_points(format, body)?;
         let records = validate_batch(points, Timestamp::now(), self.limits)?;
         let started = Instant::now();
         let outcome = write_batch(
             self.router,
             self.partitioner,
+            Some(id),
             records,
             started + self.timeout,
         )

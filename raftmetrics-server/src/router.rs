@@ -3,16 +3,21 @@
 //! Both roles route: the control node for every insert and query, a worker for inserts of
 //! partitions it does not lead (forwarded to the leader). [`Router::write`] proposes a batch
 //! to the partition's leader, following `NotLeader` hints and trying the other replicas
-//! while an election runs, until the deadline. It retries only when the batch certainly was
-//! not proposed (no connection, or refused by a non-leader); a batch whose outcome is
-//! unknown (connection lost after sending, proposal timeout) is reported as such and never
-//! resent, so an acknowledged point is stored exactly once.
+//! while an election runs, until the deadline.
+//!
+//! A batch with a batch id ([`BatchId`]; the insert path gives every batch one) is stored
+//! once however often it is proposed, so it is also retried when its outcome is unknown
+//! (connection lost after sending, proposal timeout, a leader change under it). A batch
+//! without one is retried only when it certainly was not proposed (no connection, or
+//! refused by a non-leader); an unknown outcome is reported as such and never resent. Either
+//! way an acknowledged point is stored exactly once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use raftmetrics_core::BatchId;
 use raftmetrics_core::error::{Error, Result};
 use raftmetrics_core::model::Record;
 use raftmetrics_core::raft::{NodeHandle, NodeId, ReplicaStatus, Role};
@@ -135,11 +140,12 @@ impl Router {
         self.local.as_ref().map(NodeHandle::id)
     }
 
-    /// Proposes `records` to `partition` and waits until they are applied on its leader.
-    /// Answers the leader's id and the log index.
+    /// Proposes `records` (the batch `id`, if any) to `partition` and waits until they are
+    /// applied on its leader. Answers the leader's id and the log index.
     pub async fn write(
         &self,
         partition: PartitionId,
+        id: Option<BatchId>,
         records: Vec<Record>,
         deadline: Instant,
     ) -> Result<(NodeId, u64)> {
@@ -149,8 +155,17 @@ impl Router {
                 "partition {partition} has no replicas yet: waiting for workers to register"
             )));
         }
+        let retry_unknown = id.is_some();
+        // Built once: every attempt sends the same request.
+        let request = Request::Write {
+            partition,
+            id,
+            records,
+        };
         let mut next_replica = 0usize;
         let mut target = self.leader(partition).filter(|l| replicas.contains(l));
+        // A node that left a write's outcome unknown is not tried next.
+        let mut avoid: Option<NodeId> = None;
         let mut last_error = String::from("no attempt made");
         for _ in 0..MAX_ATTEMPTS {
             if Instant::now() >= deadline {
@@ -159,6 +174,11 @@ impl Router {
             let node = match target.take() {
                 Some(n) => n,
                 None => {
+                    if replicas.len() > 1
+                        && avoid.take() == Some(replicas[next_replica % replicas.len()])
+                    {
+                        next_replica += 1;
+                    }
                     let n = replicas[next_replica % replicas.len()];
                     next_replica += 1;
                     if next_replica.is_multiple_of(replicas.len()) {
@@ -167,9 +187,7 @@ impl Router {
                     n
                 }
             };
-            let outcome = self
-                .write_to(node, partition, records.clone(), deadline)
-                .await;
+            let outcome = self.write_to(node, &request, deadline).await;
             match outcome {
                 Ok(index) => {
                     self.hint_leader(partition, node);
@@ -188,7 +206,17 @@ impl Router {
                     debug!(partition, node, %reason, "write not sent; trying another replica");
                     last_error = reason;
                 }
-                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Unknown(e)) if retry_unknown => {
+                    debug!(partition, node, error = %e, "write outcome unknown; resending under its batch id");
+                    last_error = e.to_string();
+                    // Heartbeats may have named a new leader meanwhile.
+                    target = self
+                        .leader(partition)
+                        .filter(|l| *l != node && replicas.contains(l));
+                    avoid = Some(node);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(Attempt::Unknown(e) | Attempt::Failed(e)) => return Err(e),
             }
         }
         Err(Error::Raft(format!(
@@ -199,16 +227,24 @@ impl Router {
     async fn write_to(
         &self,
         node: NodeId,
-        partition: PartitionId,
-        records: Vec<Record>,
+        request: &Request,
         deadline: Instant,
     ) -> std::result::Result<u64, Attempt> {
         if let Some(local) = self.local.as_ref().filter(|h| h.id() == node) {
-            return match local.propose(partition, records).await {
+            let Request::Write {
+                partition,
+                id,
+                records,
+            } = request
+            else {
+                return Err(Attempt::Failed(Error::Internal("not a write".into())));
+            };
+            return match local
+                .propose_batch(*partition, id.clone(), records.clone())
+                .await
+            {
                 Ok(index) => Ok(index),
-                Err(Error::NotLeader { leader, .. }) => Err(Attempt::Redirect(leader)),
-                Err(Error::NotFound(_)) => Err(Attempt::Redirect(None)),
-                Err(e) => Err(Attempt::Failed(e)),
+                Err(e) => Err(Attempt::from_error(e)),
             };
         }
         let Some(addr) = self.peer(node).and_then(|p| p.addr) else {
@@ -217,19 +253,14 @@ impl Router {
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .min(WRITE_ATTEMPT_TIMEOUT);
-        let request = Request::Write { partition, records };
-        match self.rpc.call(node, addr, &request, timeout).await {
+        match self.rpc.call(node, addr, request, timeout).await {
             Ok(Response::Written { index }) => Ok(index),
-            Ok(Response::Error(e)) => match Error::from(e) {
-                Error::NotLeader { leader, .. } => Err(Attempt::Redirect(leader)),
-                Error::NotFound(_) => Err(Attempt::Redirect(None)),
-                other => Err(Attempt::Failed(other)),
-            },
+            Ok(Response::Error(e)) => Err(Attempt::from_error(Error::from(e))),
             Ok(other) => Err(Attempt::Failed(Error::Internal(format!(
                 "unexpected answer to a write: {other:?}"
             )))),
             Err(RpcError::NotSent { reason, .. }) => Err(Attempt::NotSent(reason)),
-            Err(e @ RpcError::Unknown { .. }) => Err(Attempt::Failed(Error::Raft(format!(
+            Err(e @ RpcError::Unknown { .. }) => Err(Attempt::Unknown(Error::Raft(format!(
                 "outcome unknown, the write may or may not be stored: {e}"
             )))),
         }
@@ -251,11 +282,14 @@ pub struct BatchOutcome {
 }
 
 /// Splits validated `records` by partition and writes every partition's share through
-/// [`Router::write`], all partitions at once. Each partition's share is stored exactly once
-/// or not at all; when some partitions fail, the error names the ones that were stored.
+/// [`Router::write`], all partitions at once, each under the batch `id` (a partition
+/// remembers ids on its own, so the shares do not collide). Each partition's share is
+/// stored exactly once or not at all; when some partitions fail, the error names the ones
+/// that were stored, and resending the whole batch under the same id stores the rest.
 pub async fn write_batch(
     router: &Arc<Router>,
     partitioner: &HashPartitioner,
+    id: Option<BatchId>,
     records: Vec<Record>,
     deadline: Instant,
 ) -> Result<BatchOutcome> {
@@ -270,7 +304,11 @@ pub async fn write_batch(
     let mut tasks = tokio::task::JoinSet::new();
     for (partition, records) in by_partition {
         let router = Arc::clone(router);
-        tasks.spawn(async move { (partition, router.write(partition, records, deadline).await) });
+        let id = id.clone();
+        tasks.spawn(async move {
+            let written = router.write(partition, id, records, deadline).await;
+            (partition, written)
+        });
     }
     let mut stored = Vec::new();
     let mut failed: Vec<(PartitionId, Error)> = Vec::new();
@@ -306,6 +344,22 @@ enum Attempt {
     Redirect(Option<NodeId>),
     /// Certainly not delivered.
     NotSent(String),
-    /// A definite error, or an unknown outcome: do not retry.
+    /// Maybe proposed, maybe stored: retried only under a batch id.
+    Unknown(Error),
+    /// A definite error: not retried.
     Failed(Error),
+}
+
+impl Attempt {
+    /// What a node's error answer to a write means for the next attempt.
+    fn from_error(e: Error) -> Attempt {
+        match e {
+            Error::NotLeader { leader, .. } => Attempt::Redirect(leader),
+            Error::NotFound(_) => Attempt::Redirect(None),
+            // Timeouts, superseded entries, an overloaded or stopping node: the write may
+            // or may not be in the log.
+            e @ Error::Raft(_) => Attempt::Unknown(e),
+            e => Attempt::Failed(e),
+        }
+    }
 }

@@ -20,7 +20,7 @@ use raftmetrics_core::error::{Error, ErrorCode, FieldError};
 use raftmetrics_core::model::Record;
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{NodeId, ReplicaStatus};
-use raftmetrics_core::{PartitionId, codec};
+use raftmetrics_core::{BatchId, PartitionId, codec};
 use serde::{Deserialize, Serialize};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
@@ -69,9 +69,11 @@ pub struct Registration {
 pub enum Request {
     /// Worker → control: register or heartbeat; answered with [`Response::View`].
     Register(Registration),
-    /// → the leader of `partition`: propose and wait until applied.
+    /// → the leader of `partition`: propose and wait until applied. A batch with an `id`
+    /// the partition already applied is answered as written and not stored again.
     Write {
         partition: PartitionId,
+        id: Option<BatchId>,
         records: Vec<Record>,
     },
     /// → a worker: partial aggregates over the given partitions it holds; with `strong`,

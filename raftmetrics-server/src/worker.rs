@@ -320,9 +320,13 @@ impl Worker {
 
     async fn handle_rpc(&self, request: Request) -> RpcResponse {
         match request {
-            Request::Write { partition, records } => {
+            Request::Write {
+                partition,
+                id,
+                records,
+            } => {
                 let started = Instant::now();
-                let result = self.node.propose(partition, records).await;
+                let result = self.node.propose_batch(partition, id, records).await;
                 self.metrics.inc_proposal(result.is_ok());
                 match result {
                     Ok(index) => {

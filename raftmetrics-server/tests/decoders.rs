@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use raftmetrics_core::model::Point;
 use raftmetrics_core::query::Query;
-use raftmetrics_core::raft::node::decode_entry;
+use raftmetrics_core::raft::decode_entry;
 use raftmetrics_core::time::Timestamp;
 use raftmetrics_server::http::body::{Format, decode_points};
 use raftmetrics_server::wire::frame::{

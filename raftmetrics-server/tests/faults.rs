@@ -130,8 +130,8 @@ async fn leader_paused_past_the_election_timeout_then_resumed() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fault = Instant::now();
     // Paused longer than an election timeout plus the control node's wait for one write
-    // (`WRITE_ATTEMPT_TIMEOUT`): a write caught on the paused leader comes back with an
-    // unknown outcome, and the next ones go to the new leader.
+    // (`WRITE_ATTEMPT_TIMEOUT`): a write caught on the paused leader has an unknown outcome
+    // and is resent under its batch id to the new leader, like the next ones.
     c.signal("worker", leader, Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(10)).await;
     c.signal("worker", leader, Signal::SIGCONT);

@@ -9,6 +9,7 @@
 //! transports that move bounded frames.
 
 pub mod chunk;
+pub mod entry;
 pub mod log;
 mod logger;
 pub mod node;
@@ -16,6 +17,7 @@ pub mod sim_network;
 pub mod transport;
 
 pub use chunk::{Frame, Reassembler, SnapshotChunk};
+pub use entry::{LogEntry, decode_entry, encode_entry};
 pub use log::{GroupStorage, RaftLog, WriteBatch};
 pub use node::{
     NodeConfig, NodeHandle, RaftNode, ReplicaStatus, Role, add_learner, add_voter, remove_node,

@@ -33,14 +33,17 @@ use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage as
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::entry::{LogEntry, decode_entry, encode_entry};
 use super::log::{GroupStorage, RaftLog, WriteBatch};
 use super::logger::raft_logger;
 use super::transport::{Envelope, NodeId, Transport};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::idempotency::BatchId;
 use crate::model::Record;
 use crate::partition::PartitionId;
 use crate::store::{PartitionSnapshot, PartitionWrite, Store};
+use crate::time::Timestamp;
 
 /// Settings of a node's raft loop. Units are in the names.
 #[derive(Clone, Debug)]
@@ -145,6 +148,7 @@ enum Command {
     Step(Vec<Envelope>),
     Propose {
         group: PartitionId,
+        id: Option<BatchId>,
         records: Vec<Record>,
         reply: Reply<u64>,
     },
@@ -222,8 +226,21 @@ impl NodeHandle {
     /// Replicates `records` into `group` and waits until they are applied on this node.
     /// Returns the log index of the entry that carried them.
     pub async fn propose(&self, group: PartitionId, records: Vec<Record>) -> Result<u64> {
+        self.propose_batch(group, None, records).await
+    }
+
+    /// [`NodeHandle::propose`] for a client batch that may carry an id: a batch whose id the
+    /// group already applied is not stored again, and is answered like a stored one (see
+    /// [`crate::idempotency`]).
+    pub async fn propose_batch(
+        &self,
+        group: PartitionId,
+        id: Option<BatchId>,
+        records: Vec<Record>,
+    ) -> Result<u64> {
         self.call(|reply| Command::Propose {
             group,
+            id,
             records,
             reply,
         })
@@ -405,7 +422,7 @@ struct Replica {
     storage: GroupStorage,
     pending: VecDeque<Pending>,
     reads: Vec<PendingRead>,
-    queued: Vec<(Vec<Record>, Reply<u64>)>,
+    queued: Vec<(Option<BatchId>, Vec<Record>, Reply<u64>)>,
     queued_changes: Vec<(ConfChangeV2, Reply<u64>)>,
     applied: u64,
     last_leader_contact: Option<Instant>,
@@ -438,22 +455,12 @@ struct Driver {
 /// Committed entries of one group, decoded, waiting to be applied.
 struct Committed {
     group: PartitionId,
-    /// `(index, term, records)`; conf changes and empty entries carry no records.
-    entries: Vec<(u64, u64, Vec<Record>)>,
+    /// `(index, term, entry)`; conf changes and empty entries carry an empty entry.
+    entries: Vec<(u64, u64, LogEntry)>,
 }
 
 fn raft_err(e: raft::Error) -> Error {
     Error::Raft(e.to_string())
-}
-
-/// Encodes the records of one log entry.
-pub fn encode_entry(records: &[Record]) -> Result<Vec<u8>> {
-    codec::encode(&records)
-}
-
-/// Decodes the records of one log entry.
-pub fn decode_entry(data: &[u8]) -> Result<Vec<Record>> {
-    codec::decode(data)
 }
 
 impl Driver {
@@ -610,6 +617,7 @@ impl Driver {
             }
             Command::Propose {
                 group,
+                id,
                 records,
                 reply,
             } => match self.replicas.get_mut(&group) {
@@ -630,7 +638,7 @@ impl Driver {
                         "partition {group}: too many writes waiting"
                     ))));
                 }
-                Some(r) => r.queued.push((records, reply)),
+                Some(r) => r.queued.push((id, records, reply)),
             },
             Command::CreateGroup {
                 group,
@@ -894,37 +902,37 @@ impl Driver {
                 }
             }
             let queued = std::mem::take(&mut r.queued);
-            let mut records: Vec<Record> = Vec::new();
+            let mut entry = LogEntry::default();
             let mut replies = Vec::new();
-            let flush =
-                |r: &mut Replica, records: &mut Vec<Record>, replies: &mut Vec<Reply<u64>>| {
-                    if replies.is_empty() {
-                        return;
-                    }
-                    let taken = std::mem::take(replies);
-                    let result = encode_entry(records).and_then(|data| {
-                        r.node
-                            .propose(vec![], data)
-                            .map_err(|e| proposal_error(r, e))
-                    });
-                    records.clear();
-                    match result {
-                        Ok(()) => track(r, taken, timeout),
-                        Err(e) => {
-                            for reply in taken {
-                                let _ = reply.send(Err(clone_error(&e)));
-                            }
+            let flush = |r: &mut Replica, entry: &mut LogEntry, replies: &mut Vec<Reply<u64>>| {
+                if replies.is_empty() {
+                    return;
+                }
+                let taken = std::mem::take(replies);
+                entry.proposed_at_micros = Timestamp::now().as_micros();
+                let result = encode_entry(entry).and_then(|data| {
+                    r.node
+                        .propose(vec![], data)
+                        .map_err(|e| proposal_error(r, e))
+                });
+                *entry = LogEntry::default();
+                match result {
+                    Ok(()) => track(r, taken, timeout),
+                    Err(e) => {
+                        for reply in taken {
+                            let _ = reply.send(Err(clone_error(&e)));
                         }
                     }
-                };
-            for (batch, reply) in queued {
-                if !records.is_empty() && records.len() + batch.len() > max_records {
-                    flush(r, &mut records, &mut replies);
                 }
-                records.extend(batch);
+            };
+            for (id, batch, reply) in queued {
+                if !entry.records.is_empty() && entry.records.len() + batch.len() > max_records {
+                    flush(r, &mut entry, &mut replies);
+                }
+                entry.push_batch(id, batch);
                 replies.push(reply);
             }
-            flush(r, &mut records, &mut replies);
+            flush(r, &mut entry, &mut replies);
         }
     }
 
@@ -942,10 +950,12 @@ impl Driver {
         let writes: Vec<PartitionWrite<'_>> = committed
             .iter()
             .flat_map(|c| {
-                c.entries.iter().map(|(index, _, records)| PartitionWrite {
+                c.entries.iter().map(|(index, _, entry)| PartitionWrite {
                     partition: c.group,
                     index: *index,
-                    records,
+                    records: &entry.records,
+                    ids: &entry.ids,
+                    proposed_at_micros: entry.proposed_at_micros,
                 })
             })
             .collect();
@@ -1009,7 +1019,7 @@ fn fail_replica(r: &mut Replica, why: &str) {
     for read in r.reads.drain(..) {
         let _ = read.reply.send(Err(err()));
     }
-    for (_, reply) in r.queued.drain(..) {
+    for (_, _, reply) in r.queued.drain(..) {
         let _ = reply.send(Err(err()));
     }
     for (_, reply) in r.queued_changes.drain(..) {
@@ -1185,23 +1195,23 @@ fn decode_committed(
 ) -> Result<Committed> {
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
-        let records = match e.get_entry_type() {
-            EntryType::EntryNormal if e.data.is_empty() => Vec::new(),
+        let entry = match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => LogEntry::default(),
             EntryType::EntryNormal => decode_entry(&e.data)?,
             EntryType::EntryConfChange => {
                 let cc = ConfChange::parse_from_bytes(&e.data)
                     .map_err(|err| Error::Internal(format!("bad conf change: {err}")))?;
                 apply_conf_change(r, &cc, batch)?;
-                Vec::new()
+                LogEntry::default()
             }
             EntryType::EntryConfChangeV2 => {
                 let cc = ConfChangeV2::parse_from_bytes(&e.data)
                     .map_err(|err| Error::Internal(format!("bad conf change: {err}")))?;
                 apply_conf_change(r, &cc, batch)?;
-                Vec::new()
+                LogEntry::default()
             }
         };
-        out.push((e.index, e.term, records));
+        out.push((e.index, e.term, entry));
     }
     Ok(Committed {
         group: r.group,

@@ -11,6 +11,7 @@
 
 use super::{PartitionWrite, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
+use crate::idempotency::{BatchId, IdSpan, WINDOW_MICROS};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
 use crate::query::{Agg, Query, TagFilter};
@@ -30,6 +31,7 @@ pub fn run(make: Factory<'_>) {
     hostile_strings_are_data(&*make());
     export_import_round_trips(&*make(), &*make());
     drop_partition_forgets_everything(&*make());
+    a_batch_id_is_stored_once(&*make(), &*make());
 }
 
 /// A small deterministic generator (SplitMix64), so the suite needs no RNG crate.
@@ -86,11 +88,7 @@ fn sample(seed: u64, n: usize) -> Vec<Record> {
 }
 
 fn write(p: PartitionId, index: u64, records: &[Record]) -> PartitionWrite<'_> {
-    PartitionWrite {
-        partition: p,
-        index,
-        records,
-    }
+    PartitionWrite::new(p, index, records)
 }
 
 fn everything(metric: &str) -> Query {
@@ -340,4 +338,119 @@ fn drop_partition_forgets_everything(store: &dyn Store) {
     assert_eq!(count_in(store, &[6], "cpu"), 0);
     assert_eq!(count_in(store, &[1], "cpu"), 20);
     assert_eq!(store.partitions().unwrap(), vec![1]);
+}
+
+fn span(id: &str, start: u32, len: u32) -> IdSpan {
+    IdSpan {
+        id: BatchId::parse(id).expect("valid id"),
+        start,
+        len,
+    }
+}
+
+fn with_ids<'a>(
+    p: PartitionId,
+    index: u64,
+    records: &'a [Record],
+    ids: &'a [IdSpan],
+    at: i64,
+) -> PartitionWrite<'a> {
+    PartitionWrite {
+        ids,
+        proposed_at_micros: at,
+        ..PartitionWrite::new(p, index, records)
+    }
+}
+
+fn a_batch_id_is_stored_once(store: &dyn Store, replica: &dyn Store) {
+    const T: i64 = 1_700_000_000_000_000;
+    let rows = sample(11, 60);
+    let first = [span("a", 0, 10), span("b", 10, 10)];
+    // Records 20..30 carry no id.
+    store
+        .apply(&[with_ids(2, 1, &rows[..30], &first, T)])
+        .unwrap();
+    assert_eq!(count_in(store, &[2], "cpu"), 30);
+
+    // "a" again (a retry) beside a new batch "c": only "c" is stored.
+    let retry: Vec<Record> = rows[..10].iter().chain(&rows[30..40]).cloned().collect();
+    let second = [span("a", 0, 10), span("c", 10, 10)];
+    // In one call, two entries carrying "d": stored once. An id is per partition: "a" in
+    // partition 3 is another batch.
+    let third = [span("d", 0, 5)];
+    let in_three = [span("a", 0, 5)];
+    store
+        .apply(&[
+            with_ids(2, 2, &retry, &second, T + 1),
+            with_ids(2, 3, &rows[40..45], &third, T + 2),
+            with_ids(2, 4, &rows[40..45], &third, T + 3),
+            with_ids(3, 1, &rows[45..50], &in_three, T + 3),
+        ])
+        .unwrap();
+    assert_eq!(
+        count_in(store, &[2], "cpu"),
+        45,
+        "a retried batch id must not be stored twice"
+    );
+    assert_eq!(count_in(store, &[3], "cpu"), 5);
+
+    // A call that fails stores nothing and remembers none of its ids.
+    let bad = [span("e", 0, 5), span("f", 3, 5)];
+    let fresh = [span("e", 0, 5)];
+    assert!(
+        store
+            .apply(&[
+                with_ids(2, 5, &rows[50..55], &fresh, T + 4),
+                with_ids(3, 2, &rows[50..55], &bad, T + 4),
+            ])
+            .is_err(),
+        "overlapping spans are refused"
+    );
+    assert_eq!(store.applied_index(2).unwrap(), 4);
+    store
+        .apply(&[with_ids(2, 5, &rows[50..55], &fresh, T + 4)])
+        .unwrap();
+    assert_eq!(
+        count_in(store, &[2], "cpu"),
+        50,
+        "an id of a failed call is not remembered"
+    );
+
+    // The ids travel in a snapshot: the replica recognises "b" as the source does.
+    let snapshot = store.export_partition(2).unwrap();
+    let mut remembered: Vec<&str> = snapshot.ids.iter().map(|r| r.id.as_str()).collect();
+    remembered.sort_unstable();
+    assert_eq!(remembered, ["a", "b", "c", "d", "e"]);
+    replica.import_partition(&snapshot).unwrap();
+    let again = [span("b", 0, 10)];
+    for s in [store, replica] {
+        s.apply(&[with_ids(2, 6, &rows[10..20], &again, T + 5)])
+            .unwrap();
+    }
+    assert_eq!(count_in(replica, &[2], "cpu"), 50);
+    assert_eq!(
+        store.export_partition(2).unwrap(),
+        replica.export_partition(2).unwrap()
+    );
+
+    // Past the window (by the entries' clock) an id is forgotten, on both replicas alike.
+    let late = T + 5 + WINDOW_MICROS + 1;
+    for s in [store, replica] {
+        s.apply(&[with_ids(2, 7, &rows[..10], &first[..1], late)])
+            .unwrap();
+    }
+    assert_eq!(count_in(store, &[2], "cpu"), 60);
+    let (a, b) = (
+        store.export_partition(2).unwrap(),
+        replica.export_partition(2).unwrap(),
+    );
+    assert_eq!(a, b, "replicas decide alike");
+    assert_eq!(a.ids.len(), 1, "only the new row of \"a\" is remembered");
+
+    // Dropping a partition forgets its ids.
+    store.drop_partition(2).unwrap();
+    store
+        .apply(&[with_ids(2, 1, &rows[..10], &first[..1], late)])
+        .unwrap();
+    assert_eq!(count_in(store, &[2], "cpu"), 10);
 }

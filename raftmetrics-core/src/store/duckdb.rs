@@ -10,6 +10,9 @@
 //! - `rm_points(partition_id, sid, ts, value)`: one row per point; `ts` in µs.
 //! - `rm_partitions(partition_id, applied_index, meta)`: the last log index applied, and the
 //!   opaque metadata of the last imported snapshot.
+//! - `rm_batch_ids(partition_id, batch_id, at_micros)`: the batch ids each partition
+//!   remembers ([`crate::idempotency`]); mirrored in memory as one [`IdWindow`] per
+//!   partition, which decides, while the rows are committed with the points.
 //!
 //! Series are resolved and filtered in memory (a catalog loaded at open), so tag filters and
 //! wildcards are plain Rust string matching and never reach SQL. Writes go through the
@@ -27,7 +30,8 @@ use duckdb::{Connection, params};
 use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
 use crate::error::{Error, Result};
-use crate::model::{Tags, series_partition_key};
+use crate::idempotency::{BatchId, IdRow, IdWindow, check_spans};
+use crate::model::{Record, Tags, series_partition_key};
 use crate::partition::PartitionId;
 use crate::query::{Agg, GroupKey, Query};
 use crate::sketch::{Sketch, SketchConfig};
@@ -50,6 +54,11 @@ CREATE TABLE IF NOT EXISTS rm_partitions (
     partition_id UINTEGER PRIMARY KEY,
     applied_index UBIGINT NOT NULL,
     meta BLOB
+);
+CREATE TABLE IF NOT EXISTS rm_batch_ids (
+    partition_id UINTEGER NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    at_micros BIGINT NOT NULL
 );
 ";
 
@@ -97,6 +106,9 @@ pub struct DuckDbStore {
     next_sid: AtomicU32,
     /// Committed applied index per partition (mirrors `rm_partitions`).
     applied: RwLock<HashMap<PartitionId, u64>>,
+    /// Remembered batch ids per partition (mirrors `rm_batch_ids`); only used under the
+    /// writer lock.
+    windows: Mutex<HashMap<PartitionId, IdWindow>>,
 }
 
 fn storage(operation: &'static str) -> impl Fn(duckdb::Error) -> Error {
@@ -129,10 +141,12 @@ impl DuckDbStore {
             catalog: RwLock::new(HashMap::new()),
             applied: RwLock::new(HashMap::new()),
             next_sid: AtomicU32::new(0),
+            windows: Mutex::new(HashMap::new()),
         };
         {
             let conn = store.writer.lock().map_err(poisoned)?;
             store.load_catalog(&conn, None)?;
+            store.load_windows(&conn)?;
         }
         store.load_applied()?;
         Ok(store)
@@ -181,6 +195,36 @@ impl DuckDbStore {
             }
             None => *catalog = loaded,
         }
+        Ok(())
+    }
+
+    /// (Re)loads every partition's id window from `rm_batch_ids`.
+    fn load_windows(&self, conn: &Connection) -> Result<()> {
+        let mut stmt = conn
+            .prepare("SELECT partition_id, batch_id, at_micros FROM rm_batch_ids")
+            .map_err(storage("load batch ids"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, u32>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(storage("load batch ids"))?;
+        let mut by_partition: HashMap<PartitionId, Vec<IdRow>> = HashMap::new();
+        for row in rows {
+            let (partition, id, at_micros) = row.map_err(storage("load batch ids"))?;
+            let id = BatchId::parse(&id).map_err(|e| Error::storage("load batch ids", e))?;
+            by_partition
+                .entry(partition)
+                .or_default()
+                .push(IdRow { id, at_micros });
+        }
+        *self.windows.lock().map_err(poisoned)? = by_partition
+            .into_iter()
+            .map(|(p, rows)| (p, IdWindow::from_rows(rows)))
+            .collect();
         Ok(())
     }
 
@@ -372,9 +416,13 @@ impl SidAllocator {
     }
 }
 
-impl Store for DuckDbStore {
-    fn apply(&self, writes: &[PartitionWrite<'_>]) -> Result<Vec<bool>> {
-        let mut conn = self.writer.lock().map_err(poisoned)?;
+impl DuckDbStore {
+    fn apply_locked(
+        &self,
+        conn: &mut Connection,
+        windows: &mut HashMap<PartitionId, IdWindow>,
+        writes: &[PartitionWrite<'_>],
+    ) -> Result<Vec<bool>> {
         let tx = conn.transaction().map_err(storage("begin"))?;
         let mut applied = Vec::with_capacity(writes.len());
         let mut new_series: Vec<NewSeries> = Vec::new();
@@ -385,6 +433,10 @@ impl Store for DuckDbStore {
             let mut pending: HashMap<PartitionId, HashMap<String, u32>> = HashMap::new();
             let mut next: HashMap<PartitionId, u64> = HashMap::new();
             let mut last_index: HashMap<PartitionId, u64> = HashMap::new();
+            // Batch ids to remember, and per partition the newest time through which
+            // remembered ids are forgotten.
+            let mut new_ids: Vec<(PartitionId, IdRow)> = Vec::new();
+            let mut forget: HashMap<PartitionId, i64> = HashMap::new();
             let mut points = tx.appender("rm_points").map_err(storage("insert"))?;
             let mut sids = SidAllocator {
                 next: self.next_sid.load(Ordering::SeqCst),
@@ -400,9 +452,22 @@ impl Store for DuckDbStore {
                 }
                 last_index.insert(w.partition, w.index);
                 applied.push(true);
+                let mut duplicate = Vec::new();
+                if !w.ids.is_empty() {
+                    check_spans(w.ids, w.records.len()).map_err(|e| Error::storage("insert", e))?;
+                    let window = windows.entry(w.partition).or_default();
+                    let d = window.decide(w.ids, w.proposed_at_micros);
+                    duplicate.clone_from(&d.duplicate);
+                    new_ids.extend(d.added.iter().map(|row| (w.partition, row.clone())));
+                    if let Some(through) = d.forget_through {
+                        let t = forget.entry(w.partition).or_insert(through);
+                        *t = (*t).max(through);
+                    }
+                    window.commit(d);
+                }
                 let cat = catalog.get(&w.partition);
                 let pending = pending.entry(w.partition).or_default();
-                for r in w.records {
+                for r in kept(w, &duplicate).into_iter().flatten() {
                     let key = series_partition_key(&r.metric, &r.tags);
                     let known = cat
                         .and_then(|c| c.by_key.get(&key))
@@ -444,6 +509,25 @@ impl Store for DuckDbStore {
             }
             points.flush().map_err(storage("insert"))?;
             drop(points);
+            if !new_ids.is_empty() {
+                let mut ids = tx
+                    .appender("rm_batch_ids")
+                    .map_err(storage("insert batch ids"))?;
+                for (p, row) in &new_ids {
+                    ids.append_row(params![p, row.id.as_str(), row.at_micros])
+                        .map_err(storage("insert batch ids"))?;
+                }
+                ids.flush().map_err(storage("insert batch ids"))?;
+            }
+            // After the inserts: a threshold may cover ids stored by an earlier write of
+            // this call, exactly as the in-memory window forgot them.
+            for (p, through) in forget {
+                tx.execute(
+                    "DELETE FROM rm_batch_ids WHERE partition_id = ? AND at_micros <= ?",
+                    params![p, through],
+                )
+                .map_err(storage("forget batch ids"))?;
+            }
             if !new_series.is_empty() {
                 let mut series = tx.appender("rm_series").map_err(storage("insert series"))?;
                 for s in &new_series {
@@ -472,6 +556,34 @@ impl Store for DuckDbStore {
             }
         }
         Ok(applied)
+    }
+}
+
+/// The records of `w` that are stored: all, minus the spans `duplicate` names.
+fn kept<'a>(w: &PartitionWrite<'a>, duplicate: &[usize]) -> Vec<&'a [Record]> {
+    let mut parts = Vec::with_capacity(duplicate.len() + 1);
+    let mut from = 0usize;
+    for &i in duplicate {
+        let span = &w.ids[i];
+        let start = span.start as usize;
+        parts.push(&w.records[from..start]);
+        from = start + span.len as usize;
+    }
+    parts.push(&w.records[from..]);
+    parts
+}
+
+impl Store for DuckDbStore {
+    fn apply(&self, writes: &[PartitionWrite<'_>]) -> Result<Vec<bool>> {
+        let mut conn = self.writer.lock().map_err(poisoned)?;
+        let mut windows = self.windows.lock().map_err(poisoned)?;
+        let result = self.apply_locked(&mut conn, &mut windows, writes);
+        if result.is_err() {
+            // The windows may hold decisions of the rolled-back transaction.
+            drop(windows);
+            self.load_windows(&conn)?;
+        }
+        result
     }
 
     fn applied_index(&self, partition: PartitionId) -> Result<u64> {
@@ -661,12 +773,21 @@ impl Store for DuckDbStore {
                 .map_err(storage("export"))?
         };
         tx.commit().map_err(storage("export"))?;
+        // Under the writer lock, so the window is the one committed with these rows.
+        let ids = self
+            .windows
+            .lock()
+            .map_err(poisoned)?
+            .get(&partition)
+            .map(|w| w.rows().cloned().collect())
+            .unwrap_or_default();
         Ok(PartitionSnapshot {
             partition,
             applied_index,
             meta,
             series,
             points,
+            ids,
         })
     }
 
@@ -689,6 +810,19 @@ impl Store for DuckDbStore {
                 .map_err(storage("import"))?;
             tx.execute("DELETE FROM rm_series WHERE partition_id = ?", params![p])
                 .map_err(storage("import"))?;
+            tx.execute(
+                "DELETE FROM rm_batch_ids WHERE partition_id = ?",
+                params![p],
+            )
+            .map_err(storage("import"))?;
+            {
+                let mut ids = tx.appender("rm_batch_ids").map_err(storage("import"))?;
+                for row in &snapshot.ids {
+                    ids.append_row(params![p, row.id.as_str(), row.at_micros])
+                        .map_err(storage("import"))?;
+                }
+                ids.flush().map_err(storage("import"))?;
+            }
             let mut sids = SidAllocator {
                 next: self.next_sid.load(Ordering::SeqCst),
             };
@@ -736,6 +870,10 @@ impl Store for DuckDbStore {
                 .write()
                 .map_err(poisoned)?
                 .insert(p, snapshot.applied_index);
+            self.windows
+                .lock()
+                .map_err(poisoned)?
+                .insert(p, IdWindow::from_rows(snapshot.ids.clone()));
             // Still under the writer lock, so no write sees the old catalog of `p`.
             self.load_catalog(&conn, Some(p))
         }
@@ -745,7 +883,7 @@ impl Store for DuckDbStore {
         {
             let mut conn = self.writer.lock().map_err(poisoned)?;
             let tx = conn.transaction().map_err(storage("drop partition"))?;
-            for table in ["rm_points", "rm_series", "rm_partitions"] {
+            for table in ["rm_points", "rm_series", "rm_partitions", "rm_batch_ids"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE partition_id = ?"),
                     params![partition],
@@ -754,6 +892,7 @@ impl Store for DuckDbStore {
             }
             tx.commit().map_err(storage("drop partition"))?;
             self.applied.write().map_err(poisoned)?.remove(&partition);
+            self.windows.lock().map_err(poisoned)?.remove(&partition);
         }
         self.catalog.write().map_err(poisoned)?.remove(&partition);
         Ok(())

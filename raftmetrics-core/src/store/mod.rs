@@ -8,6 +8,9 @@
 //! - the rows and the new applied index are committed in the same transaction, and all
 //!   writes of one [`Store::apply`] call commit together or not at all;
 //! - queries return mergeable [`PartialAggregate`]s, never finalized values;
+//! - a client batch named by a batch id ([`crate::idempotency`]) is stored once: a write
+//!   whose span names an id the partition remembers skips that span's records, and the
+//!   remembered ids are committed with the rows and travel in snapshots;
 //! - a partition can be exported and imported whole (what a Raft snapshot carries).
 
 mod duckdb;
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use self::duckdb::DuckDbStore;
 use crate::aggregate::PartialAggregate;
 use crate::error::Result;
+use crate::idempotency::{IdRow, IdSpan};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
 use crate::query::Query;
@@ -32,6 +36,25 @@ pub struct PartitionWrite<'a> {
     pub index: u64,
     /// May be empty: the entry then only advances the applied index.
     pub records: &'a [Record],
+    /// The client batches among `records` that carry a batch id, in order and without
+    /// overlap (empty when none does).
+    pub ids: &'a [IdSpan],
+    /// When the entry was proposed, µs (the leader's clock): the clock of the partition's
+    /// id window. Only read when `ids` is not empty.
+    pub proposed_at_micros: i64,
+}
+
+impl<'a> PartitionWrite<'a> {
+    /// A write of `records` that carries no batch id.
+    pub fn new(partition: PartitionId, index: u64, records: &'a [Record]) -> Self {
+        PartitionWrite {
+            partition,
+            index,
+            records,
+            ids: &[],
+            proposed_at_micros: 0,
+        }
+    }
 }
 
 /// A series of a partition, as carried in a snapshot.
@@ -61,6 +84,8 @@ pub struct PartitionSnapshot {
     pub meta: Vec<u8>,
     pub series: Vec<SeriesRow>,
     pub points: Vec<PointRow>,
+    /// The batch ids the partition remembers.
+    pub ids: Vec<IdRow>,
 }
 
 /// A summary that two replicas of a partition share exactly when they hold the same data.

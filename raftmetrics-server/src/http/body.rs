@@ -3,9 +3,9 @@
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use raftmetrics_core::api::{BINCODE_MEDIA_TYPE, JsonInsert, JsonPoint};
+use raftmetrics_core::api::{BINCODE_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER, JsonInsert, JsonPoint};
 use raftmetrics_core::error::Error;
-use raftmetrics_core::{Point, codec};
+use raftmetrics_core::{BatchId, Point, codec};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -38,6 +38,22 @@ pub fn request_format(headers: &HeaderMap) -> Result<Format, ApiError> {
             "application/json",
             BINCODE_MEDIA_TYPE,
         ])),
+    }
+}
+
+/// The batch id of an insert: its `Idempotency-Key` header, else a new random id (so the
+/// cluster may resend the batch inside itself without storing it twice).
+pub fn batch_id(headers: &HeaderMap) -> Result<BatchId, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(BatchId::random()),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                Error::InvalidRequest(
+                    "the Idempotency-Key header may only hold visible ASCII characters".into(),
+                )
+            })?;
+            Ok(BatchId::parse(text)?)
+        }
     }
 }
 
