@@ -24,7 +24,7 @@ use raftmetrics_core::raft::{NodeHandle, NodeId, ReplicaStatus, Role};
 use raftmetrics_core::{HashPartitioner, PartitionId, Partitioner};
 use tracing::debug;
 
-use crate::rpc::{ClusterView, Request, Response, RpcClient, RpcError, WorkerInfo};
+use crate::rpc::{ClusterView, Request, Response, RpcClient, RpcError, Share, WorkerInfo};
 
 /// Pause between rounds of attempts while a partition has no reachable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -149,6 +149,20 @@ impl Router {
         records: Vec<Record>,
         deadline: Instant,
     ) -> Result<(NodeId, u64)> {
+        self.write_avoiding(partition, id, records, deadline, None)
+            .await
+    }
+
+    /// [`Router::write`], not trying `avoid` first (a node that just left the outcome of
+    /// this write unknown).
+    async fn write_avoiding(
+        &self,
+        partition: PartitionId,
+        id: Option<BatchId>,
+        records: Vec<Record>,
+        deadline: Instant,
+        avoid: Option<NodeId>,
+    ) -> Result<(NodeId, u64)> {
         let replicas = self.replicas(partition);
         if replicas.is_empty() {
             return Err(Error::Raft(format!(
@@ -163,9 +177,11 @@ impl Router {
             records,
         };
         let mut next_replica = 0usize;
-        let mut target = self.leader(partition).filter(|l| replicas.contains(l));
+        let mut target = self
+            .leader(partition)
+            .filter(|l| replicas.contains(l) && Some(*l) != avoid);
         // A node that left a write's outcome unknown is not tried next.
-        let mut avoid: Option<NodeId> = None;
+        let mut avoid = avoid;
         let mut last_error = String::from("no attempt made");
         for _ in 0..MAX_ATTEMPTS {
             if Instant::now() >= deadline {
@@ -301,16 +317,28 @@ pub async fn write_batch(
             .or_default()
             .push(r);
     }
+    let (mut stored, rest) = match &id {
+        Some(id) => write_grouped(router, id, by_partition, deadline).await,
+        None => (
+            Vec::new(),
+            by_partition
+                .into_iter()
+                .map(|(p, r)| (p, r, None))
+                .collect(),
+        ),
+    };
+    // Every share not stored yet goes its own way, with redirects and retries.
     let mut tasks = tokio::task::JoinSet::new();
-    for (partition, records) in by_partition {
+    for (partition, records, avoid) in rest {
         let router = Arc::clone(router);
         let id = id.clone();
         tasks.spawn(async move {
-            let written = router.write(partition, id, records, deadline).await;
+            let written = router
+                .write_avoiding(partition, id, records, deadline, avoid)
+                .await;
             (partition, written)
         });
     }
-    let mut stored = Vec::new();
     let mut failed: Vec<(PartitionId, Error)> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -338,6 +366,87 @@ pub async fn write_batch(
         failed.len()
     )))
 }
+
+/// First round of an insert's writes: one call per known leader, carrying the shares of all
+/// the partitions it leads (a request over 16 partitions and 2 workers is 2 calls, not 16).
+/// Answers the shares stored and gives back the others (no known leader, led here, refused,
+/// or an unknown outcome: resending them under the batch id is harmless), each with the node
+/// not to try first.
+async fn write_grouped(
+    router: &Arc<Router>,
+    id: &BatchId,
+    shares: BTreeMap<PartitionId, Vec<Record>>,
+    deadline: Instant,
+) -> (Vec<(PartitionId, NodeId)>, Vec<Remaining>) {
+    let mut rest = Vec::new();
+    let mut by_leader: BTreeMap<NodeId, Vec<Share>> = BTreeMap::new();
+    for (partition, records) in shares {
+        let leader = router
+            .leader(partition)
+            .filter(|l| router.replicas(partition).contains(l) && Some(*l) != router.local_id());
+        match leader {
+            Some(l) => by_leader.entry(l).or_default().push(Share {
+                partition,
+                id: Some(id.clone()),
+                records,
+            }),
+            None => rest.push((partition, records, None)),
+        }
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for (node, shares) in by_leader {
+        let Some(addr) = router.peer(node).and_then(|p| p.addr) else {
+            rest.extend(shares.into_iter().map(|s| (s.partition, s.records, None)));
+            continue;
+        };
+        let router = Arc::clone(router);
+        calls.spawn(async move {
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WRITE_ATTEMPT_TIMEOUT);
+            let request = Request::WriteMany(shares);
+            let answer = router.rpc.call(node, addr, &request, timeout).await;
+            let Request::WriteMany(shares) = request else {
+                unreachable!("built above")
+            };
+            (node, shares, answer)
+        });
+    }
+    let mut stored = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let Ok((node, shares, answer)) = joined else {
+            continue;
+        };
+        let results = match answer {
+            Ok(Response::WrittenMany(results)) if results.len() == shares.len() => results,
+            other => {
+                debug!(
+                    node,
+                    ?other,
+                    "grouped write failed; writing its shares one by one"
+                );
+                let avoid = matches!(other, Err(RpcError::Unknown { .. })).then_some(node);
+                rest.extend(shares.into_iter().map(|s| (s.partition, s.records, avoid)));
+                continue;
+            }
+        };
+        for (share, result) in shares.into_iter().zip(results) {
+            match result {
+                Ok(_) => stored.push((share.partition, node)),
+                Err(e) => {
+                    if let Some((_, Some(hint))) = e.not_leader {
+                        router.hint_leader(share.partition, hint);
+                    }
+                    rest.push((share.partition, share.records, None));
+                }
+            }
+        }
+    }
+    (stored, rest)
+}
+
+/// A share still to write: partition, records, a node not to try first.
+type Remaining = (PartitionId, Vec<Record>, Option<NodeId>);
 
 enum Attempt {
     /// Refused by a non-leader (with its hint): not proposed.

@@ -76,6 +76,10 @@ pub enum Request {
         id: Option<BatchId>,
         records: Vec<Record>,
     },
+    /// → a worker: the shares of one insert whose partitions it leads, proposed together;
+    /// answered with [`Response::WrittenMany`], one result per share, in order. At most
+    /// [`MAX_SHARES`] shares.
+    WriteMany(Vec<Share>),
     /// → a worker: partial aggregates over the given partitions it holds; with `strong`,
     /// only from replicas that lead and after a read-index round.
     Compute {
@@ -83,6 +87,17 @@ pub enum Request {
         query: Query,
         strong: bool,
     },
+}
+
+/// Most shares in one [`Request::WriteMany`].
+pub const MAX_SHARES: usize = 4096;
+
+/// One partition's share of an insert, under the insert's batch id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub partition: PartitionId,
+    pub id: Option<BatchId>,
+    pub records: Vec<Record>,
 }
 
 /// The answer to a [`Request`].
@@ -93,6 +108,8 @@ pub enum Response {
     Written {
         index: u64,
     },
+    /// Per share of a [`Request::WriteMany`]: applied at this log index, or why not.
+    WrittenMany(Vec<Result<u64, RemoteError>>),
     /// `missing`: asked-for partitions this worker could not answer for.
     Computed {
         partial: PartialAggregate,

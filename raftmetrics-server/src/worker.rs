@@ -49,8 +49,8 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::rpc::{
-    CONTROL_WIRE_ID, ClusterView, Registration, RemoteError, Request, Response as RpcResponse,
-    RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
+    CONTROL_WIRE_ID, ClusterView, MAX_SHARES, Registration, RemoteError, Request,
+    Response as RpcResponse, RpcClient, RpcConfig, Share, WorkerInfo, encode_response, resolve,
 };
 use crate::wire::frame::ClusterAuth;
 use crate::wire::tcp_transport::{
@@ -180,6 +180,20 @@ pub async fn run(
         Arc::new(ServeStats::default()),
     ));
     let heartbeat_task = tokio::spawn(heartbeat_loop(Arc::clone(&worker), stop_rx.clone()));
+    // A raft node that stopped (after a storage failure it cannot survive, such as a full
+    // disk) does not come back in this process: the worker stops too, with an error, so that
+    // its supervisor starts it again, which recovers its replicas from its data directory.
+    let (failed_tx, failed_rx) = tokio::sync::watch::channel(None::<String>);
+    let watch_task = tokio::spawn(watch_raft(node.clone(), failed_tx, stop_rx.clone()));
+    let shutdown = {
+        let mut failed = failed_rx.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = failed.wait_for(Option::is_some) => {}
+            }
+        }
+    };
 
     let served = stack::serve(
         http,
@@ -193,10 +207,50 @@ pub async fn run(
     info!(id, "worker stopping");
     let _ = stop_tx.send(true);
     let _ = heartbeat_task.await;
+    let _ = watch_task.await;
     let _ = internal_task.await;
     drop(worker);
     raft.shutdown();
-    served
+    served?;
+    let failed = failed_rx.borrow().clone();
+    match failed {
+        Some(why) => Err(ServerError::Core(Error::Raft(why))),
+        None => Ok(()),
+    }
+}
+
+/// Checks every [`HEARTBEAT`] that the raft node still runs; when it has stopped, says why
+/// through `failed` and returns.
+async fn watch_raft(
+    node: NodeHandle,
+    failed: tokio::sync::watch::Sender<Option<String>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = node.status().await
+            && raft_node_stopped(&e)
+        {
+            let why = format!(
+                "{e} (after the error it logged), so the worker stops; started again, it \
+                 recovers its replicas from its data directory"
+            );
+            warn!(error = %e, "raft node stopped; the worker stops");
+            let _ = failed.send(Some(why));
+            return;
+        }
+    }
+}
+
+/// Whether `e`, from a call to the raft node, says that the node no longer runs (rather than
+/// that it is busy).
+fn raft_node_stopped(e: &Error) -> bool {
+    matches!(e, Error::Raft(m) if m.ends_with(" is stopped") || m.ends_with(" stopped before answering"))
 }
 
 /// `host[:port]` of the control node's node-to-node listener.
@@ -318,6 +372,44 @@ impl Worker {
         HashPartitioner::new(view.partitions)
     }
 
+    /// Proposes every share to its local replica, all at once, and answers each.
+    async fn write_many(&self, shares: Vec<Share>) -> RpcResponse {
+        if shares.len() > MAX_SHARES {
+            return RpcResponse::Error(RemoteError::from(&Error::InvalidRequest(format!(
+                "{} shares in one write; at most {MAX_SHARES}",
+                shares.len()
+            ))));
+        }
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = shares.len();
+        for (i, share) in shares.into_iter().enumerate() {
+            let node = self.node.clone();
+            tasks.spawn(async move {
+                let result = node
+                    .propose_batch(share.partition, share.id, share.records)
+                    .await;
+                (i, result)
+            });
+        }
+        let mut results: Vec<Result<u64, RemoteError>> = (0..count)
+            .map(|_| {
+                Err(RemoteError::from(&Error::Internal(
+                    "share not proposed".into(),
+                )))
+            })
+            .collect();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((i, result)) = joined else { continue };
+            self.metrics.inc_proposal(result.is_ok());
+            if result.is_ok() {
+                self.metrics.observe_commit(started.elapsed());
+            }
+            results[i] = result.map_err(|e| RemoteError::from(&e));
+        }
+        RpcResponse::WrittenMany(results)
+    }
+
     async fn handle_rpc(&self, request: Request) -> RpcResponse {
         match request {
             Request::Write {
@@ -336,6 +428,7 @@ impl Worker {
                     Err(e) => RpcResponse::Error(RemoteError::from(&e)),
                 }
             }
+            Request::WriteMany(shares) => self.write_many(shares).await,
             Request::Compute {
                 partitions,
                 query,
@@ -574,4 +667,31 @@ async fn metrics(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
         )],
         worker.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+
+    impl raftmetrics_core::raft::Transport for Nowhere {
+        fn send(&self, _to: NodeId, _batch: Vec<raftmetrics_core::raft::Envelope>) {}
+    }
+
+    #[tokio::test]
+    async fn a_stopped_raft_node_is_told_from_a_busy_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DuckDbStore::open(&dir.path().join("store.duckdb")).unwrap());
+        let log = RaftLog::open(&dir.path().join("raft")).unwrap();
+        let raft = RaftNode::start(NodeConfig::new(1), log, store, Arc::new(Nowhere)).unwrap();
+        let node = raft.handle();
+        assert!(node.status().await.is_ok());
+        raft.shutdown();
+        let e = node.status().await.unwrap_err();
+        assert!(raft_node_stopped(&e), "{e}");
+        assert!(!raft_node_stopped(&Error::Raft(
+            "node 1 is overloaded".into()
+        )));
+    }
 }

@@ -406,6 +406,9 @@ struct Pending {
     term: u64,
     replies: Vec<Reply<u64>>,
     deadline: Instant,
+    /// The entry as proposed: applied from here once committed, instead of decoding the
+    /// log's copy (the entry at this index and term is this one).
+    entry: Option<LogEntry>,
 }
 
 struct PendingRead {
@@ -895,7 +898,7 @@ impl Driver {
         for r in self.replicas.values_mut() {
             for (change, reply) in std::mem::take(&mut r.queued_changes) {
                 match r.node.propose_conf_change(vec![], change) {
-                    Ok(()) => track(r, vec![reply], timeout),
+                    Ok(()) => track(r, vec![reply], timeout, None),
                     Err(e) => {
                         let _ = reply.send(Err(proposal_error(r, e)));
                     }
@@ -909,15 +912,15 @@ impl Driver {
                     return;
                 }
                 let taken = std::mem::take(replies);
-                entry.proposed_at_micros = Timestamp::now().as_micros();
-                let result = encode_entry(entry).and_then(|data| {
+                let mut proposed = std::mem::take(entry);
+                proposed.proposed_at_micros = Timestamp::now().as_micros();
+                let result = encode_entry(&proposed).and_then(|data| {
                     r.node
                         .propose(vec![], data)
                         .map_err(|e| proposal_error(r, e))
                 });
-                *entry = LogEntry::default();
                 match result {
-                    Ok(()) => track(r, taken, timeout),
+                    Ok(()) => track(r, taken, timeout, Some(proposed)),
                     Err(e) => {
                         for reply in taken {
                             let _ = reply.send(Err(clone_error(&e)));
@@ -1027,7 +1030,7 @@ fn fail_replica(r: &mut Replica, why: &str) {
     }
 }
 
-fn track(r: &mut Replica, replies: Vec<Reply<u64>>, timeout: Duration) {
+fn track(r: &mut Replica, replies: Vec<Reply<u64>>, timeout: Duration, entry: Option<LogEntry>) {
     let index = r.node.raft.raft_log.last_index();
     let term = r.node.raft.term;
     r.pending.push_back(Pending {
@@ -1035,7 +1038,17 @@ fn track(r: &mut Replica, replies: Vec<Reply<u64>>, timeout: Duration) {
         term,
         replies,
         deadline: Instant::now() + timeout,
+        entry,
     });
+}
+
+/// The entry this node proposed at `index` in `term`, if it still waits for it.
+fn take_proposed(r: &mut Replica, index: u64, term: u64) -> Option<LogEntry> {
+    r.pending
+        .iter_mut()
+        .take_while(|p| p.index <= index)
+        .find(|p| p.index == index && p.term == term)
+        .and_then(|p| p.entry.take())
 }
 
 fn proposal_error(r: &Replica, e: raft::Error) -> Error {
@@ -1197,7 +1210,10 @@ fn decode_committed(
     for e in entries {
         let entry = match e.get_entry_type() {
             EntryType::EntryNormal if e.data.is_empty() => LogEntry::default(),
-            EntryType::EntryNormal => decode_entry(&e.data)?,
+            EntryType::EntryNormal => match take_proposed(r, e.index, e.term) {
+                Some(entry) => entry,
+                None => decode_entry(&e.data)?,
+            },
             EntryType::EntryConfChange => {
                 let cc = ConfChange::parse_from_bytes(&e.data)
                     .map_err(|err| Error::Internal(format!("bad conf change: {err}")))?;
