@@ -17,6 +17,10 @@ use crate::time::{MICROS_PER_SECOND, Timestamp, format_duration_micros, parse_du
 
 /// Most `group_by` keys in one query.
 pub const MAX_GROUP_BY: usize = 8;
+/// Most metrics one query names (`metric=a,b,c`).
+pub const MAX_METRICS: usize = 64;
+/// The `group_by` key that stands for the metric name (before any tag of that name).
+pub const METRIC_GROUP_KEY: &str = "metric";
 /// Most filter values (tags + hosts + datacenters) in one query.
 pub const MAX_FILTERS: usize = 64;
 /// Longest filter pattern, in bytes.
@@ -167,6 +171,8 @@ pub struct TagFilter {
 /// An analytics query.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Query {
+    /// The metric, or several, comma-separated (`usage_user,usage_system`): the query then
+    /// covers the points of all of them (`group_by=metric` keeps them apart).
     pub metric: String,
     /// Inclusive start; unbounded when `None`.
     pub from: Option<Timestamp>,
@@ -445,8 +451,16 @@ impl Query {
     /// Checks the rules that involve several fields; every violation is reported.
     pub fn validate(&self) -> Result<()> {
         let mut errors = Vec::new();
-        if let Err(e) = check_metric_name(&self.metric) {
+        let names: Vec<&str> = self.metric.split(',').collect();
+        if names.len() > MAX_METRICS {
+            errors.push(FieldError::new(
+                "metric",
+                format!("at most {MAX_METRICS} metrics"),
+            ));
+        } else if let Some(e) = names.iter().find_map(|m| check_metric_name(m).err()) {
             errors.push(FieldError::new("metric", e));
+        } else if names.len() != self.metrics().len() {
+            errors.push(FieldError::new("metric", "names a metric twice"));
         }
         if let (Some(from), Some(to)) = (self.from, self.to)
             && from >= to
@@ -557,19 +571,40 @@ impl Query {
         self.aggs.iter().any(|a| a.is_percentile())
     }
 
-    /// Whether a series (metric and tags) is selected by this query's metric and filters.
+    /// The metrics the query covers, each once, in the order named.
+    pub fn metrics(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for m in self.metric.split(',') {
+            if !names.contains(&m) {
+                names.push(m);
+            }
+        }
+        names
+    }
+
+    /// Whether a series (metric and tags) is selected by this query's metrics and filters.
     /// Filter patterns are matched as literal text except for `*`; they never reach SQL.
     pub fn matches(&self, metric: &str, tags: &Tags) -> bool {
-        metric == self.metric
+        self.metric.split(',').any(|m| m == metric)
             && self.filters.iter().all(|f| {
                 tags.get(&f.key)
                     .is_some_and(|v| f.patterns.iter().any(|p| wildcard_match(p, v)))
             })
     }
 
-    /// The group a series belongs to.
-    pub fn group_key(&self, tags: &Tags) -> GroupKey {
-        self.group_by.iter().map(|k| tags.get(k).cloned()).collect()
+    /// The group a series (metric and tags) belongs to; the key `metric` stands for the
+    /// metric name.
+    pub fn group_key(&self, metric: &str, tags: &Tags) -> GroupKey {
+        self.group_by
+            .iter()
+            .map(|k| {
+                if k == METRIC_GROUP_KEY {
+                    Some(metric.to_string())
+                } else {
+                    tags.get(k).cloned()
+                }
+            })
+            .collect()
     }
 }
 
@@ -770,6 +805,25 @@ mod tests {
     }
 
     #[test]
+    fn a_query_may_name_several_metrics() {
+        let q = parse(&[("metric", "cpu,mem"), ("group_by", "metric,host")]).unwrap();
+        assert_eq!(q.metrics(), ["cpu", "mem"]);
+        let tags: Tags = [("host".to_string(), "web-1".to_string())].into();
+        assert!(q.matches("mem", &tags) && !q.matches("disk", &tags));
+        assert_eq!(
+            q.group_key("mem", &tags),
+            vec![Some("mem".to_string()), Some("web-1".to_string())]
+        );
+        assert_eq!(bad_fields(&[("metric", "cpu,cpu")]), vec!["metric"]);
+        assert_eq!(bad_fields(&[("metric", "cpu,,mem")]), vec!["metric"]);
+        assert_eq!(bad_fields(&[("metric", "cpu,bad name")]), vec!["metric"]);
+        let many = (0..=MAX_METRICS)
+            .map(|i| format!("m{i}"))
+            .collect::<Vec<_>>();
+        assert_eq!(bad_fields(&[("metric", &many.join(","))]), vec!["metric"]);
+    }
+
+    #[test]
     fn wildcards_are_literal_but_for_star() {
         assert!(wildcard_match("web-*", "web-01"));
         assert!(wildcard_match("*", ""));
@@ -805,7 +859,10 @@ mod tests {
         assert!(!q.matches("cpu", &other));
         other.remove("datacenter");
         assert!(!q.matches("cpu", &other));
-        assert_eq!(q.group_key(&tags), vec![Some("web-1".to_string()), None]);
+        assert_eq!(
+            q.group_key("cpu", &tags),
+            vec![Some("web-1".to_string()), None]
+        );
     }
 
     fn round_trip(q: &Query) {

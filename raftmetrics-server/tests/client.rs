@@ -58,6 +58,32 @@ async fn typed_client_round_trips_and_reports_partiality() {
         let count = raftmetrics_core::aggregate::find(&g.aggregations, Agg::Count);
         assert_eq!(count, Some(members.len() as f64), "{dc}");
     }
+    // One query over two metrics, grouped by metric name then tag, merged across workers.
+    let both = Query::from_params(&[
+        ("metric", "latency_ms,value"),
+        ("agg", "count,max"),
+        ("group_by", "metric,datacenter"),
+    ])
+    .unwrap();
+    let result = bin.aggregate(&both).await.unwrap().into_complete().unwrap();
+    let count_of = |metric: &str, dc: Option<&str>| {
+        result
+            .groups
+            .iter()
+            .find(|g| g.key[0].1.as_deref() == Some(metric) && g.key[1].1.as_deref() == dc)
+            .and_then(|g| raftmetrics_core::aggregate::find(&g.aggregations, Agg::Count))
+    };
+    assert_eq!(
+        count_of("latency_ms", Some("us-west")),
+        Some(west.len() as f64)
+    );
+    assert_eq!(
+        count_of("latency_ms", Some("us-east")),
+        Some(east.len() as f64)
+    );
+    assert_eq!(count_of("value", None), Some(1.0));
+    assert_eq!(result.get(Agg::Count), Some(3_001.0));
+
     let a = json.analytics(None).await.unwrap().into_complete().unwrap();
     assert_eq!((a.count, a.average), (1, Some(4.0)));
     let h = bin.health().await.unwrap();

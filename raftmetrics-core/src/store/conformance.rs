@@ -32,6 +32,7 @@ pub fn run(make: Factory<'_>) {
     export_import_round_trips(&*make(), &*make());
     drop_partition_forgets_everything(&*make());
     a_batch_id_is_stored_once(&*make(), &*make());
+    one_query_covers_several_metrics(&*make());
 }
 
 /// A small deterministic generator (SplitMix64), so the suite needs no RNG crate.
@@ -184,7 +185,7 @@ fn computes_exact_partial_states(store: &dyn Store) {
     let mut want = PartialAggregate::default();
     for r in rows.iter().filter(|r| r.timestamp >= q.from.unwrap()) {
         let bucket = r.timestamp.as_micros() / q.window_micros.unwrap() * q.window_micros.unwrap();
-        want.state_mut(q.group_key(&r.tags), bucket)
+        want.state_mut(q.group_key(&r.metric, &r.tags), bucket)
             .add(&cfg, r.value, true);
     }
     assert_eq!(
@@ -453,4 +454,46 @@ fn a_batch_id_is_stored_once(store: &dyn Store, replica: &dyn Store) {
         .apply(&[with_ids(2, 1, &rows[..10], &first[..1], late)])
         .unwrap();
     assert_eq!(count_in(store, &[2], "cpu"), 10);
+}
+
+fn one_query_covers_several_metrics(store: &dyn Store) {
+    let cfg = SketchConfig::default();
+    let mut rows = sample(12, 300);
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.metric = ["cpu", "mem", "disk"][i % 3].into();
+    }
+    store
+        .apply(&[write(0, 1, &rows[..150]), write(1, 1, &rows[150..])])
+        .unwrap();
+    let mut q = everything("cpu,mem");
+    q.group_by = vec!["metric".into(), "datacenter".into()];
+    let got = store.compute(&[0, 1], &q, &cfg).unwrap();
+    let mut want = PartialAggregate::default();
+    for r in rows.iter().filter(|r| r.metric != "disk") {
+        want.state_mut(q.group_key(&r.metric, &r.tags), WHOLE_RANGE)
+            .add(&cfg, r.value, true);
+    }
+    assert_eq!(
+        got.groups.keys().collect::<Vec<_>>(),
+        want.groups.keys().collect::<Vec<_>>(),
+        "groups by metric name, then tag"
+    );
+    for (group, buckets) in &want.groups {
+        let (g, w) = (&got.groups[group][&WHOLE_RANGE], &buckets[&WHOLE_RANGE]);
+        assert_eq!(
+            (g.count, g.min, g.max),
+            (w.count, w.min, w.max),
+            "{group:?}"
+        );
+    }
+    // Without group_by=metric, the metrics' points are aggregated together.
+    let both = total(
+        &store
+            .compute(&[0, 1], &everything("cpu,mem"), &cfg)
+            .unwrap(),
+    );
+    let cpu = total(&store.compute(&[0, 1], &everything("cpu"), &cfg).unwrap());
+    let mem = total(&store.compute(&[0, 1], &everything("mem"), &cfg).unwrap());
+    assert_eq!(both.count, cpu.count + mem.count);
+    assert_eq!(both.max, cpu.max.max(mem.max));
 }

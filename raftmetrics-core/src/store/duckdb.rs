@@ -602,16 +602,23 @@ impl Store for DuckDbStore {
         let (mut series_list, mut group_list) = (String::new(), String::new());
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
-            for p in partitions {
-                let Some(candidates) = catalog.get(p).and_then(|c| c.by_metric.get(&query.metric))
-                else {
-                    continue;
-                };
+            let metrics = query.metrics();
+            let catalog = &*catalog;
+            let metrics = &metrics;
+            let selected = partitions.iter().flat_map(|p| {
+                metrics.iter().filter_map(move |m| {
+                    catalog
+                        .get(p)
+                        .and_then(|c| c.by_metric.get(*m))
+                        .map(|series| (*m, series))
+                })
+            });
+            for (metric, candidates) in selected {
                 for (sid, tags) in candidates {
-                    if !query.matches(&query.metric, tags) {
+                    if !query.matches(metric, tags) {
                         continue;
                     }
-                    let key = query.group_key(tags);
+                    let key = query.group_key(metric, tags);
                     let next = groups.len() as u32;
                     let gid = *group_ids.entry(key.clone()).or_insert_with(|| {
                         groups.push(key);
