@@ -15,8 +15,8 @@
 //!    ready committed, `advance_apply`; compact logs that grew past the threshold.
 //!
 //! Every proposal is answered: applied (with its index), or an error (not leader with a hint,
-//! dropped, superseded by another leader's entry, timed out with an unknown outcome, node
-//! stopped). Queues are bounded; when full, callers get an error instead of waiting.
+//! dropped, superseded by another leader's entry, leadership lost or timed out with an
+//! unknown outcome, node stopped). Queues are bounded; when full, callers get an error instead of waiting.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -807,6 +807,9 @@ impl Driver {
                 continue;
             }
             let mut rd = r.node.ready();
+            if rd.ss().is_some_and(|ss| ss.raft_state != StateRole::Leader) {
+                stepped_down(r);
+            }
             let messages = rd.take_messages();
             for m in &messages {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
@@ -1027,6 +1030,20 @@ fn fail_replica(r: &mut Replica, why: &str) {
     }
     for (_, reply) in r.queued_changes.drain(..) {
         let _ = reply.send(Err(err()));
+    }
+}
+
+/// Answers at once the proposals of a replica that stopped leading: their entries may still
+/// be committed by the next leader or be replaced, so their outcome is unknown, and a caller
+/// that can resend (under a batch id) should not wait for the proposal timeout to learn it.
+fn stepped_down(r: &mut Replica) {
+    for p in r.pending.drain(..) {
+        for reply in p.replies {
+            let _ = reply.send(Err(Error::Raft(format!(
+                "partition {}: this node stopped leading before the write committed (outcome unknown)",
+                r.group
+            ))));
+        }
     }
 }
 
