@@ -236,10 +236,10 @@ async fn watch_raft(
         if let Err(e) = node.status().await
             && raft_node_stopped(&e)
         {
-            let why = format!(
-                "{e} (after the error it logged), so the worker stops; started again, it \
-                 recovers its replicas from its data directory"
-            );
+            let why = "the raft node of this worker stopped after the error it logged (a \
+                       storage failure such as a full disk, or a panic), so the worker stops \
+                       too; started again, it recovers its replicas from its data directory"
+                .to_string();
             warn!(error = %e, "raft node stopped; the worker stops");
             let _ = failed.send(Some(why));
             return;
@@ -250,7 +250,10 @@ async fn watch_raft(
 /// Whether `e`, from a call to the raft node, says that the node no longer runs (rather than
 /// that it is busy).
 fn raft_node_stopped(e: &Error) -> bool {
-    matches!(e, Error::Raft(m) if m.ends_with(" is stopped") || m.ends_with(" stopped before answering"))
+    let Error::Raft(message) = e else {
+        return false;
+    };
+    message.ends_with(" is stopped") || message.ends_with(" stopped before answering")
 }
 
 /// `host[:port]` of the control node's node-to-node listener.
@@ -682,7 +685,7 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_raft_node_is_told_from_a_busy_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(DuckDbStore::open(&dir.path().join("store.duckdb")).unwrap());
+        let store = Arc::new(DuckDbStore::open(dir.path().join("store.duckdb")).unwrap());
         let log = RaftLog::open(&dir.path().join("raft")).unwrap();
         let raft = RaftNode::start(NodeConfig::new(1), log, store, Arc::new(Nowhere)).unwrap();
         let node = raft.handle();

@@ -148,7 +148,10 @@ impl RaftLog {
     ///   the files can be deleted, and names the groups lagging behind.
     /// * `recovery_mode` tolerate-tail-corruption: a torn last write (crash during an
     ///   append) is dropped on recovery. Such a write was never acknowledged as synced, so
-    ///   dropping it is correct; corruption anywhere else fails the open.
+    ///   dropping it is correct. Damage anywhere else fails the open, with nothing changed:
+    ///   in the newest append file `check_log_tails` finds it (the engine alone would drop
+    ///   everything from the damage on); in older files the engine refuses a damaged batch
+    ///   on recovery, and a damaged entry when it is read.
     /// * `recovery_threads` 2: the machines have 2 cores.
     /// * `enable_log_recycle` off: purged files are deleted instead of being kept for reuse,
     ///   so disk usage follows the live log.
@@ -175,7 +178,9 @@ impl RaftLog {
             enable_log_recycle: false,
             ..Default::default()
         };
-        let engine = Engine::open(cfg).map_err(|e| Error::storage("open raft log", e))?;
+        check_log_tails(dir)?;
+        let engine = Engine::open(cfg)
+            .map_err(|e| Error::storage("open raft log", format!("{}: {e}", dir.display())))?;
         tracing::info!(
             dir = %dir.display(),
             groups = engine.raft_groups().len(),
@@ -321,6 +326,177 @@ impl RaftLog {
             .purge_expired_files()
             .map_err(|e| Error::storage("raft log purge", e))
     }
+}
+
+/// The start of every raft-engine log file (raft-engine 0.4, `file_pipe_log/format.rs`),
+/// followed by a big-endian `u64` format version and, from version 2, a `u64` alignment.
+const LOG_FILE_MAGIC: &[u8] = b"RAFT-LOG-FILE-HEADER-9986AB3E47F320B394C8E84916EB0ED5";
+/// A batch header (raft-engine 0.4, `log_batch.rs`): big-endian `u64`s
+/// `len << 8 | compression` and the offset of the footer within the batch.
+const BATCH_HEADER_LEN: usize = 16;
+/// Both the entries block and the footer of a batch end with a little-endian CRC-32 (the
+/// footer's, from format version 2, XOR the low 32 bits of the file's sequence number).
+const BATCH_CHECKSUM_LEN: usize = 4;
+
+/// Damage before the end of a log file: at `at`, with an intact batch after it at `next`.
+#[derive(Debug, PartialEq)]
+struct LogDamage {
+    at: usize,
+    next: usize,
+}
+
+/// Refuses a raft log whose newest files are damaged anywhere but in their last write.
+///
+/// On recovery, raft-engine's `TolerateTailCorruption` drops everything from the first
+/// damaged batch of a queue's newest file to the end of that file, wherever in the file the
+/// damage is: a torn last append (the intended case) and damage half-way through the file
+/// look alike to it. Dropping written batches that come after the damage would silently
+/// undo writes that were synced and acknowledged: entries this replica counted towards a
+/// commit, its votes. So before the engine opens the directory, the newest file of the
+/// append queue is read here; if an intact batch follows the first damaged one, the damage is not
+/// a torn last write and the open fails, naming the file, with nothing changed. A single
+/// writer (the replica driver) appends to the log one batch per write, so a torn write
+/// damages the last batch only.
+fn check_log_tails(dir: &Path) -> Result<()> {
+    let read_error = |path: &Path, e: std::io::Error| {
+        Error::storage("open raft log", format!("read {}: {e}", path.display()))
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return Err(read_error(dir, e)),
+    };
+    // The newest file of the append queue (`<seq>.raftlog`, sequence numbers in 16 digits),
+    // where every write goes. The rewrite queue (`.rewrite`, written only when old files are
+    // purged, far past this module's tests) is left to the engine.
+    let mut newest: Option<(u64, std::path::PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| read_error(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let seq = name
+            .strip_suffix(".raftlog")
+            .filter(|digits| digits.len() == 16)
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if let Some(seq) = seq
+            && newest.as_ref().is_none_or(|(s, _)| seq > *s)
+        {
+            newest = Some((seq, entry.path()));
+        }
+    }
+    if let Some((seq, path)) = newest {
+        let bytes = std::fs::read(&path).map_err(|e| read_error(&path, e))?;
+        if let Some(damage) = damage_before_end(&bytes, seq) {
+            return Err(Error::storage(
+                "open raft log",
+                format!(
+                    "{} is damaged at byte {} and intact writes follow it from byte {}: this \
+                     is not a torn last write (the only damage recovery drops), so the log \
+                     was left as it is and the node does not start. Restore this node's data \
+                     directory from a backup, or rebuild its replicas (docs/operations.md, \
+                     \"A damaged raft log\")",
+                    path.display(),
+                    damage.at,
+                    damage.next
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where `bytes`, a raft-engine log file with sequence number `seq`, is damaged, when an
+/// intact batch follows the damage; `None` when the file is intact or damaged only in its
+/// last batch (zeros after the data are space the engine allocated ahead of its writes).
+fn damage_before_end(bytes: &[u8], seq: u64) -> Option<LogDamage> {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let be_u64 = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    let signed = Some(seq as u32);
+    let version = LOG_FILE_MAGIC.len();
+    let header = bytes
+        .starts_with(LOG_FILE_MAGIC)
+        .then(|| (be_u64(version), be_u64(version + 8)));
+    let (start, signature) = match header {
+        Some((Some(1), _)) => (version + 8, None),
+        Some((Some(2), Some(0))) => (version + 16, signed),
+        // A layout with alignment padding, which this module never writes: left to the
+        // engine.
+        Some((Some(2), Some(_))) => return None,
+        // A damaged file header: any intact batch in the file is a write after it.
+        _ => {
+            return (version + 8..end)
+                .find(|&next| {
+                    intact_batch(bytes, next, signed).is_some()
+                        || intact_batch(bytes, next, None).is_some()
+                })
+                .map(|next| LogDamage { at: 0, next });
+        }
+    };
+    let mut at = start;
+    while let Some(len) = intact_batch(bytes, at, signature) {
+        at += len;
+    }
+    if at >= end {
+        return None;
+    }
+    (at + 1..end)
+        .find(|&next| intact_batch(bytes, next, signature).is_some())
+        .map(|next| LogDamage { at, next })
+}
+
+/// The length of the batch at `at` when it is whole and both its checksums match (the
+/// footer's XOR `signature`).
+fn intact_batch(bytes: &[u8], at: usize, signature: Option<u32>) -> Option<usize> {
+    let header = bytes.get(at..at.checked_add(BATCH_HEADER_LEN)?)?;
+    let word = u64::from_be_bytes(header[..8].try_into().ok()?);
+    let footer = usize::try_from(u64::from_be_bytes(header[8..].try_into().ok()?)).ok()?;
+    let len = usize::try_from(word >> 8).ok()?;
+    if (word & 0xFF) > 1 || footer < BATCH_HEADER_LEN || footer > len {
+        return None;
+    }
+    let batch = bytes.get(at..at.checked_add(len)?)?;
+    let checked = |block: &[u8], signature: Option<u32>| -> bool {
+        let Some(split) = block
+            .len()
+            .checked_sub(BATCH_CHECKSUM_LEN)
+            .filter(|&n| n > 0)
+        else {
+            return false;
+        };
+        let (data, sum) = block.split_at(split);
+        let stored = u32::from_le_bytes(sum.try_into().unwrap_or_default());
+        crc32(data) == stored ^ signature.unwrap_or(0)
+    };
+    let entries = &batch[BATCH_HEADER_LEN..footer];
+    let entries_ok = entries.is_empty() || checked(entries, None);
+    (entries_ok && checked(&batch[footer..], signature)).then_some(len)
+}
+
+/// CRC-32 (IEEE 802.3, reflected), the checksum of raft-engine's batches.
+fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    !data.iter().fold(!0u32, |c, &b| {
+        TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+    })
 }
 
 /// Reads a group's persisted state from the engine.
@@ -2208,5 +2384,102 @@ mod tests {
         assert_eq!(g.hard_state(), hs);
         assert_eq!(all_entries(&g), entries);
         assert_eq!(g.conf_state(), conf(&ids));
+    }
+
+    /// Writes `writes` batches to group 1 of a new log in `dir`, one entry and a hard state
+    /// each, closes the log and returns its only file.
+    fn log_file_with_writes(dir: &Path, writes: u64) -> PathBuf {
+        {
+            let log = RaftLog::open(dir).unwrap();
+            let g = log.group(1).unwrap();
+            for i in 1..=writes {
+                write_with(&log, |b| {
+                    g.stage_append(b, &[data_entry(i, 1, vec![i as u8; 300])])
+                        .unwrap();
+                    g.stage_hard_state(b, &hard(1, 1, i)).unwrap();
+                });
+            }
+        }
+        append_file(dir)
+    }
+
+    /// Where the written data in the bytes of a log file ends (what follows is zeros).
+    fn bytes_end(bytes: &[u8]) -> usize {
+        bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+    }
+
+    fn last_index_after_reopen(dir: &Path) -> Result<u64> {
+        let log = RaftLog::open(dir)?;
+        let last = log.group(1)?.last_index().unwrap();
+        Ok(last)
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_checksum() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn a_damaged_last_write_is_dropped_on_reopen() {
+        // Cut short, overwritten, or followed by space allocated ahead (zeros).
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(&str, Damage, u64); 4] = [
+            ("cut short", |b| b.truncate(bytes_end(b) - 10), 9),
+            (
+                "overwritten",
+                |b| {
+                    let end = bytes_end(b);
+                    b[end - 12..end - 4].iter_mut().for_each(|x| *x = !*x);
+                },
+                9,
+            ),
+            (
+                "its header overwritten",
+                |b| {
+                    // The first file's batches are signed with its sequence number, 1.
+                    let (mut at, mut last) = (LOG_FILE_MAGIC.len() + 16, 0);
+                    while let Some(len) = intact_batch(b, at, Some(1)) {
+                        (last, at) = (at, at + len);
+                    }
+                    b[last..last + 8].iter_mut().for_each(|x| *x = !*x);
+                },
+                9,
+            ),
+            ("followed by zeros", |b| b.resize(b.len() + 4096, 0), 10),
+        ];
+        for (what, damage, last) in cases {
+            let dir = TempDir::new().unwrap();
+            let file = log_file_with_writes(dir.path(), 10);
+            let mut bytes = std::fs::read(&file).unwrap();
+            damage(&mut bytes);
+            std::fs::write(&file, &bytes).unwrap();
+            assert_eq!(last_index_after_reopen(dir.path()).unwrap(), last, "{what}");
+        }
+    }
+
+    #[test]
+    fn damage_before_the_last_write_fails_the_open_and_changes_nothing() {
+        type Place = fn(usize) -> usize;
+        let places: [(&str, Place); 3] = [
+            ("the middle", |end| end / 2),
+            ("the first batch", |_| LOG_FILE_MAGIC.len() + 16 + 20),
+            ("the file header", |_| 3),
+        ];
+        for (what, place) in places {
+            let dir = TempDir::new().unwrap();
+            let file = log_file_with_writes(dir.path(), 10);
+            let mut bytes = std::fs::read(&file).unwrap();
+            let at = place(bytes_end(&bytes));
+            bytes[at..at + 16].iter_mut().for_each(|x| *x = !*x);
+            std::fs::write(&file, &bytes).unwrap();
+            let err = last_index_after_reopen(dir.path()).unwrap_err();
+            let name = file.file_name().unwrap().to_str().unwrap();
+            assert!(
+                matches!(&err, Error::Storage { reason, .. } if reason.contains(name)),
+                "{what}: {err}"
+            );
+            assert_eq!(std::fs::read(&file).unwrap(), bytes, "{what}: file changed");
+        }
     }
 }

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 pub mod batches;
+pub mod netns;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -34,11 +35,25 @@ pub async fn json_of(resp: reqwest::Response) -> Value {
     serde_json::from_slice(&bytes).unwrap_or(Value::Null)
 }
 
+/// How a node was started, read from `/proc` by [`DevCluster::kill_node`]: what starting it
+/// again takes.
+#[derive(Clone, Debug)]
+pub struct NodeLaunch {
+    pub role: String,
+    pub id: u64,
+    pub http_port: u16,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
 pub struct DevCluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub workers: u16,
-    dev: Child,
+    /// The `dev` process; `None` for a cluster made by [`DevCluster::attach`].
+    dev: Option<Child>,
+    /// The address the HTTP ports are reached at: loopback for `dev`.
+    host: IpAddr,
     pub http: reqwest::Client,
     /// Nodes started again by [`DevCluster::restart`] (not children of `dev`): role, id.
     restarted: std::sync::Mutex<Vec<(String, u64, Child)>>,
@@ -94,7 +109,8 @@ impl DevCluster {
             dir,
             port,
             workers,
-            dev,
+            dev: Some(dev),
+            host: Ipv4Addr::LOCALHOST.into(),
             restarted: std::sync::Mutex::new(Vec::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -105,12 +121,34 @@ impl DevCluster {
         cluster
     }
 
+    /// A client of a cluster started by other means, whose control node's HTTP API is at
+    /// `host:port`: [`DevCluster::url`], the requests, [`DevCluster::leader_of`],
+    /// [`DevCluster::wait_partitions_led`] and the writer and set checker of [`batches`]
+    /// work on it; it owns no process and stops nothing when dropped. The helpers that read
+    /// `nodes.json` (nodes, signals, restarts) and [`DevCluster::worker_url`] (which assumes
+    /// `dev`'s ports) do not apply.
+    pub fn attach(host: IpAddr, port: u16, workers: u16) -> DevCluster {
+        DevCluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port,
+            workers,
+            dev: None,
+            host,
+            restarted: std::sync::Mutex::new(Vec::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .no_proxy()
+                .build()
+                .expect("http client"),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     pub fn worker_url(&self, id: u16, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port + id)
+        format!("http://{}:{}{path}", self.host, self.port + id)
     }
 
     pub fn nodes_path(&self) -> PathBuf {
@@ -166,6 +204,25 @@ impl DevCluster {
     /// supervisor would: the same program, command line and environment (read from `/proc`),
     /// the same data directory. Waits until it listens on its HTTP port again.
     pub async fn restart(&self, role: &str, id: u64, down: Duration) {
+        let launch = self.kill_node(role, id).await;
+        tokio::time::sleep(down).await;
+        self.relaunch(&launch, None).await;
+    }
+
+    /// The data directory `dev` gave the node `role`/`id`: `<dev dir>/control` or
+    /// `<dev dir>/worker-<id>`.
+    pub fn data_dir(&self, role: &str, id: u64) -> PathBuf {
+        let cluster = self.dir.path().join("cluster");
+        match role {
+            "control" => cluster.join("control"),
+            _ => cluster.join(format!("{role}-{id}")),
+        }
+    }
+
+    /// Reads how the node `role`/`id` was started (program, command line and environment,
+    /// from `/proc`), kills it with SIGKILL and waits until it is gone. The answer starts it
+    /// again ([`DevCluster::relaunch`]), once the test has done what it wanted to its files.
+    pub async fn kill_node(&self, role: &str, id: u64) -> NodeLaunch {
         let node = self.node(role, id);
         let read = |what: &str| {
             std::fs::read(format!("/proc/{}/{what}", node.pid)).expect("read /proc of the node")
@@ -177,11 +234,20 @@ impl DevCluster {
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .collect()
         };
-        let cmdline = split(read("cmdline"));
-        let environ = split(read("environ"));
+        let launch = NodeLaunch {
+            role: role.to_string(),
+            id,
+            http_port: node.http_port,
+            argv: split(read("cmdline")),
+            env: split(read("environ"))
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
         kill(Pid::from_raw(node.pid), Signal::SIGKILL).expect("kill -9 the node");
         let gone = Instant::now();
-        // Gone, or a zombie its parent has not reaped yet: either way its ports are free.
+        // Gone, or a zombie its parent has not reaped yet: either way its files are closed.
         while std::fs::read_to_string(format!("/proc/{}/stat", node.pid))
             .is_ok_and(|s| !s.contains(") Z "))
         {
@@ -191,26 +257,102 @@ impl DevCluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(down).await;
-        let mut cmd = Command::new(&cmdline[0]);
-        cmd.args(&cmdline[1..])
-            .env_clear()
-            .envs(environ.iter().filter_map(|kv| kv.split_once('=')))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("start the node again");
+        launch
+    }
+
+    /// Starts a node stopped by [`DevCluster::kill_node`] again, as its supervisor would,
+    /// with its standard error appended to `stderr` (inherited when `None`). Waits until it
+    /// listens on its HTTP port; panics, with what it wrote, if it exits first.
+    pub async fn relaunch(&self, launch: &NodeLaunch, stderr: Option<&Path>) {
+        let child = self.spawn_launch(launch, stderr);
+        let pid = child.id();
         self.restarted
             .lock()
             .unwrap()
-            .push((role.to_string(), id, child));
+            .push((launch.role.clone(), launch.id, child));
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", node.http_port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", launch.http_port)).is_err() {
+            let exited = self
+                .restarted
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .find(|(_, _, c)| c.id() == pid)
+                .and_then(|(_, _, c)| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let said = stderr
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default();
+                panic!(
+                    "{} {} exited during startup ({status}): {said}",
+                    launch.role, launch.id
+                );
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "{role} {id} does not listen again"
+                "{} {} does not listen again",
+                launch.role,
+                launch.id
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Starts a node stopped by [`DevCluster::kill_node`] again, expecting it to stop on its
+    /// own: waits up to `limit` for it to exit and returns its exit status, with its
+    /// standard error written to `stderr`. `None` (and the node killed) when it still runs
+    /// after `limit`.
+    pub async fn relaunch_to_exit(
+        &self,
+        launch: &NodeLaunch,
+        stderr: &Path,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut child = self.spawn_launch(launch, Some(stderr));
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How the node `role`/`id` last started by [`DevCluster::relaunch`] (or
+    /// [`DevCluster::restart`]) exited; `None` while it runs.
+    pub fn exited(&self, role: &str, id: u64) -> Option<std::process::ExitStatus> {
+        let mut restarted = self.restarted.lock().unwrap();
+        let (_, _, child) = restarted
+            .iter_mut()
+            .rev()
+            .find(|(r, i, _)| r == role && *i == id)?;
+        child.try_wait().ok().flatten()
+    }
+
+    fn spawn_launch(&self, launch: &NodeLaunch, stderr: Option<&Path>) -> Child {
+        let err = match stderr {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the node's stderr file"),
+            ),
+            None => Stdio::inherit(),
+        };
+        Command::new(&launch.argv[0])
+            .args(&launch.argv[1..])
+            .env_clear()
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start the node again")
     }
 
     /// Waits until the control node knows a live leader for each of `partitions`.
@@ -326,16 +468,19 @@ impl Drop for DevCluster {
         let nodes = std::fs::read_to_string(self.nodes_path())
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let _ = kill(Pid::from_raw(self.dev.id() as i32), Signal::SIGTERM);
+        let Some(dev) = self.dev.as_mut() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(dev.id() as i32), Signal::SIGTERM);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.dev.try_wait() {
+            if let Ok(Some(_)) = dev.try_wait() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.dev.kill();
-        let _ = self.dev.wait();
+        let _ = dev.kill();
+        let _ = dev.wait();
         if let Some(doc) = nodes
             && let Some(list) = doc["nodes"].as_array()
         {
