@@ -522,7 +522,10 @@ mod tests {
                 assert!(q.to.is_none_or(|t| t <= end), "{}", c.name);
             }
         }
-        assert_eq!(cases[2].queries.len(), 10);
+        // cpu-max-all: one query over the ten fields, grouped by metric.
+        assert_eq!(cases[2].queries.len(), 1);
+        assert_eq!(cases[2].queries[0].metrics(), FIELDS);
+        assert_eq!(cases[2].queries[0].group_by, ["metric"]);
         // The same seed draws the same parameters.
         let again = super::cases(&d, intervals).expect("cases");
         assert_eq!(cases[0].sql, again[0].sql);
