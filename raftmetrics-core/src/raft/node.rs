@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -196,11 +197,19 @@ enum Command {
 pub struct NodeHandle {
     id: NodeId,
     tx: SyncSender<Command>,
+    /// Set when the loop's thread ends, however it ends (stop, error or panic).
+    stopped: Arc<AtomicBool>,
 }
 
 impl NodeHandle {
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Whether the node's loop has ended (stopped, or failed on an error it logged, such as
+    /// a log or store write that failed), so that it will answer nothing any more.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -325,6 +334,15 @@ fn single_change(kind: raft::eraftpb::ConfChangeType, node: NodeId) -> ConfChang
     cc
 }
 
+/// Sets its flag when dropped: at the end of the loop's thread, also when it unwinds.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A running node. Dropping it stops the loop like [`RaftNode::crash`].
 pub struct RaftNode {
     handle: NodeHandle,
@@ -358,12 +376,17 @@ impl RaftNode {
             driver.recover_group(group)?;
         }
         let id = driver.config.id;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = SetOnDrop(Arc::clone(&stopped));
         let thread = std::thread::Builder::new()
             .name(format!("raft-node-{id}"))
-            .spawn(move || driver.run(rx))
+            .spawn(move || {
+                let _flag = flag;
+                driver.run(rx)
+            })
             .map_err(|e| Error::Internal(format!("spawn raft thread: {e}")))?;
         Ok(RaftNode {
-            handle: NodeHandle { id, tx },
+            handle: NodeHandle { id, tx, stopped },
             thread: Some(thread),
         })
     }
@@ -495,9 +518,16 @@ impl Driver {
                 Error::Internal(format!("group {group}: unreadable snapshot metadata: {e}"))
             })?;
             if meta.index != applied {
-                return Err(Error::Internal(format!(
-                    "group {group}: store applied {applied} but the log ends at {last}"
-                )));
+                return Err(Error::Storage {
+                    operation: "recover replica",
+                    reason: format!(
+                        "partition {group}: the data file applied the log up to index \
+                         {applied}, but the raft log ends at {last}: the raft log lost \
+                         writes (a damaged or replaced log directory). Rebuild this \
+                         node's replicas from the others (docs/operations.md, \"A damaged \
+                         raft log\")"
+                    ),
+                });
             }
             storage.stage_snapshot_metadata(&mut batch, &meta)?;
         } else if applied > storage.hard_state().commit {
