@@ -465,6 +465,7 @@ async fn postman_collection_runs_against_a_cluster() {
         ("token".into(), TOKEN.into()),
     ]);
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stored_keys: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut unread = false;
     let mut failures = Vec::new();
     let mut assertions = 0;
@@ -479,7 +480,20 @@ async fn postman_collection_runs_against_a_cluster() {
             unread = false;
         }
         let (status, body) = send(&c, request, &collection["auth"], &vars).await;
-        if write && status == 200 {
+        // A batch resent under an Idempotency-Key already stored adds nothing.
+        let key = request["header"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| {
+                h["key"]
+                    .as_str()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("idempotency-key"))
+            })
+            .and_then(|h| h["value"].as_str());
+        let repeated = key.is_some_and(|k| stored_keys.contains(k));
+        if write && status == 200 && !repeated {
+            stored_keys.extend(key.map(str::to_string));
             count_points(
                 request["body"]["raw"].as_str().unwrap_or_default(),
                 &mut written,
