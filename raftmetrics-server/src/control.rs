@@ -302,6 +302,20 @@ impl Control {
         }
     }
 
+    /// What each live worker last reported as applied, per partition and worker.
+    fn applied_indexes(&self) -> HashMap<(PartitionId, NodeId), u64> {
+        let registry = self.lock_registry();
+        registry
+            .iter()
+            .filter(|(_, e)| e.last_seen.elapsed() <= LIVENESS)
+            .flat_map(|(id, e)| {
+                e.replicas
+                    .iter()
+                    .map(move |st| ((st.group, *id), st.applied_index))
+            })
+            .collect()
+    }
+
     /// Live workers and, per partition, the live leader with the highest term.
     fn liveness(
         &self,
@@ -346,16 +360,24 @@ impl Control {
         if placement.is_empty() {
             missing = (0..self.partitions).collect();
         }
-        // Round 1: one live replica per partition (the leader when known), and every live
-        // worker is asked (an empty list still tells whether it answers).
+        // Round 1: one live replica per partition (the leader when known, else the one that
+        // reported the most applied entries), and every live worker is asked (an empty list
+        // still tells whether it answers).
+        let applied = self.applied_indexes();
         let mut plan: BTreeMap<NodeId, Vec<PartitionId>> =
             live.keys().map(|id| (*id, Vec::new())).collect();
         for (p, replicas) in placement.iter().enumerate() {
             let p = p as PartitionId;
             let leader = leaders.get(&p).filter(|l| replicas.contains(l));
-            let pick = leader
-                .copied()
-                .or_else(|| replicas.iter().copied().find(|r| live.contains_key(r)));
+            let freshest = || {
+                replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| live.contains_key(r))
+                    .rev()
+                    .max_by_key(|r| applied.get(&(p, *r)).copied().unwrap_or(0))
+            };
+            let pick = leader.copied().or_else(freshest);
             match pick {
                 Some(w) => plan.entry(w).or_default().push(p),
                 None => missing.push(p),
