@@ -317,7 +317,7 @@ pub async fn write_batch(
             .or_default()
             .push(r);
     }
-    let (mut stored, rest) = match &id {
+    let (mut stored, rest, mut failed) = match &id {
         Some(id) => write_grouped(router, id, by_partition, deadline).await,
         None => (
             Vec::new(),
@@ -325,6 +325,7 @@ pub async fn write_batch(
                 .into_iter()
                 .map(|(p, r)| (p, r, None))
                 .collect(),
+            Vec::new(),
         ),
     };
     // Every share not stored yet goes its own way, with redirects and retries.
@@ -339,7 +340,6 @@ pub async fn write_batch(
             (partition, written)
         });
     }
-    let mut failed: Vec<(PartitionId, Error)> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((p, Ok((leader, _)))) => stored.push((p, leader)),
@@ -371,13 +371,17 @@ pub async fn write_batch(
 /// the partitions it leads (a request over 16 partitions and 2 workers is 2 calls, not 16).
 /// Answers the shares stored and gives back the others (no known leader, led here, refused,
 /// or an unknown outcome: resending them under the batch id is harmless), each with the node
-/// not to try first.
+/// not to try first, and the shares whose call failed in a way that lost them.
 async fn write_grouped(
     router: &Arc<Router>,
     id: &BatchId,
     shares: BTreeMap<PartitionId, Vec<Record>>,
     deadline: Instant,
-) -> (Vec<(PartitionId, NodeId)>, Vec<Remaining>) {
+) -> (
+    Vec<(PartitionId, NodeId)>,
+    Vec<Remaining>,
+    Vec<(PartitionId, Error)>,
+) {
     let mut rest = Vec::new();
     let mut by_leader: BTreeMap<NodeId, Vec<Share>> = BTreeMap::new();
     for (partition, records) in shares {
@@ -394,13 +398,15 @@ async fn write_grouped(
         }
     }
     let mut calls = tokio::task::JoinSet::new();
+    let mut in_call: HashMap<tokio::task::Id, Vec<PartitionId>> = HashMap::new();
     for (node, shares) in by_leader {
         let Some(addr) = router.peer(node).and_then(|p| p.addr) else {
             rest.extend(shares.into_iter().map(|s| (s.partition, s.records, None)));
             continue;
         };
+        let partitions: Vec<PartitionId> = shares.iter().map(|s| s.partition).collect();
         let router = Arc::clone(router);
-        calls.spawn(async move {
+        let call = calls.spawn(async move {
             let timeout = deadline
                 .saturating_duration_since(Instant::now())
                 .min(WRITE_ATTEMPT_TIMEOUT);
@@ -411,11 +417,20 @@ async fn write_grouped(
             };
             (node, shares, answer)
         });
+        in_call.insert(call.id(), partitions);
     }
     let mut stored = Vec::new();
+    let mut failed = Vec::new();
     while let Some(joined) = calls.join_next().await {
-        let Ok((node, shares, answer)) = joined else {
-            continue;
+        let (node, shares, answer) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // The shares went down with the task: reported failed, never dropped.
+                for p in in_call.remove(&e.id()).unwrap_or_default() {
+                    failed.push((p, Error::Internal(format!("write task: {e}"))));
+                }
+                continue;
+            }
         };
         let results = match answer {
             Ok(Response::WrittenMany(results)) if results.len() == shares.len() => results,
@@ -442,7 +457,7 @@ async fn write_grouped(
             }
         }
     }
-    (stored, rest)
+    (stored, rest, failed)
 }
 
 /// A share still to write: partition, records, a node not to try first.
