@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{DevCluster, batches};
 use nix::sys::signal::Signal;
-use serde_json::json;
 
 const PARTS: u32 = 4;
 const WORKERS: u16 = 3;
@@ -31,47 +30,6 @@ fn summary(log: &[batches::Outcome], fault: Instant) -> String {
         log.iter().filter(|o| o.acked_by.is_some()).count(),
         batches::resumed_after(log, fault)
     )
-}
-
-/// Waits until every worker holds the same count and sum of `METRIC` (each holds every
-/// partition at factor 3) and returns the count.
-async fn replicas_agree(c: &DevCluster) -> u64 {
-    let start = Instant::now();
-    loop {
-        let mut answers = Vec::new();
-        for id in 1..=WORKERS {
-            let (s, doc) = c
-                .post_json(
-                    &c.worker_url(id, "/compute"),
-                    &json!({"metric": METRIC, "aggregations": ["count", "sum"]}),
-                )
-                .await;
-            assert_eq!(s, 200, "{doc}");
-            answers.push((
-                doc["count"].as_u64().unwrap(),
-                doc["results"]["sum"].clone(),
-            ));
-        }
-        if answers.iter().all(|a| *a == answers[0]) {
-            return answers[0].0;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "replicas disagree: {answers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The stored points, counted through the control node with strong reads.
-async fn strong_count(c: &DevCluster) -> u64 {
-    let (s, doc) = c
-        .get_json(&c.url(&format!(
-            "/aggregate?metric={METRIC}&agg=count&consistency=strong"
-        )))
-        .await;
-    assert_eq!(s, 200, "{doc}");
-    doc["aggregations"]["count"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +53,10 @@ async fn control_node_killed_and_restarted_during_writes() {
     assert_eq!(health["partitions_total"], PARTS, "{health}");
     let stored = batches::check(&c, METRIC, &log).await;
     assert!(stored > 0);
-    assert_eq!(replicas_agree(&c).await, strong_count(&c).await);
+    assert_eq!(
+        batches::replicas_agree(&c, METRIC).await,
+        batches::strong_count(&c, METRIC).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +80,10 @@ async fn follower_killed_then_restarted_catches_up() {
         "writes must go on while one follower of three is down"
     );
     batches::check(&c, METRIC, &log).await;
-    assert_eq!(replicas_agree(&c).await, strong_count(&c).await);
+    assert_eq!(
+        batches::replicas_agree(&c, METRIC).await,
+        batches::strong_count(&c, METRIC).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,5 +111,8 @@ async fn leader_paused_past_the_election_timeout_then_resumed() {
         "the paused leader's partition must take writes under a new leader"
     );
     batches::check(&c, METRIC, &log).await;
-    assert_eq!(replicas_agree(&c).await, strong_count(&c).await);
+    assert_eq!(
+        batches::replicas_agree(&c, METRIC).await,
+        batches::strong_count(&c, METRIC).await
+    );
 }

@@ -236,18 +236,6 @@ fn check_probes(probes: &[Probe], log: &[batches::Outcome], fault: Instant) -> A
     answers
 }
 
-/// The stored points, counted through the control node with strong reads.
-async fn strong_count(c: &DevCluster, metric: &str) -> u64 {
-    let (s, doc) = c
-        .get_json(&c.url(&format!(
-            "/aggregate?metric={metric}&agg=count&consistency=strong"
-        )))
-        .await;
-    assert_eq!(s, 200, "{doc}");
-    assert_eq!(doc["is_partial"], false, "{doc}");
-    doc["aggregations"]["count"].as_u64().unwrap()
-}
-
 /// After the cuts healed: the set checker, then every replica holds what the cluster
 /// answers.
 async fn check_after_heal(c: &NetnsCluster, metric: &str, log: &[batches::Outcome]) {
@@ -256,7 +244,7 @@ async fn check_after_heal(c: &NetnsCluster, metric: &str, log: &[batches::Outcom
     assert!(stored > 0);
     assert_eq!(
         c.replicas_agree(metric).await,
-        strong_count(&c.client, metric).await
+        batches::strong_count(&c.client, metric).await
     );
 }
 

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{DevCluster, batches};
-use serde_json::json;
 
 const PARTS: u32 = 4;
 const WORKERS: u16 = 3;
@@ -45,51 +44,13 @@ fn summary(log: &[batches::Outcome], fault: Instant) -> String {
     )
 }
 
-/// Waits until every worker holds the same count and sum of `METRIC` (each holds every
-/// partition at factor 3) and returns the count.
-async fn replicas_agree(c: &DevCluster) -> u64 {
-    let start = Instant::now();
-    loop {
-        let mut answers = Vec::new();
-        for id in 1..=WORKERS {
-            let (s, doc) = c
-                .post_json(
-                    &c.worker_url(id, "/compute"),
-                    &json!({"metric": METRIC, "aggregations": ["count", "sum"]}),
-                )
-                .await;
-            assert_eq!(s, 200, "{doc}");
-            answers.push((
-                doc["count"].as_u64().unwrap(),
-                doc["results"]["sum"].clone(),
-            ));
-        }
-        if answers.iter().all(|a| *a == answers[0]) {
-            return answers[0].0;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "replicas disagree: {answers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The stored points, counted through the control node with strong reads.
-async fn strong_count(c: &DevCluster) -> u64 {
-    let (s, doc) = c
-        .get_json(&c.url(&format!(
-            "/aggregate?metric={METRIC}&agg=count&consistency=strong"
-        )))
-        .await;
-    assert_eq!(s, 200, "{doc}");
-    doc["aggregations"]["count"].as_u64().unwrap()
-}
-
 /// The set checker, then the replicas against each other and against the strong count.
 async fn check_all(c: &DevCluster, log: &[batches::Outcome]) -> usize {
     let stored = batches::check(c, METRIC, log).await;
-    assert_eq!(replicas_agree(c).await, strong_count(c).await);
+    assert_eq!(
+        batches::replicas_agree(c, METRIC).await,
+        batches::strong_count(c, METRIC).await
+    );
     stored
 }
 

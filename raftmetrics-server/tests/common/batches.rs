@@ -160,3 +160,63 @@ pub async fn check(c: &DevCluster, metric: &str, log: &[Outcome]) -> usize {
     }
     stored.len()
 }
+
+/// The stored points of `metric`, counted through the control node with strong reads. An
+/// answer flagged partial (a leader just changed) is asked again, for up to 15 s.
+pub async fn strong_count(c: &DevCluster, metric: &str) -> u64 {
+    let start = Instant::now();
+    loop {
+        let (s, doc) = c
+            .get_json(&c.url(&format!(
+                "/aggregate?metric={metric}&agg=count&consistency=strong"
+            )))
+            .await;
+        assert_eq!(s, 200, "{doc}");
+        if doc["is_partial"] == false {
+            return doc["aggregations"]["count"].as_u64().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still partial: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every worker's `/compute` (at `compute_urls`, one per worker, each holding
+/// every partition) answers the same count and sum of `metric`, and returns the count.
+pub async fn replicas_agree_at(c: &DevCluster, metric: &str, compute_urls: &[String]) -> u64 {
+    let start = Instant::now();
+    loop {
+        let mut answers = Vec::new();
+        for url in compute_urls {
+            let (s, doc) = c
+                .post_json(
+                    url,
+                    &serde_json::json!({"metric": metric, "aggregations": ["count", "sum"]}),
+                )
+                .await;
+            assert_eq!(s, 200, "{doc}");
+            answers.push((
+                doc["count"].as_u64().unwrap(),
+                doc["results"]["sum"].clone(),
+            ));
+        }
+        if answers.iter().all(|a| *a == answers[0]) {
+            return answers[0].0;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "replicas disagree: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`replicas_agree_at`] on the workers of a `dev` cluster.
+pub async fn replicas_agree(c: &DevCluster, metric: &str) -> u64 {
+    let urls: Vec<String> = (1..=c.workers)
+        .map(|id| c.worker_url(id, "/compute"))
+        .collect();
+    replicas_agree_at(c, metric, &urls).await
+}

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use raftmetrics_core::{HashPartitioner, PartitionId, Partitioner};
 use raftmetrics_server::config::{Role, parse_from_env_and_args};
 use raftmetrics_server::dev;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{DevCluster, TOKEN, TOKEN_B, TOKEN_C};
 
@@ -638,32 +638,10 @@ impl NetnsCluster {
     /// partition when the replication factor equals the number of workers) and returns the
     /// count.
     pub async fn replicas_agree(&self, metric: &str) -> u64 {
-        let start = Instant::now();
-        loop {
-            let mut answers = Vec::new();
-            for id in 1..=u64::from(self.workers) {
-                let (s, doc) = self
-                    .client
-                    .post_json(
-                        &self.worker_url(id, "/compute"),
-                        &json!({"metric": metric, "aggregations": ["count", "sum"]}),
-                    )
-                    .await;
-                assert_eq!(s, 200, "{doc}");
-                answers.push((
-                    doc["count"].as_u64().unwrap(),
-                    doc["results"]["sum"].clone(),
-                ));
-            }
-            if answers.iter().all(|a| *a == answers[0]) {
-                return answers[0].0;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "replicas disagree: {answers:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let urls: Vec<String> = (1..=u64::from(self.workers))
+            .map(|id| self.worker_url(id, "/compute"))
+            .collect();
+        super::batches::replicas_agree_at(&self.client, metric, &urls).await
     }
 }
 
