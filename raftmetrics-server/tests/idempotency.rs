@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{DevCluster, TOKEN};
+use common::{DevCluster, TOKEN, batches};
 use raftmetrics_client::Client;
 use raftmetrics_core::{BatchId, Point, Timestamp};
 use serde_json::json;
@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PARTS: u32 = 4;
 const T0: i64 = 1_705_708_800_000_000;
+/// The client's key of the batch sent again and again.
+const ORDERS_KEY: &str = "orders-2024-01-20-batch-7";
 
 /// `n` points of `metric`, over 16 partition keys (so over every partition), values 1..=n.
 fn batch(metric: &str, n: usize) -> Vec<Point> {
@@ -31,30 +33,14 @@ fn batch(metric: &str, n: usize) -> Vec<Point> {
         .collect()
 }
 
-/// Count and sum of `metric`, read through the control node with strong reads. Right after
-/// a worker dies an answer may be flagged partial (never short without saying so): it is
-/// asked again until complete.
+/// Count and sum of `metric`, read with strong reads (asked again while flagged partial,
+/// as it may be right after a worker dies).
 async fn stored(c: &DevCluster, metric: &str) -> (u64, f64) {
-    let start = std::time::Instant::now();
-    loop {
-        let (s, doc) = c
-            .get_json(&c.url(&format!(
-                "/aggregate?metric={metric}&agg=count,sum&consistency=strong"
-            )))
-            .await;
-        assert_eq!(s, 200, "{doc}");
-        if doc["is_partial"] == false {
-            return (
-                doc["aggregations"]["count"].as_u64().unwrap(),
-                doc["aggregations"]["sum"].as_f64().unwrap(),
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "still partial: {doc}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let aggs = batches::strong_aggregations(c, metric, "count,sum").await;
+    (
+        aggs["count"].as_u64().unwrap(),
+        aggs["sum"].as_f64().unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +50,7 @@ async fn a_batch_id_is_stored_once_across_a_leader_death_and_a_control_restart()
     let client = Client::builder(c.url("")).token(TOKEN).build().unwrap();
     let points = batch("orders", 64);
     let expected = (64, (1..=64).sum::<u64>() as f64);
-    let id = BatchId::parse("orders-2024-01-20-batch-7").unwrap();
+    let id = BatchId::parse(ORDERS_KEY).unwrap();
 
     let ack = client
         .insert_batch_with_id(&id, points.clone())
@@ -128,16 +114,16 @@ async fn a_batch_id_is_stored_once_across_a_leader_death_and_a_control_restart()
             })
         })
         .collect();
-    let resp = c
-        .http
-        .post(c.url("/insert"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .header("idempotency-key", id.as_str())
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let post_json = |key: &'static str| {
+        c.http
+            .post(c.url("/insert"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+    };
+    let resp = post_json(ORDERS_KEY).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         stored(&c, "orders").await,
@@ -146,16 +132,7 @@ async fn a_batch_id_is_stored_once_across_a_leader_death_and_a_control_restart()
     );
 
     // A malformed id refuses the whole request.
-    let resp = c
-        .http
-        .post(c.url("/insert"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .header("idempotency-key", "two words")
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json("two words").await.unwrap();
     assert_eq!(resp.status(), 400);
     let doc = common::json_of(resp).await;
     assert_eq!(doc["code"], "INVALID_REQUEST", "{doc}");

@@ -161,19 +161,19 @@ pub async fn check(c: &DevCluster, metric: &str, log: &[Outcome]) -> usize {
     stored.len()
 }
 
-/// The stored points of `metric`, counted through the control node with strong reads. An
+/// The `aggregations` of `agg` over `metric` through the control node with strong reads. An
 /// answer flagged partial (a leader just changed) is asked again, for up to 15 s.
-pub async fn strong_count(c: &DevCluster, metric: &str) -> u64 {
+pub async fn strong_aggregations(c: &DevCluster, metric: &str, agg: &str) -> serde_json::Value {
     let start = Instant::now();
     loop {
         let (s, doc) = c
             .get_json(&c.url(&format!(
-                "/aggregate?metric={metric}&agg=count&consistency=strong"
+                "/aggregate?metric={metric}&agg={agg}&consistency=strong"
             )))
             .await;
         assert_eq!(s, 200, "{doc}");
         if doc["is_partial"] == false {
-            return doc["aggregations"]["count"].as_u64().unwrap();
+            return doc["aggregations"].clone();
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
@@ -181,6 +181,13 @@ pub async fn strong_count(c: &DevCluster, metric: &str) -> u64 {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The stored points of `metric`, counted with [`strong_aggregations`].
+pub async fn strong_count(c: &DevCluster, metric: &str) -> u64 {
+    strong_aggregations(c, metric, "count").await["count"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Waits until every worker's `/compute` (at `compute_urls`, one per worker, each holding
