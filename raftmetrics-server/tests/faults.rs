@@ -1,7 +1,10 @@
 //! Faults injected into a real cluster while a writer runs: real processes started by `dev`,
 //! real SIGKILL, SIGSTOP and SIGCONT, restarts from the same command line and data directory.
-//! After each, the set checker ([`batches::check`]) proves that every acknowledged batch is
-//! stored exactly once and no batch in part, and the replicas are compared with each other.
+//! During each, counts queried through the control node must be complete with every batch
+//! acknowledged before the query began, flagged partial, or an error, never silently short
+//! ([`common::probes`]). After each, the set checker ([`batches::check`]) proves that every
+//! acknowledged batch is stored exactly once and no batch in part, and the replicas are
+//! compared with each other.
 //!
 //! Three workers, replication factor 3: any one worker may fail.
 
@@ -10,6 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::probes::{Prober, check_probes};
 use common::{DevCluster, batches};
 use nix::sys::signal::Signal;
 
@@ -37,12 +41,17 @@ async fn control_node_killed_and_restarted_during_writes() {
     let c = cluster().await;
     let writer = batches::Writer::start(Arc::clone(&c), METRIC, Duration::from_millis(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let prober = Prober::start(Arc::clone(&c), METRIC);
     let fault = Instant::now();
     c.restart("control", 1, Duration::from_secs(1)).await;
     c.wait_partitions_led(PARTS).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = writer.stop().await;
-    eprintln!("control restart: {}", summary(&log, fault));
+    let answers = check_probes(&prober.stop().await, &log, fault);
+    eprintln!(
+        "control restart: {}; queries {answers:?}",
+        summary(&log, fault)
+    );
     assert!(
         log.iter()
             .any(|o| o.acked_by.is_some() && o.at > fault + Duration::from_secs(1)),
@@ -68,12 +77,17 @@ async fn follower_killed_then_restarted_catches_up() {
         .expect("a follower");
     let writer = batches::Writer::start(Arc::clone(&c), METRIC, Duration::from_millis(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let prober = Prober::start(Arc::clone(&c), METRIC);
     let fault = Instant::now();
     // Down for 4 s while writes go on; then back with its own data directory.
     c.restart("worker", follower, Duration::from_secs(4)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = writer.stop().await;
-    eprintln!("follower {follower} restart: {}", summary(&log, fault));
+    let answers = check_probes(&prober.stop().await, &log, fault);
+    eprintln!(
+        "follower {follower} restart: {}; queries {answers:?}",
+        summary(&log, fault)
+    );
     assert!(
         log.iter()
             .any(|o| o.acked_by.is_some() && o.at > fault && o.at < fault + Duration::from_secs(4)),
@@ -92,6 +106,7 @@ async fn leader_paused_past_the_election_timeout_then_resumed() {
     let leader = c.leader_of("key-0").await;
     let writer = batches::Writer::start(Arc::clone(&c), METRIC, Duration::from_millis(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let prober = Prober::start(Arc::clone(&c), METRIC);
     let fault = Instant::now();
     // Paused longer than an election timeout plus the control node's wait for one write
     // (`WRITE_ATTEMPT_TIMEOUT`): a write caught on the paused leader has an unknown outcome
@@ -102,7 +117,11 @@ async fn leader_paused_past_the_election_timeout_then_resumed() {
     let resumed = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = writer.stop().await;
-    eprintln!("leader {leader} paused 10 s: {}", summary(&log, fault));
+    let answers = check_probes(&prober.stop().await, &log, fault);
+    eprintln!(
+        "leader {leader} paused 10 s: {}; queries {answers:?}",
+        summary(&log, fault)
+    );
     assert!(
         log.iter().any(|o| o.acked_by.is_some()
             && o.n % batches::KEYS == 0

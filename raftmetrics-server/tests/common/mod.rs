@@ -5,6 +5,7 @@
 
 pub mod batches;
 pub mod netns;
+pub mod probes;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
