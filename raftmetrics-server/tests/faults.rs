@@ -2,7 +2,7 @@
 //! real SIGKILL, SIGSTOP and SIGCONT, restarts from the same command line and data directory.
 //! During each, counts queried through the control node must be complete with every batch
 //! acknowledged before the query began, flagged partial, or an error, never silently short
-//! ([`common::probes`]). After each, the set checker ([`batches::check`]) proves that every
+//! ([`common::probes`]). After each, the set checker ([`batches::check_replicated`]) proves that every
 //! acknowledged batch is stored exactly once and no batch in part, and the replicas are
 //! compared with each other.
 //!
@@ -60,12 +60,8 @@ async fn control_node_killed_and_restarted_during_writes() {
     // The placement survived the restart: still every partition, nothing placed twice.
     let (_, health) = c.get_json(&c.url("/health")).await;
     assert_eq!(health["partitions_total"], PARTS, "{health}");
-    let stored = batches::check(&c, METRIC, &log).await;
+    let stored = batches::check_replicated(&c, METRIC, &log).await;
     assert!(stored > 0);
-    assert_eq!(
-        batches::replicas_agree(&c, METRIC).await,
-        batches::strong_count(&c, METRIC).await
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,11 +89,7 @@ async fn follower_killed_then_restarted_catches_up() {
             .any(|o| o.acked_by.is_some() && o.at > fault && o.at < fault + Duration::from_secs(4)),
         "writes must go on while one follower of three is down"
     );
-    batches::check(&c, METRIC, &log).await;
-    assert_eq!(
-        batches::replicas_agree(&c, METRIC).await,
-        batches::strong_count(&c, METRIC).await
-    );
+    batches::check_replicated(&c, METRIC, &log).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,9 +121,5 @@ async fn leader_paused_past_the_election_timeout_then_resumed() {
             && o.at < resumed),
         "the paused leader's partition must take writes under a new leader"
     );
-    batches::check(&c, METRIC, &log).await;
-    assert_eq!(
-        batches::replicas_agree(&c, METRIC).await,
-        batches::strong_count(&c, METRIC).await
-    );
+    batches::check_replicated(&c, METRIC, &log).await;
 }

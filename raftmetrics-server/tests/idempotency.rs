@@ -58,15 +58,18 @@ async fn a_batch_id_is_stored_once_across_a_leader_death_and_a_control_restart()
         .unwrap();
     assert_eq!(ack.points, 64);
     assert_eq!(ack.partitions.len(), PARTS as usize, "{ack:?}");
-    client
-        .insert_batch_with_id(&id, points.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        stored(&c, "orders").await,
-        expected,
-        "sent twice, stored once"
-    );
+    // Sends the batch again under its key; it must still be stored once.
+    let resend = |when: &'static str| {
+        let (client, id, points, c) = (&client, &id, &points, &c);
+        async move {
+            client
+                .insert_batch_with_id(id, points.clone())
+                .await
+                .unwrap();
+            assert_eq!(stored(c, "orders").await, expected, "{when}");
+        }
+    };
+    resend("sent twice, stored once").await;
 
     // The same points without an id are another batch each time.
     client.insert_batch(batch("plain", 10)).await.unwrap();
@@ -78,28 +81,12 @@ async fn a_batch_id_is_stored_once_across_a_leader_death_and_a_control_restart()
     c.kill_worker(leader);
     c.wait_partitions_led(PARTS).await;
     assert_ne!(c.leader_of("key-0").await, leader);
-    client
-        .insert_batch_with_id(&id, points.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        stored(&c, "orders").await,
-        expected,
-        "after a leader change"
-    );
+    resend("after a leader change").await;
 
     // A restarted control node forgets nothing that matters: the workers remember.
     c.restart("control", 1, Duration::from_millis(200)).await;
     c.wait_partitions_led(PARTS).await;
-    client
-        .insert_batch_with_id(&id, points.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        stored(&c, "orders").await,
-        expected,
-        "after a control restart"
-    );
+    resend("after a control restart").await;
 
     // JSON with the header by hand: the same id is the same batch, whatever the format.
     let body: Vec<_> = points

@@ -44,16 +44,6 @@ fn summary(log: &[batches::Outcome], fault: Instant) -> String {
     )
 }
 
-/// The set checker, then the replicas against each other and against the strong count.
-async fn check_all(c: &DevCluster, log: &[batches::Outcome]) -> usize {
-    let stored = batches::check(c, METRIC, log).await;
-    assert_eq!(
-        batches::replicas_agree(c, METRIC).await,
-        batches::strong_count(c, METRIC).await
-    );
-    stored
-}
-
 /// A worker that is not the leader of `key-0`'s partition.
 async fn a_follower(c: &DevCluster) -> u64 {
     let leader = c.leader_of("key-0").await;
@@ -292,7 +282,7 @@ async fn data_directory_fills_up_then_space_is_freed() {
         !said.contains("panicked"),
         "worker {full} panicked on a full disk: {said}"
     );
-    check_all(&c, &log).await;
+    batches::check_replicated(&c, METRIC, &log).await;
     // The worker that had the full disk holds every partition again, and serves.
     assert_eq!(
         worker_state(&c, FULL).await,
@@ -440,7 +430,7 @@ async fn raft_log_tail_cut_short_or_overwritten_then_restarted() {
         log.iter().any(|o| o.acked_by.is_some() && o.at > fault),
         "writes must go on"
     );
-    check_all(&c, &log).await;
+    batches::check_replicated(&c, METRIC, &log).await;
     assert_eq!(
         worker_state(&c, follower as u16).await,
         WorkerState::Replicas(u64::from(PARTS))
@@ -514,11 +504,11 @@ async fn raft_log_damaged_before_its_end_is_refused_then_rebuilt() {
     );
     let said = read_lossy(&stderr);
     assert!(!said.contains("panicked"), "{said}");
-    check_all(&c, &log).await;
+    batches::check_replicated(&c, METRIC, &log).await;
     assert_eq!(
         worker_state(&c, follower as u16).await,
         WorkerState::Replicas(u64::from(PARTS)),
         "the rebuilt worker holds every partition again: {said}"
     );
-    check_all(&c, &log).await;
+    batches::check_replicated(&c, METRIC, &log).await;
 }

@@ -192,7 +192,7 @@ pub async fn strong_count(c: &DevCluster, metric: &str) -> u64 {
 
 /// Waits until every worker's `/compute` (at `compute_urls`, one per worker, each holding
 /// every partition) answers the same count and sum of `metric`, and returns the count.
-pub async fn replicas_agree_at(c: &DevCluster, metric: &str, compute_urls: &[String]) -> u64 {
+async fn replicas_agree_at(c: &DevCluster, metric: &str, compute_urls: &[String]) -> u64 {
     let start = Instant::now();
     loop {
         let mut answers = Vec::new();
@@ -220,10 +220,27 @@ pub async fn replicas_agree_at(c: &DevCluster, metric: &str, compute_urls: &[Str
     }
 }
 
-/// [`replicas_agree_at`] on the workers of a `dev` cluster.
-pub async fn replicas_agree(c: &DevCluster, metric: &str) -> u64 {
+/// The set checker ([`check`]), then every replica against the others and against the
+/// strong count: each worker's `/compute` (at `compute_urls`; each holds every partition)
+/// must answer the same count and sum as the cluster. Returns the batches stored.
+pub async fn check_replicated_at(
+    c: &DevCluster,
+    metric: &str,
+    log: &[Outcome],
+    compute_urls: &[String],
+) -> usize {
+    let stored = check(c, metric, log).await;
+    assert_eq!(
+        replicas_agree_at(c, metric, compute_urls).await,
+        strong_count(c, metric).await
+    );
+    stored
+}
+
+/// [`check_replicated_at`] on the workers of a `dev` cluster.
+pub async fn check_replicated(c: &DevCluster, metric: &str, log: &[Outcome]) -> usize {
     let urls: Vec<String> = (1..=c.workers)
         .map(|id| c.worker_url(id, "/compute"))
         .collect();
-    replicas_agree_at(c, metric, &urls).await
+    check_replicated_at(c, metric, log, &urls).await
 }

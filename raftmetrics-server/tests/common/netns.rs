@@ -634,14 +634,11 @@ impl NetnsCluster {
         doc["worker_nodes"]["healthy"].as_u64()
     }
 
-    /// Waits until every worker holds the same count and sum of `metric` (each holds every
-    /// partition when the replication factor equals the number of workers) and returns the
-    /// count.
-    pub async fn replicas_agree(&self, metric: &str) -> u64 {
-        let urls: Vec<String> = (1..=u64::from(self.workers))
+    /// Every worker's `/compute` URL, at its namespace address.
+    pub fn compute_urls(&self) -> Vec<String> {
+        (1..=u64::from(self.workers))
             .map(|id| self.worker_url(id, "/compute"))
-            .collect();
-        super::batches::replicas_agree_at(&self.client, metric, &urls).await
+            .collect()
     }
 }
 
