@@ -74,9 +74,9 @@ fn raw_appender(dir: &std::path::Path, rows: &[Record]) -> (Duration, Connection
             let mut app = tx.appender("points").unwrap();
             for r in chunk {
                 app.append_row(params![
-                    r.metric,
-                    r.tags["hostname"],
-                    r.tags["datacenter"],
+                    r.metric(),
+                    r.tags()["hostname"],
+                    r.tags()["datacenter"],
                     r.timestamp.as_micros(),
                     r.value
                 ])
@@ -97,7 +97,7 @@ fn store_insert(dir: &std::path::Path, rows: &[Record]) -> (Duration, DuckDbStor
         .map(|chunk| {
             let mut by_partition: Vec<Vec<Record>> = vec![Vec::new(); PARTITIONS as usize];
             for r in chunk {
-                by_partition[partitioner.partition_of(&r.partition_key) as usize].push(r.clone());
+                by_partition[partitioner.partition_of(r.partition_key()) as usize].push(r.clone());
             }
             (0..PARTITIONS)
                 .zip(by_partition)

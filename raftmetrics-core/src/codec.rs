@@ -3,8 +3,7 @@
 //! Raft log entries, snapshots and (in the server) the bincode API all encode through here,
 //! so the wire format and its limits are decided in one place (ADR 005).
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -28,15 +27,15 @@ pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<()> {
         .map_err(|e| Error::Internal(format!("encode: {e}")))
 }
 
-/// Decodes a `T` that must fill `bytes` exactly.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+/// Decodes a `T` that must fill `bytes` exactly (text may be borrowed from `bytes`).
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     if bytes.len() > MAX_ENCODED_BYTES {
         return Err(Error::InvalidRequest(format!(
             "encoded value of {} bytes exceeds the limit of {MAX_ENCODED_BYTES}",
             bytes.len()
         )));
     }
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
+    let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, config())
         .map_err(|e| Error::InvalidRequest(format!("malformed binary body: {e}")))?;
     if read != bytes.len() {
         return Err(Error::InvalidRequest(format!(

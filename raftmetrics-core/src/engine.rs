@@ -139,7 +139,7 @@ impl Engine {
             std::collections::BTreeMap::new();
         for r in records {
             by_partition
-                .entry(self.partitioner.partition_of(&r.partition_key))
+                .entry(self.partitioner.partition_of(r.partition_key()))
                 .or_default()
                 .push(r);
         }

@@ -5,11 +5,15 @@
 //! with one bad point is refused whole, and the error names every bad field with the point's
 //! index (`points[3].metric`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::error::{Error, FieldError, Result};
+use crate::series::{self, Series, TagPairs, Text};
 use crate::time::{MICROS_PER_SECOND, Timestamp};
 
 /// Tag set of a point: sorted, so equal sets compare and hash equally.
@@ -58,14 +62,36 @@ impl Point {
     }
 }
 
-/// A validated point with its timestamp resolved and its partition key decided.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A validated point: its series (shared by all points of the series), its timestamp
+/// resolved, its value.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Record {
-    pub metric: String,
-    pub tags: Tags,
+    pub series: Arc<Series>,
     pub timestamp: Timestamp,
     pub value: f64,
-    pub partition_key: String,
+}
+
+impl Record {
+    pub fn new(series: Arc<Series>, timestamp: Timestamp, value: f64) -> Self {
+        Record {
+            series,
+            timestamp,
+            value,
+        }
+    }
+
+    pub fn metric(&self) -> &str {
+        self.series.metric()
+    }
+
+    pub fn tags(&self) -> &Tags {
+        self.series.tags()
+    }
+
+    /// The key the partitioner hashes.
+    pub fn partition_key(&self) -> &str {
+        self.series.partition_key()
+    }
 }
 
 /// The identity of a series as a partition key: the metric and its sorted tags, separated by
@@ -157,11 +183,116 @@ fn check_text(text: &str, max_bytes: usize, what: &str) -> std::result::Result<(
     Ok(())
 }
 
+/// What validation reads of a point: a decoded [`Point`], or a [`PointRef`] borrowed from
+/// a bincode body.
+trait PointView {
+    fn metric(&self) -> &str;
+    fn value(&self) -> f64;
+    fn timestamp(&self) -> Option<Timestamp>;
+    fn custom_key(&self) -> Option<&str>;
+    /// The shared series if this node knows it (no allocation).
+    fn known_series(&self) -> Option<Arc<Series>>;
+    /// The tags as a map (repeated keys keep their last value).
+    fn tags(&self) -> Cow<'_, Tags>;
+    /// The series, built from the point's own text.
+    fn into_series(self, tags: Tags) -> Series;
+}
+
+impl PointView for Point {
+    fn metric(&self) -> &str {
+        &self.metric
+    }
+    fn value(&self) -> f64 {
+        self.value
+    }
+    fn timestamp(&self) -> Option<Timestamp> {
+        self.timestamp
+    }
+    fn custom_key(&self) -> Option<&str> {
+        self.partition_key.as_deref()
+    }
+    fn known_series(&self) -> Option<Arc<Series>> {
+        series::lookup(
+            &self.metric,
+            self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.partition_key.as_deref(),
+        )
+    }
+    fn tags(&self) -> Cow<'_, Tags> {
+        Cow::Borrowed(&self.tags)
+    }
+    fn into_series(self, tags: Tags) -> Series {
+        Series::new(self.metric, tags, self.partition_key)
+    }
+}
+
+/// A point of a bincode body, its text borrowed from the body: the same encoding as
+/// [`Point`], decoded without allocating for a series this node already knows.
+#[derive(Deserialize)]
+struct PointRef<'a> {
+    #[serde(borrow)]
+    metric: Text<'a>,
+    value: f64,
+    timestamp: Option<Timestamp>,
+    #[serde(borrow)]
+    tags: TagPairs<'a>,
+    #[serde(borrow)]
+    partition_key: Option<Text<'a>>,
+}
+
+impl PointView for PointRef<'_> {
+    fn metric(&self) -> &str {
+        &self.metric.0
+    }
+    fn value(&self) -> f64 {
+        self.value
+    }
+    fn timestamp(&self) -> Option<Timestamp> {
+        self.timestamp
+    }
+    fn custom_key(&self) -> Option<&str> {
+        self.partition_key.as_ref().map(|k| &*k.0)
+    }
+    fn known_series(&self) -> Option<Arc<Series>> {
+        if !self.tags.is_canonical() {
+            return None;
+        }
+        series::lookup(self.metric(), self.tags.iter(), self.custom_key())
+    }
+    fn tags(&self) -> Cow<'_, Tags> {
+        Cow::Owned(self.tags.to_tags())
+    }
+    fn into_series(self, tags: Tags) -> Series {
+        let key = self.partition_key.map(|k| k.0.into_owned());
+        Series::new(self.metric.0.into_owned(), tags, key)
+    }
+}
+
 /// Validates a batch and resolves it into records. Points without a timestamp get `now`.
 ///
 /// Either every point is valid and all records are returned in order, or nothing is
 /// returned and the error lists every bad field of every bad point.
 pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Result<Vec<Record>> {
+    validate_points(points, now, limits)
+}
+
+/// Decodes a bincode insert body (a `Vec<Point>`) and validates it as [`validate_batch`]
+/// does, reading each point's text from `bytes` in place: a point of a series this node
+/// already knows costs no allocation.
+pub fn validate_encoded_batch(
+    bytes: &[u8],
+    now: Timestamp,
+    limits: &Limits,
+) -> Result<Vec<Record>> {
+    let points: Vec<PointRef<'_>> = codec::decode(bytes)?;
+    validate_points(points, now, limits)
+}
+
+fn validate_points<P: PointView>(
+    points: Vec<P>,
+    now: Timestamp,
+    limits: &Limits,
+) -> Result<Vec<Record>> {
     if points.is_empty() {
         return Err(Error::field(
             "points",
@@ -186,13 +317,19 @@ pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Re
     let mut records = Vec::with_capacity(points.len());
     for (i, point) in points.into_iter().enumerate() {
         let field = |name: &str| format!("points[{i}].{name}");
-        if let Err(e) = check_metric_name(&point.metric) {
+        // A known series passed the checks of the text once; only the limits, which may
+        // differ between engines of one process, are checked again.
+        let known = point.known_series().filter(|s| fits(s, limits));
+        if known.is_none()
+            && let Err(e) = check_metric_name(point.metric())
+        {
             errors.push(FieldError::new(field("metric"), e));
         }
-        if !point.value.is_finite() {
+        let value = point.value();
+        if !value.is_finite() {
             errors.push(FieldError::new(field("value"), "must be a finite number"));
         }
-        let timestamp = point.timestamp.unwrap_or(now);
+        let timestamp = point.timestamp().unwrap_or(now);
         if timestamp < Timestamp::EPOCH {
             errors.push(FieldError::new(
                 field("timestamp"),
@@ -207,34 +344,22 @@ pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Re
                 ),
             ));
         }
-        if point.tags.len() > limits.max_tags {
-            errors.push(FieldError::new(
-                field("tags"),
-                format!("at most {} tags per point", limits.max_tags),
-            ));
-        }
-        for (k, v) in &point.tags {
-            if let Err(e) = check_tag_key(k, limits) {
-                errors.push(FieldError::new(field("tags"), e));
-            } else if let Err(e) = check_text(v, limits.max_tag_value_bytes, "tag values") {
-                errors.push(FieldError::new(field(&format!("tags.{k}")), e));
+        let series = match known {
+            Some(series) => Some(series),
+            None => {
+                let before = errors.len();
+                let tags = point.tags().into_owned();
+                check_series_text(&tags, point.custom_key(), limits, &field, &mut errors);
+                (errors.len() == before).then(|| series::intern(point.into_series(tags)))
             }
-        }
-        if let Some(key) = &point.partition_key
-            && let Err(e) = check_text(key, limits.max_partition_key_bytes, "partition keys")
+        };
+        if errors.is_empty()
+            && let Some(series) = series
         {
-            errors.push(FieldError::new(field("partition_key"), e));
-        }
-        if errors.is_empty() {
-            let partition_key = point
-                .partition_key
-                .unwrap_or_else(|| series_partition_key(&point.metric, &point.tags));
             records.push(Record {
-                metric: point.metric,
-                tags: point.tags,
+                series,
                 timestamp,
-                value: point.value,
-                partition_key,
+                value,
             });
         }
         // Bound the error list: a huge bad batch must not make a huge error body.
@@ -250,6 +375,45 @@ pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Re
         Ok(records)
     } else {
         Err(Error::Validation(errors))
+    }
+}
+
+/// Whether a valid series is within `limits`.
+fn fits(series: &Series, limits: &Limits) -> bool {
+    series.tags().len() <= limits.max_tags
+        && series.tags().iter().all(|(k, v)| {
+            k.len() <= limits.max_tag_key_bytes && v.len() <= limits.max_tag_value_bytes
+        })
+        && series
+            .custom_key()
+            .is_none_or(|k| k.len() <= limits.max_partition_key_bytes)
+}
+
+/// Checks a new series' tags and partition key.
+fn check_series_text(
+    tags: &Tags,
+    custom_key: Option<&str>,
+    limits: &Limits,
+    field: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    if tags.len() > limits.max_tags {
+        errors.push(FieldError::new(
+            field("tags"),
+            format!("at most {} tags per point", limits.max_tags),
+        ));
+    }
+    for (k, v) in tags {
+        if let Err(e) = check_tag_key(k, limits) {
+            errors.push(FieldError::new(field("tags"), e));
+        } else if let Err(e) = check_text(v, limits.max_tag_value_bytes, "tag values") {
+            errors.push(FieldError::new(field(&format!("tags.{k}")), e));
+        }
+    }
+    if let Some(key) = custom_key
+        && let Err(e) = check_text(key, limits.max_partition_key_bytes, "partition keys")
+    {
+        errors.push(FieldError::new(field("partition_key"), e));
     }
 }
 
@@ -274,12 +438,12 @@ mod tests {
         let records = validate_batch(vec![p.clone()], now(), &Limits::default()).unwrap();
         assert_eq!(records[0].timestamp, now());
         assert_eq!(
-            records[0].partition_key,
+            records[0].partition_key(),
             series_partition_key("cpu_usage", &p.tags)
         );
         let keyed = p.partition_key("user123");
         let records = validate_batch(vec![keyed], now(), &Limits::default()).unwrap();
-        assert_eq!(records[0].partition_key, "user123");
+        assert_eq!(records[0].partition_key(), "user123");
     }
 
     #[test]
@@ -336,5 +500,90 @@ mod tests {
         assert!(validate_batch(vec![long], now(), &Limits::default()).is_err());
         let ctl = Point::new("m", 1.0).partition_key("a\u{1f}b");
         assert!(validate_batch(vec![ctl], now(), &Limits::default()).is_err());
+    }
+
+    /// A point encoded as `Point` is, but with its tags as given: unsorted or repeated.
+    #[derive(Serialize)]
+    struct RawPoint {
+        metric: String,
+        value: f64,
+        timestamp: Option<Timestamp>,
+        tags: Vec<(String, String)>,
+        partition_key: Option<String>,
+    }
+
+    fn raw(metric: &str, value: f64, tags: &[(&str, &str)], key: Option<&str>) -> RawPoint {
+        RawPoint {
+            metric: metric.into(),
+            value,
+            timestamp: Some(Timestamp::from_micros(now().as_micros() - 5)),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            partition_key: key.map(str::to_string),
+        }
+    }
+
+    /// Reading a bincode body in place gives what decoding it into `Point`s and validating
+    /// gives: the same records (sharing the interned series), or the same errors.
+    #[test]
+    fn bodies_read_in_place_validate_like_decoded_points() {
+        let limits = Limits {
+            max_tags: 3,
+            ..Limits::default()
+        };
+        let bodies = vec![
+            vec![
+                raw("cpu", 1.0, &[("host", "a"), ("dc", "x")], None),
+                raw("cpu", 2.0, &[("dc", "x"), ("host", "a")], None),
+                raw("cpu", 3.0, &[("host", "a"), ("host", "b")], Some("k")),
+                raw("cpu", 4.0, &[("dc", "x"), ("host", "a")], None),
+            ],
+            vec![
+                raw("cpu", 1.0, &[("host", "a"), ("dc", "x")], None),
+                raw("bad name", f64::INFINITY, &[("host", "")], None),
+                raw(
+                    "cpu",
+                    1.0,
+                    &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")],
+                    None,
+                ),
+                raw("cpu", 1.0, &[("a b", "1")], Some("")),
+            ],
+        ];
+        for body in bodies {
+            let bytes = codec::encode(&body).unwrap();
+            let points: Vec<Point> = codec::decode(&bytes).unwrap();
+            let decoded = validate_batch(points, now(), &limits);
+            let in_place = validate_encoded_batch(&bytes, now(), &limits);
+            match (decoded, in_place) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b);
+                    for (x, y) in a.iter().zip(&b) {
+                        assert!(Arc::ptr_eq(&x.series, &y.series));
+                    }
+                    assert!(Arc::ptr_eq(&b[0].series, &b[1].series));
+                    assert_eq!(b[2].tags()["host"], "b");
+                }
+                (Err(a), Err(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
+                (a, b) => panic!("{a:?} against {b:?}"),
+            }
+        }
+    }
+
+    /// A series interned under generous limits is still refused under tighter ones.
+    #[test]
+    fn known_series_are_held_to_the_callers_limits() {
+        let p = Point::new("limits_m", 1.0).tag("a", "1").tag("b", "2");
+        validate_batch(vec![p.clone()], now(), &Limits::default()).unwrap();
+        let tight = Limits {
+            max_tags: 1,
+            ..Limits::default()
+        };
+        assert_eq!(
+            fields(validate_batch(vec![p], now(), &tight).unwrap_err()),
+            vec!["points[0].tags"]
+        );
     }
 }

@@ -117,10 +117,10 @@ fn fixture(seed: u64) -> Fixture {
         let mut app = oracle.appender("staging").unwrap();
         for r in &records {
             app.append_row(params![
-                r.metric,
-                r.tags.get("host"),
-                r.tags.get("datacenter"),
-                r.tags.get("env"),
+                r.metric(),
+                r.tags().get("host"),
+                r.tags().get("datacenter"),
+                r.tags().get("env"),
                 r.timestamp.as_micros(),
                 r.value
             ])
@@ -136,7 +136,7 @@ fn fixture(seed: u64) -> Fixture {
     let mut by_partition: BTreeMap<u32, Vec<_>> = BTreeMap::new();
     for r in records {
         by_partition
-            .entry(partitioner.partition_of(&r.partition_key))
+            .entry(partitioner.partition_of(r.partition_key()))
             .or_default()
             .push(r);
     }

@@ -10,10 +10,10 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use raftmetrics_core::api::InsertResponse;
-use raftmetrics_core::model::{Limits, validate_batch};
+use raftmetrics_core::model::Limits;
 use raftmetrics_core::{HashPartitioner, Timestamp};
 
-use crate::http::body::{batch_id, decode_points, request_format, respond, response_format};
+use crate::http::body::{batch_id, decode_records, request_format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::router::{Router, write_batch};
@@ -38,8 +38,7 @@ impl Ingest<'_> {
     ) -> Result<Response, ApiError> {
         let format = request_format(headers)?;
         let id = batch_id(headers)?;
-        let points = decode_points(format, body)?;
-        let records = validate_batch(points, Timestamp::now(), self.limits)?;
+        let records = decode_records(format, body, Timestamp::now(), self.limits)?;
         let started = Instant::now();
         let outcome = write_batch(
             self.router,

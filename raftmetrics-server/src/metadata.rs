@@ -21,6 +21,7 @@ use raftmetrics_core::model::{Record, Tags};
 use raftmetrics_core::raft::{
     Envelope, NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, Role, Transport,
 };
+use raftmetrics_core::series::Series;
 use raftmetrics_core::{DuckDbStore, PartitionId, Store, Timestamp};
 
 /// The metadata group's id (in the control node's own log, not a partition).
@@ -181,13 +182,12 @@ impl MetadataLog {
                 ]
                 .into_iter()
                 .collect();
-                records.push(Record {
-                    metric: PLACEMENT_METRIC.into(),
-                    tags,
-                    timestamp: Timestamp::from_micros(0),
-                    value: 0.0,
-                    partition_key: PLACEMENT_METRIC.into(),
-                });
+                let series = Series::new(PLACEMENT_METRIC, tags, Some(PLACEMENT_METRIC.into()));
+                records.push(Record::new(
+                    Arc::new(series),
+                    Timestamp::from_micros(0),
+                    0.0,
+                ));
             }
         }
         self.handle.propose(METADATA_GROUP, records).await?;

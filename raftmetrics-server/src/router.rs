@@ -313,7 +313,7 @@ pub async fn write_batch(
     let mut by_partition: BTreeMap<PartitionId, Vec<Record>> = BTreeMap::new();
     for r in records {
         by_partition
-            .entry(partitioner.partition_of(&r.partition_key))
+            .entry(partitioner.partition_of(r.partition_key()))
             .or_default()
             .push(r);
     }

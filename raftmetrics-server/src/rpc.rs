@@ -20,6 +20,7 @@ use raftmetrics_core::error::{Error, ErrorCode, FieldError};
 use raftmetrics_core::model::Record;
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{NodeId, ReplicaStatus};
+use raftmetrics_core::series::records_codec;
 use raftmetrics_core::{BatchId, PartitionId, codec};
 use serde::{Deserialize, Serialize};
 use tokio::io::BufReader;
@@ -74,6 +75,7 @@ pub enum Request {
     Write {
         partition: PartitionId,
         id: Option<BatchId>,
+        #[serde(with = "records_codec")]
         records: Vec<Record>,
     },
     /// → a worker: the shares of one insert whose partitions it leads, proposed together;
@@ -97,6 +99,7 @@ pub const MAX_SHARES: usize = 4096;
 pub struct Share {
     pub partition: PartitionId,
     pub id: Option<BatchId>,
+    #[serde(with = "records_codec")]
     pub records: Vec<Record>,
 }
 

@@ -39,12 +39,12 @@ impl Oracle {
         let mut app = self.db.appender("pts").unwrap();
         for r in records {
             app.append_row(params![
-                r.metric,
-                r.tags.get("datacenter").cloned(),
-                r.tags.get("host").cloned(),
+                r.metric(),
+                r.tags().get("datacenter").cloned(),
+                r.tags().get("host").cloned(),
                 r.timestamp.as_micros(),
                 r.value,
-                partitioner.partition_of(&r.partition_key) as i32
+                partitioner.partition_of(r.partition_key()) as i32
             ])
             .unwrap();
         }

@@ -11,10 +11,12 @@ use axum::body::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use raftmetrics_core::model::Point;
+use raftmetrics_core::model::{Limits, Record, validate_batch};
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::decode_entry;
+use raftmetrics_core::raft::{LogEntry, encode_entry};
 use raftmetrics_core::time::Timestamp;
-use raftmetrics_server::http::body::{Format, decode_points};
+use raftmetrics_server::http::body::{Format, decode_records};
 use raftmetrics_server::wire::frame::{
     HEADER_LEN, MAGIC, PROTOCOL_VERSION, WireMessage, encode_frame, read_frame_limited,
 };
@@ -34,16 +36,20 @@ fn config() -> Config {
     }
 }
 
-/// A valid bincode insert body.
-fn bincode_points() -> Vec<u8> {
-    let points = vec![
+/// The points of a valid insert body.
+fn bincode_body_points() -> Vec<Point> {
+    vec![
         Point::new("cpu_usage", 75.5)
             .at(Timestamp::from_micros(1_705_764_600_000_000))
             .tag("host", "server-1")
             .tag("datacenter", "us-west"),
         Point::new("mem", -2.0).partition_key("user123"),
-    ];
-    raftmetrics_core::codec::encode(&points).expect("encode")
+    ]
+}
+
+/// A valid bincode insert body.
+fn bincode_points() -> Vec<u8> {
+    raftmetrics_core::codec::encode(&bincode_body_points()).expect("encode")
 }
 
 const JSON_BODIES: [&str; 3] = [
@@ -123,8 +129,31 @@ fn param_value() -> impl Strategy<Value = String> {
     ]
 }
 
+/// An insert body decoded and validated as an insert is.
+fn decode_points(format: Format, body: &Bytes) -> Result<Vec<Record>, String> {
+    decode_records(format, body, Timestamp::now(), &Limits::default()).map_err(|e| e.to_string())
+}
+
+/// A valid raft entry over two series.
+fn entry_bytes() -> Vec<u8> {
+    let points: Vec<Point> = bincode_body_points();
+    let records = validate_batch(points, Timestamp::now(), &Limits::default()).expect("valid");
+    let mut entry = LogEntry::default();
+    entry.push_batch(None, records);
+    encode_entry(&entry).expect("encoded")
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn mutated_entries_decode_or_fail_cleanly(ops in mutations()) {
+        let bytes = mutate(&entry_bytes(), &ops);
+        if let Ok(entry) = decode_entry(&bytes) {
+            // A record costs at least 10 bytes: series index, timestamp, value.
+            prop_assert!(entry.records.len() <= bytes.len() / 10, "records conjured");
+        }
+    }
 
     #[test]
     fn random_bytes_never_panic_a_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

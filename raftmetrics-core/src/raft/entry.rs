@@ -3,18 +3,24 @@
 //!
 //! # Format
 //!
-//! `0xFF 0x01`, then the [`LogEntry`] in the [`crate::codec`] encoding. Entries written
-//! before batch ids existed are a bare record list, whose first byte (a length) is never
-//! `0xFF`; they still decode, as entries without ids.
+//! `0xFF 0x02`, then the [`LogEntry`] in the [`crate::codec`] encoding, its records in the
+//! dictionary encoding of [`crate::series::records_codec`] (each series once). Older
+//! entries still decode: `0xFF 0x01` (every record with its own metric, tags and partition
+//! key), and before batch ids existed a bare record list, whose first byte (a length) is
+//! never `0xFF`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::Result;
 use crate::idempotency::{BatchId, IdSpan, check_spans};
-use crate::model::Record;
+use crate::model::{Record, Tags, series_partition_key};
+use crate::series::{self, Series};
+use crate::time::Timestamp;
 
 /// Leading bytes of an entry in the current format.
+const FORMAT_V2: [u8; 2] = [0xFF, 0x02];
+/// Leading bytes of an entry whose records each carry their series.
 const FORMAT_V1: [u8; 2] = [0xFF, 0x01];
 
 /// One partition log entry.
@@ -24,6 +30,7 @@ pub struct LogEntry {
     /// batch id window.
     pub proposed_at_micros: i64,
     /// The records of every batch, one batch after another.
+    #[serde(with = "series::records_codec")]
     pub records: Vec<Record>,
     /// The batches among `records` that carry an id, in order.
     pub ids: Vec<IdSpan>,
@@ -47,26 +54,66 @@ impl LogEntry {
     }
 }
 
+/// A record as `0xFF 0x01` entries and older ones carry it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct RecordV1 {
+    metric: String,
+    tags: Tags,
+    timestamp: Timestamp,
+    value: f64,
+    partition_key: String,
+}
+
+impl From<RecordV1> for Record {
+    fn from(r: RecordV1) -> Record {
+        let custom = (r.partition_key != series_partition_key(&r.metric, &r.tags))
+            .then_some(r.partition_key);
+        Record {
+            series: series::intern(Series::new(r.metric, r.tags, custom)),
+            timestamp: r.timestamp,
+            value: r.value,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EntryV1 {
+    proposed_at_micros: i64,
+    records: Vec<RecordV1>,
+    ids: Vec<IdSpan>,
+}
+
 /// Encodes an entry.
 pub fn encode_entry(entry: &LogEntry) -> Result<Vec<u8>> {
-    let mut out = FORMAT_V1.to_vec();
+    let mut out = FORMAT_V2.to_vec();
     codec::encode_into(&mut out, entry)?;
     Ok(out)
 }
 
 /// Decodes an entry, checking that its id spans lie within its records.
 pub fn decode_entry(data: &[u8]) -> Result<LogEntry> {
-    match data.strip_prefix(&FORMAT_V1) {
-        Some(rest) => {
-            let entry: LogEntry = codec::decode(rest)?;
-            check_spans(&entry.ids, entry.records.len())?;
-            Ok(entry)
+    let entry = if let Some(rest) = data.strip_prefix(&FORMAT_V2) {
+        codec::decode(rest)?
+    } else if let Some(rest) = data.strip_prefix(&FORMAT_V1) {
+        let v1: EntryV1 = codec::decode(rest)?;
+        LogEntry {
+            proposed_at_micros: v1.proposed_at_micros,
+            records: upgrade(v1.records),
+            ids: v1.ids,
         }
-        None => Ok(LogEntry {
-            records: codec::decode(data)?,
+    } else {
+        LogEntry {
+            records: upgrade(codec::decode(data)?),
             ..LogEntry::default()
-        }),
-    }
+        }
+    };
+    check_spans(&entry.ids, entry.records.len())?;
+    Ok(entry)
+}
+
+fn upgrade(records: Vec<RecordV1>) -> Vec<Record> {
+    records.into_iter().map(Record::from).collect()
 }
 
 #[cfg(test)]
@@ -95,10 +142,58 @@ mod tests {
         let bytes = encode_entry(&entry).unwrap();
         assert_eq!(decode_entry(&bytes).unwrap(), entry);
 
-        let old = codec::encode(&records(4)).unwrap();
+        assert_eq!(bytes[..2], FORMAT_V2);
+    }
+
+    fn v1(records: &[Record]) -> Vec<RecordV1> {
+        records
+            .iter()
+            .map(|r| RecordV1 {
+                metric: r.metric().into(),
+                tags: r.tags().clone(),
+                timestamp: r.timestamp,
+                value: r.value,
+                partition_key: r.partition_key().into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn older_entries_still_decode() {
+        let keyed = validate_batch(
+            vec![Point::new("cpu", 1.0).tag("host", "a").partition_key("k")],
+            Timestamp::from_micros(10),
+            &Limits::default(),
+        )
+        .unwrap();
+        let mut all = records(3);
+        all.extend(keyed);
+        let old = codec::encode(&v1(&all)).unwrap();
         let decoded = decode_entry(&old).unwrap();
-        assert_eq!(decoded.records, records(4));
+        assert_eq!(decoded.records, all);
+        assert_eq!(decoded.records[3].series.custom_key(), Some("k"));
+        assert_eq!(decoded.records[0].series.custom_key(), None);
         assert!(decoded.ids.is_empty());
+
+        let span = IdSpan {
+            id: BatchId::parse("b").unwrap(),
+            start: 1,
+            len: 2,
+        };
+        let mut bytes = FORMAT_V1.to_vec();
+        codec::encode_into(
+            &mut bytes,
+            &EntryV1 {
+                proposed_at_micros: 7,
+                records: v1(&all),
+                ids: vec![span.clone()],
+            },
+        )
+        .unwrap();
+        let decoded = decode_entry(&bytes).unwrap();
+        assert_eq!(decoded.records, all);
+        assert_eq!(decoded.ids, vec![span]);
+        assert_eq!(decoded.proposed_at_micros, 7);
     }
 
     #[test]
@@ -106,7 +201,7 @@ mod tests {
         let mut entry = LogEntry::default();
         entry.push_batch(Some(BatchId::parse("a").unwrap()), records(1));
         entry.ids[0].len = 2;
-        let mut bytes = FORMAT_V1.to_vec();
+        let mut bytes = FORMAT_V2.to_vec();
         codec::encode_into(&mut bytes, &entry).unwrap();
         assert!(decode_entry(&bytes).is_err());
     }

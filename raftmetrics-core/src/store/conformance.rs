@@ -15,6 +15,7 @@ use crate::idempotency::{BatchId, IdSpan, WINDOW_MICROS};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
 use crate::query::{Agg, Query, TagFilter};
+use crate::series::{self, Series};
 use crate::sketch::SketchConfig;
 use crate::time::Timestamp;
 
@@ -61,13 +62,11 @@ fn record(metric: &str, host: &str, dc: &str, ts_secs: i64, value: f64) -> Recor
     let mut tags = Tags::new();
     tags.insert("host".into(), host.into());
     tags.insert("datacenter".into(), dc.into());
-    Record {
-        metric: metric.into(),
-        tags,
-        timestamp: Timestamp::from_micros(ts_secs * 1_000_000),
+    Record::new(
+        series::intern(Series::new(metric, tags, Some(metric.into()))),
+        Timestamp::from_micros(ts_secs * 1_000_000),
         value,
-        partition_key: metric.into(),
-    }
+    )
 }
 
 fn sample(seed: u64, n: usize) -> Vec<Record> {
@@ -185,7 +184,7 @@ fn computes_exact_partial_states(store: &dyn Store) {
     let mut want = PartialAggregate::default();
     for r in rows.iter().filter(|r| r.timestamp >= q.from.unwrap()) {
         let bucket = r.timestamp.as_micros() / q.window_micros.unwrap() * q.window_micros.unwrap();
-        want.state_mut(q.group_key(&r.metric, &r.tags), bucket)
+        want.state_mut(q.group_key(r.metric(), r.tags()), bucket)
             .add(&cfg, r.value, true);
     }
     assert_eq!(
@@ -460,7 +459,9 @@ fn one_query_covers_several_metrics(store: &dyn Store) {
     let cfg = SketchConfig::default();
     let mut rows = sample(12, 300);
     for (i, r) in rows.iter_mut().enumerate() {
-        r.metric = ["cpu", "mem", "disk"][i % 3].into();
+        let metric = ["cpu", "mem", "disk"][i % 3];
+        let series = Series::new(metric, r.tags().clone(), Some(metric.into()));
+        *r = Record::new(series::intern(series), r.timestamp, r.value);
     }
     store
         .apply(&[write(0, 1, &rows[..150]), write(1, 1, &rows[150..])])
@@ -469,8 +470,8 @@ fn one_query_covers_several_metrics(store: &dyn Store) {
     q.group_by = vec!["metric".into(), "datacenter".into()];
     let got = store.compute(&[0, 1], &q, &cfg).unwrap();
     let mut want = PartialAggregate::default();
-    for r in rows.iter().filter(|r| r.metric != "disk") {
-        want.state_mut(q.group_key(&r.metric, &r.tags), WHOLE_RANGE)
+    for r in rows.iter().filter(|r| r.metric() != "disk") {
+        want.state_mut(q.group_key(r.metric(), r.tags()), WHOLE_RANGE)
             .add(&cfg, r.value, true);
     }
     assert_eq!(

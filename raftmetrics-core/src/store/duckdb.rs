@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use duckdb::types::Value;
 use duckdb::{Connection, params};
@@ -34,6 +34,7 @@ use crate::idempotency::{BatchId, IdRow, IdWindow, check_spans};
 use crate::model::{Record, Tags, series_partition_key};
 use crate::partition::PartitionId;
 use crate::query::{Agg, GroupKey, Query};
+use crate::series::Series;
 use crate::sketch::{Sketch, SketchConfig};
 
 const SCHEMA: &str = "
@@ -467,38 +468,47 @@ impl DuckDbStore {
                 }
                 let cat = catalog.get(&w.partition);
                 let pending = pending.entry(w.partition).or_default();
+                // Records of one series share their `Arc`: its sid is found once.
+                let mut sid_of: HashMap<*const Series, u32> = HashMap::new();
                 for r in kept(w, &duplicate).into_iter().flatten() {
-                    let key = series_partition_key(&r.metric, &r.tags);
-                    let known = cat
-                        .and_then(|c| c.by_key.get(&key))
-                        .or_else(|| pending.get(&key))
-                        .copied();
-                    let sid = match known {
-                        Some(sid) => sid,
+                    let sid = match sid_of.get(&Arc::as_ptr(&r.series)) {
+                        Some(&sid) => sid,
                         None => {
-                            let n = next
-                                .entry(w.partition)
-                                .or_insert_with(|| cat.map_or(0, |c| c.next));
-                            if *n >= MAX_SERIES_PER_PARTITION {
-                                return Err(Error::storage(
-                                    "insert",
-                                    "partition holds too many series",
-                                ));
-                            }
-                            let id = series_id(w.partition, *n);
-                            *n += 1;
-                            let sid = sids.take()?;
-                            pending.insert(key.clone(), sid);
-                            new_series.push(NewSeries {
-                                partition: w.partition,
-                                key,
-                                sid,
-                                row: SeriesRow {
-                                    id,
-                                    metric: r.metric.clone(),
-                                    tags: r.tags.clone(),
-                                },
-                            });
+                            let key = r.series.identity();
+                            let known = cat
+                                .and_then(|c| c.by_key.get(&*key))
+                                .or_else(|| pending.get(&*key))
+                                .copied();
+                            let sid = match known {
+                                Some(sid) => sid,
+                                None => {
+                                    let n = next
+                                        .entry(w.partition)
+                                        .or_insert_with(|| cat.map_or(0, |c| c.next));
+                                    if *n >= MAX_SERIES_PER_PARTITION {
+                                        return Err(Error::storage(
+                                            "insert",
+                                            "partition holds too many series",
+                                        ));
+                                    }
+                                    let id = series_id(w.partition, *n);
+                                    *n += 1;
+                                    let sid = sids.take()?;
+                                    pending.insert(key.to_string(), sid);
+                                    new_series.push(NewSeries {
+                                        partition: w.partition,
+                                        key: key.into_owned(),
+                                        sid,
+                                        row: SeriesRow {
+                                            id,
+                                            metric: r.metric().to_owned(),
+                                            tags: r.tags().clone(),
+                                        },
+                                    });
+                                    sid
+                                }
+                            };
+                            sid_of.insert(Arc::as_ptr(&r.series), sid);
                             sid
                         }
                     };

@@ -5,7 +5,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use raftmetrics_core::api::{BINCODE_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER, JsonInsert, JsonPoint};
 use raftmetrics_core::error::Error;
-use raftmetrics_core::{BatchId, Point, codec};
+use raftmetrics_core::model::{Limits, Record, validate_batch, validate_encoded_batch};
+use raftmetrics_core::{BatchId, Point, Timestamp, codec};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -90,37 +91,45 @@ pub fn respond<T: Serialize>(format: Format, value: &T) -> Response {
     }
 }
 
-/// The points of an insert body: bincode `Vec<Point>`, or JSON (one point or an array).
-pub fn decode_points(format: Format, body: &Bytes) -> Result<Vec<Point>, ApiError> {
-    match format {
-        Format::Bincode => Ok(codec::decode::<Vec<Point>>(body)?),
-        Format::Json => {
-            let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-                Error::InvalidRequest(format!("request body is not valid JSON: {e}"))
-            })?;
-            let parsed = match value {
-                serde_json::Value::Array(items) => {
-                    let mut points = Vec::with_capacity(items.len());
-                    for (i, item) in items.into_iter().enumerate() {
-                        let p: JsonPoint = serde_json::from_value(item)
-                            .map_err(|e| Error::field(format!("points[{i}]"), e.to_string()))?;
-                        points.push(p);
-                    }
-                    JsonInsert::Many(points)
-                }
-                obj @ serde_json::Value::Object(_) => JsonInsert::One(
-                    serde_json::from_value(obj).map_err(|e| Error::field("body", e.to_string()))?,
-                ),
-                _ => {
-                    return Err(Error::InvalidRequest(
-                        "request body must be a JSON object or an array of objects".into(),
-                    )
-                    .into());
-                }
-            };
-            Ok(parsed.into_points())
+/// The validated records of an insert body: bincode `Vec<Point>` (read in place, see
+/// [`validate_encoded_batch`]), or JSON (one point or an array).
+pub fn decode_records(
+    format: Format,
+    body: &Bytes,
+    now: Timestamp,
+    limits: &Limits,
+) -> Result<Vec<Record>, ApiError> {
+    Ok(match format {
+        Format::Bincode => validate_encoded_batch(body, now, limits)?,
+        Format::Json => validate_batch(json_points(body)?, now, limits)?,
+    })
+}
+
+/// The points of a JSON insert body: one point or an array.
+fn json_points(body: &Bytes) -> Result<Vec<Point>, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let parsed = match value {
+        serde_json::Value::Array(items) => {
+            let mut points = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let p: JsonPoint = serde_json::from_value(item)
+                    .map_err(|e| Error::field(format!("points[{i}]"), e.to_string()))?;
+                points.push(p);
+            }
+            JsonInsert::Many(points)
         }
-    }
+        obj @ serde_json::Value::Object(_) => JsonInsert::One(
+            serde_json::from_value(obj).map_err(|e| Error::field("body", e.to_string()))?,
+        ),
+        _ => {
+            return Err(Error::InvalidRequest(
+                "request body must be a JSON object or an array of objects".into(),
+            )
+            .into());
+        }
+    };
+    Ok(parsed.into_points())
 }
 
 #[cfg(test)]
@@ -152,7 +161,7 @@ mod tests {
     #[test]
     fn json_bodies_name_the_bad_point() {
         let body = Bytes::from_static(br#"[{"metric":"a","value":1},{"metric":"a","value":"x"}]"#);
-        let err = decode_points(Format::Json, &body).unwrap_err();
+        let err = json_points(&body).unwrap_err();
         assert!(format!("{err}").contains("points[1]"), "{err}");
     }
 }

@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic: the ASCII bytes "RMWF" (RaftMetrics Wire Frame)
-//! 4       1     protocol version: PROTOCOL_VERSION (1)
+//! 4       1     protocol version: PROTOCOL_VERSION (2)
 //! 5       4     body length in bytes, u32 big-endian (at most the reader's limit)
 //! 9       n     body: raftmetrics_core::codec encoding (bincode 2, standard config) of a
 //!               WireMessage
@@ -39,6 +39,8 @@
 //!
 //! bincode encodes an enum variant by its index, so variants of [`WireMessage`] are only ever
 //! appended, never reordered or removed; an incompatible change bumps [`PROTOCOL_VERSION`].
+//! Version 2: node-to-node writes carry their records in the dictionary encoding of
+//! `raftmetrics_core::series::records_codec` (each series once).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -55,7 +57,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAGIC: [u8; 4] = *b"RMWF";
 
 /// Version of the protocol spoken in the frames; a frame of another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Length of the frame header: magic, version, body length.
 pub const HEADER_LEN: usize = 9;
@@ -476,7 +478,7 @@ mod tests {
         let frame = encode_frame(&msgs[2]).unwrap();
         let body = codec::encode(&msgs[2]).unwrap();
         assert_eq!(frame[..4], *b"RMWF");
-        assert_eq!(frame[4], 1);
+        assert_eq!(frame[4], PROTOCOL_VERSION);
         assert_eq!(frame[5..9], (body.len() as u32).to_be_bytes());
         assert_eq!(frame[9..], body[..]);
     }
@@ -526,9 +528,12 @@ mod tests {
         );
 
         let mut bad_version = good.clone();
-        bad_version[4] = 2;
+        bad_version[4] = PROTOCOL_VERSION + 1;
         let err = read_frame(&mut &bad_version[..]).await.unwrap_err();
-        assert!(matches!(err, WireError::UnsupportedVersion(2)), "{err:?}");
+        assert!(
+            matches!(err, WireError::UnsupportedVersion(v) if v == PROTOCOL_VERSION + 1),
+            "{err:?}"
+        );
 
         // An HTTP request sent to the wire port is refused at the magic.
         let err = read_frame(&mut &b"GET / HTTP/1.1\r\n\r\n"[..])
