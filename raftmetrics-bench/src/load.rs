@@ -107,8 +107,12 @@ pub async fn run(
     let total = span.count * dataset.points_per_interval();
     let (tx, rx) = mpsc::channel::<Job>(spec.connections * QUEUE_PER_CONNECTION);
     let batch = spec.batch;
+    // The walks run from interval 0, so a span far into the dataset takes the generator a
+    // while to reach: the clock (and an open loop's schedule) starts once it has.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let producer = std::thread::spawn(move || {
         let mut samples = dataset.samples(span.first, span.count);
+        let _ = ready_tx.send(());
         for seq in 0.. {
             let points = samples.take_points(batch);
             if points.is_empty() || tx.blocking_send(Job { seq, points }).is_err() {
@@ -119,6 +123,8 @@ pub async fn run(
 
     let rx = Arc::new(Mutex::new(rx));
     let acked = Arc::new(AtomicU64::new(0));
+    // An error here means the generator thread died; joining it below reports that.
+    let _ = ready_rx.await;
     let start = Instant::now();
     let progress = tokio::spawn(show_progress(spec.label.clone(), Arc::clone(&acked), total));
     let mut tasks = tokio::task::JoinSet::new();

@@ -95,10 +95,11 @@ enum Command {
         /// Timed runs per query (the median is reported), after one warm-up.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Seconds of each half-load phase.
+        /// Seconds of each half-load phase (and about as long for the full load before it).
         #[arg(long, default_value_t = 10)]
         half_load_secs: u64,
-        /// Points per request in the half-load phases.
+        /// Points per request in the half-load phases; half load is half the rate the cluster
+        /// takes with requests of this size, measured just before.
         #[arg(long, default_value_t = 1_000)]
         half_load_batch: usize,
         /// Points sent over JSON at replication factor 1 (0: skip).

@@ -4,8 +4,9 @@
 //! 1. writes it into one plain DuckDB file with the raw Appender (the ingest reference);
 //! 2. starts a local cluster with replication factor 1, loads the same points at full load,
 //!    runs the query set on it and on the plain DuckDB file, checks the answers agree, then
-//!    offers half the measured rate for a while to measure the acknowledgement latency, and
-//!    loads more points over JSON;
+//!    measures the rate of smaller requests (`--half-load-batch`) and offers half of it for a
+//!    while to measure the acknowledgement latency at half load, and loads more points over
+//!    JSON;
 //! 3. starts a cluster with replication factor 3 and does the same full and half loads;
 //! 4. prints the tables, every result as a ratio to its reference.
 //!
@@ -204,33 +205,74 @@ fn intervals_for_rate(dataset: &Dataset, rate: f64, time: Duration) -> u64 {
     ((rate * time.as_secs_f64()) / dataset.points_per_interval() as f64).ceil() as u64
 }
 
-/// The open-loop run at `spec.rate` (half the measured full-load rate) for `o.half_load`,
-/// from interval `first`: its table row, judged against the p99 goal, and the intervals sent.
+/// The acknowledgement latency at half load, from interval `first`. Half load is half of
+/// what the cluster takes with the same requests (batches of `o.half_load_batch`), so it is
+/// measured first: a closed loop of `o.connections` connections for about `o.half_load`
+/// (sized by `estimate`, a rate measured before), then an open loop at half its rate for
+/// `o.half_load`. Answers both table rows (the second judged against the p99 goal) and the
+/// intervals sent.
 async fn half_load(
     o: &AllOptions,
     cluster: &LocalCluster,
     pids: &[u32],
-    spec: &LoadSpec,
+    name: &str,
     first: u64,
+    estimate: f64,
     reference_rate: f64,
-) -> Result<(IngestRow, u64)> {
-    let rate = spec.rate.unwrap_or_default();
-    let count = intervals_for_rate(&o.dataset, rate, o.half_load);
+) -> Result<([IngestRow; 2], u64)> {
+    let batch = o.half_load_batch;
+    let spec = |label: String, rate: Option<f64>| LoadSpec {
+        connections: o.connections,
+        batch,
+        format: Format::Bincode,
+        rate,
+        label,
+    };
+    let count = intervals_for_rate(&o.dataset, estimate, o.half_load);
     let span = Span { first, count };
-    let half = measure_load(&cluster.url, &cluster.token, pids, &o.dataset, span, spec).await?;
+    let full_spec = spec(format!("{name} x {batch}"), None);
+    let full = measure_load(
+        &cluster.url,
+        &cluster.token,
+        pids,
+        &o.dataset,
+        span,
+        &full_spec,
+    )
+    .await?;
+    let capacity = full.report.points_per_second();
+    let full_row = load_row(
+        format!("cluster {name}, bincode, {} conn x {batch}", o.connections),
+        &full,
+        reference_rate,
+        None,
+        true,
+    );
+    let rate = capacity / 2.0;
+    let half_count = intervals_for_rate(&o.dataset, rate, o.half_load);
+    let span = Span {
+        first: first + count,
+        count: half_count,
+    };
+    let half_spec = spec(format!("{name} half load"), Some(rate));
+    let half = measure_load(
+        &cluster.url,
+        &cluster.token,
+        pids,
+        &o.dataset,
+        span,
+        &half_spec,
+    )
+    .await?;
     let p99 = half.report.latency(0.99);
-    let name = spec.label.replace(" half load", "");
-    let row = load_row(
-        format!(
-            "cluster {name}, bincode, half load ({rate:.0}/s, batches of {})",
-            o.half_load_batch
-        ),
+    let half_row = load_row(
+        format!("cluster {name}, bincode, half load ({rate:.0}/s, batches of {batch})"),
         &half,
         reference_rate,
         Some(("p99 <= 30 ms".into(), p99 <= HALF_LOAD_P99_GOAL)),
         true,
     );
-    Ok((row, count))
+    Ok(([full_row, half_row], count + half_count))
 }
 
 /// Runs the whole benchmark.
@@ -257,15 +299,11 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
     .await?;
     let mut ingest = vec![reference_row(&timing)];
     let reference_rate = ingest[0].points_per_second;
-    let spec = |label: &str, format: Format, rate: Option<f64>| LoadSpec {
+    let spec = |label: &str, format: Format| LoadSpec {
         connections: o.connections,
-        batch: if rate.is_some() {
-            o.half_load_batch
-        } else {
-            o.batch
-        },
+        batch: o.batch,
         format,
-        rate,
+        rate: None,
         label: label.to_string(),
     };
 
@@ -288,7 +326,7 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
             first: next,
             count: o.intervals,
         },
-        &spec("rf=1 bincode", Format::Bincode, None),
+        &spec("rf=1 bincode", Format::Bincode),
     )
     .await?;
     next += o.intervals;
@@ -309,10 +347,9 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
     let client = cluster.client(Format::Bincode)?;
     let query_rows = run_queries(&cases, &client, &reference, o.runs).await?;
 
-    let half_rate = rf1_rate / 2.0;
-    let spec_half = spec("rf=1 half load", Format::Bincode, Some(half_rate));
-    let (row, sent) = half_load(o, &cluster, &pids, &spec_half, next, reference_rate).await?;
-    ingest.push(row);
+    let (rows, sent) =
+        half_load(o, &cluster, &pids, "rf=1", next, rf1_rate, reference_rate).await?;
+    ingest.extend(rows);
     next += sent;
 
     if o.json_points > 0 {
@@ -325,7 +362,7 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
                 first: next,
                 count: dataset.intervals_for(o.json_points),
             },
-            &spec("rf=1 json", Format::Json, None),
+            &spec("rf=1 json", Format::Json),
         )
         .await?;
         ingest.push(load_row(
@@ -358,7 +395,7 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
                 first: 0,
                 count: o.intervals,
             },
-            &spec("rf=3 bincode", Format::Bincode, None),
+            &spec("rf=3 bincode", Format::Bincode),
         )
         .await?;
         let rf3_rate = full.report.points_per_second();
@@ -377,10 +414,17 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
             )),
             true,
         ));
-        let spec_half = spec("rf=3 half load", Format::Bincode, Some(rf3_rate / 2.0));
-        let (row, _) =
-            half_load(o, &cluster, &pids, &spec_half, o.intervals, reference_rate).await?;
-        ingest.push(row);
+        let (rows, _) = half_load(
+            o,
+            &cluster,
+            &pids,
+            "rf=3",
+            o.intervals,
+            rf3_rate,
+            reference_rate,
+        )
+        .await?;
+        ingest.extend(rows);
     }
     Ok(AllReport {
         ingest,

@@ -132,3 +132,46 @@ fn batch_ids_survive_reopening_the_file() {
     engine.insert(batch()).unwrap();
     assert_eq!(count(&engine), Some(100.0), "a batch without an id is new");
 }
+
+/// The write-ahead log is folded into the file by the store's own thread once it passes
+/// 16 MiB, not left to grow and not left to a commit on the write path; the data stays.
+#[test]
+fn the_write_ahead_log_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.duckdb");
+    let wal = dir.path().join("node.duckdb.wal");
+    let store = DuckDbStore::open(&path).unwrap();
+    let batch = records(10_000);
+    let mut grew_past = false;
+    let mut index = 0;
+    // About 40 bytes of log per point: 120 batches take it well past the threshold.
+    for _ in 0..120 {
+        index += 1;
+        store
+            .apply(&[PartitionWrite::new(0, index, &batch)])
+            .unwrap();
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        grew_past |= size >= 16 * 1024 * 1024;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size < 16 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log is still {size} bytes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        grew_past,
+        "the log never reached the threshold: the test proves nothing"
+    );
+    assert_eq!(store.digest(0).unwrap().rows, 1_200_000);
+    drop(store);
+    let store = DuckDbStore::open(&path).unwrap();
+    assert_eq!(store.applied_index(0).unwrap(), 120);
+    assert_eq!(store.digest(0).unwrap().rows, 1_200_000);
+}

@@ -8,8 +8,13 @@
 //!   (snapshots carry it). `sid` is a dense store-local number, which keeps the point table
 //!   narrow and lets DuckDB join it against a query's selection quickly.
 //! - `rm_points(partition_id, sid, ts, value)`: one row per point; `ts` in µs.
-//! - `rm_partitions(partition_id, applied_index, meta)`: the last log index applied, and the
-//!   opaque metadata of the last imported snapshot.
+//! - `rm_partitions(partition_id, applied_index, meta)`: one row per partition the store
+//!   holds, with the opaque metadata of the last imported snapshot. `applied_index` is the
+//!   index the row was written with (files written before `rm_applied` existed keep it
+//!   current).
+//! - `rm_applied(indexes)`: one row, every partition's applied index (the codec encoding of
+//!   a sorted `(partition, index)` list), rewritten by every write: one statement per write
+//!   however many partitions it touches. It overrides `rm_partitions.applied_index`.
 //! - `rm_batch_ids(partition_id, batch_id, at_micros)`: the batch ids each partition
 //!   remembers ([`crate::idempotency`]); mirrored in memory as one [`IdWindow`] per
 //!   partition, which decides, while the rows are committed with the points.
@@ -27,8 +32,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use duckdb::types::Value;
 use duckdb::{Connection, params};
 
+use super::checkpointer::{BACKSTOP_WAL_AUTOCHECKPOINT, Checkpointer};
 use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::idempotency::{BatchId, IdRow, IdWindow, check_spans};
 use crate::model::{Record, Tags, series_partition_key};
@@ -55,6 +62,9 @@ CREATE TABLE IF NOT EXISTS rm_partitions (
     partition_id UINTEGER PRIMARY KEY,
     applied_index UBIGINT NOT NULL,
     meta BLOB
+);
+CREATE TABLE IF NOT EXISTS rm_applied (
+    indexes BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rm_batch_ids (
     partition_id UINTEGER NOT NULL,
@@ -100,6 +110,8 @@ impl PartitionCatalog {
 
 /// A [`Store`] in one DuckDB database.
 pub struct DuckDbStore {
+    /// Checkpoints a file-backed database off the write path; stopped first on drop.
+    _checkpointer: Option<Checkpointer>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
@@ -123,20 +135,49 @@ fn poisoned<T>(_: T) -> Error {
 impl DuckDbStore {
     /// Opens (or creates) a database file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::init(Connection::open(path).map_err(storage("open"))?)
+        let path = path.as_ref();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push(".wal");
+        Self::init(
+            Connection::open(path).map_err(storage("open"))?,
+            Some(wal.into()),
+        )
     }
 
     /// A database that lives in memory only.
     pub fn open_in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory().map_err(storage("open"))?)
+        Self::init(Connection::open_in_memory().map_err(storage("open"))?, None)
     }
 
-    fn init(conn: Connection) -> Result<Self> {
+    /// Creates the schema, configures the connection and loads the in-memory state; with
+    /// `wal` (the write-ahead log of a file), starts the checkpointing thread.
+    fn init(conn: Connection, wal: Option<std::path::PathBuf>) -> Result<Self> {
         conn.execute_batch(SCHEMA)
             .map_err(storage("create schema"))?;
-        conn.execute_batch("SET enable_external_access = false; SET lock_configuration = true;")
-            .map_err(storage("configure"))?;
+        let checkpointer = match wal {
+            Some(wal) => {
+                conn.execute_batch(&format!(
+                    "SET wal_autocheckpoint = '{BACKSTOP_WAL_AUTOCHECKPOINT}';"
+                ))
+                .map_err(storage("configure"))?;
+                let own = conn.try_clone().map_err(storage("connect"))?;
+                Some(
+                    Checkpointer::start(own, wal)
+                        .map_err(|e| Error::storage("start checkpoints", e))?,
+                )
+            }
+            None => None,
+        };
+        // The writer connection only appends, updates rows by key and deletes by partition:
+        // DuckDB's optimizer has nothing to gain there, and it ran for every statement and
+        // every appender flush of a write (readers are other connections and keep it).
+        conn.execute_batch(
+            "PRAGMA disable_optimizer; \
+             SET enable_external_access = false; SET lock_configuration = true;",
+        )
+        .map_err(storage("configure"))?;
         let store = DuckDbStore {
+            _checkpointer: checkpointer,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             catalog: RwLock::new(HashMap::new()),
@@ -237,9 +278,22 @@ impl DuckDbStore {
         let rows = stmt
             .query_map([], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, u64>(1)?)))
             .map_err(storage("load applied indexes"))?;
-        let loaded = rows
+        let mut loaded = rows
             .collect::<Result<HashMap<_, _>, _>>()
             .map_err(storage("load applied indexes"))?;
+        let current: Option<Vec<u8>> = conn
+            .query_row("SELECT indexes FROM rm_applied", [], |row| row.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                duckdb::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(storage("load applied indexes"))?;
+        if let Some(bytes) = current {
+            let indexes: Vec<(PartitionId, u64)> =
+                codec::decode(&bytes).map_err(|e| Error::storage("load applied indexes", e))?;
+            loaded.extend(indexes);
+        }
         *self.applied.write().map_err(poisoned)? = loaded;
         Ok(())
     }
@@ -266,42 +320,67 @@ impl DuckDbStore {
         })
     }
 
-    /// The applied index and the snapshot metadata of a partition, as committed
-    /// (`(0, empty)` for a partition the store has never seen).
-    fn partition_row(conn: &Connection, partition: PartitionId) -> Result<(u64, Vec<u8>)> {
+    /// The snapshot metadata of a partition, as committed (empty for a partition the store
+    /// has never seen or that never imported a snapshot).
+    fn partition_meta(conn: &Connection, partition: PartitionId) -> Result<Vec<u8>> {
         let mut stmt = conn
-            .prepare_cached("SELECT applied_index, meta FROM rm_partitions WHERE partition_id = ?")
+            .prepare_cached("SELECT meta FROM rm_partitions WHERE partition_id = ?")
             .map_err(storage("read partition state"))?;
         let mut rows = stmt
             .query(params![partition])
             .map_err(storage("read partition state"))?;
         match rows.next().map_err(storage("read partition state"))? {
-            Some(row) => Ok((
-                row.get(0).map_err(storage("read partition state"))?,
-                row.get::<_, Option<Vec<u8>>>(1)
-                    .map_err(storage("read partition state"))?
-                    .unwrap_or_default(),
-            )),
-            None => Ok((0, Vec::new())),
+            Some(row) => Ok(row
+                .get::<_, Option<Vec<u8>>>(0)
+                .map_err(storage("read partition state"))?
+                .unwrap_or_default()),
+            None => Ok(Vec::new()),
         }
     }
 
-    /// Upserts applied indexes in one statement.
-    fn set_applied_indexes(conn: &Connection, indexes: &[(PartitionId, u64)]) -> Result<()> {
-        if indexes.is_empty() {
-            return Ok(());
-        }
-        let values = vec!["(?, ?)"; indexes.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO rm_partitions (partition_id, applied_index) VALUES {values}
-             ON CONFLICT (partition_id) DO UPDATE SET applied_index = excluded.applied_index"
-        );
-        let args = indexes
+    /// Records applied indexes inside the caller's transaction: `changes` on top of the
+    /// committed ones (`applied`), without `removed`. A partition new to the store gets its
+    /// `rm_partitions` row; every write rewrites the one `rm_applied` row.
+    fn set_applied_indexes(
+        conn: &Connection,
+        applied: &HashMap<PartitionId, u64>,
+        changes: &[(PartitionId, u64)],
+        removed: Option<PartitionId>,
+    ) -> Result<()> {
+        let mut all: Vec<(PartitionId, u64)> = applied
             .iter()
-            .flat_map(|&(p, i)| [Value::UInt(p), Value::UBigInt(i)]);
-        conn.prepare_cached(&sql)
-            .and_then(|mut s| s.execute(duckdb::params_from_iter(args)))
+            .filter(|(p, _)| Some(**p) != removed)
+            .map(|(p, i)| (*p, *i))
+            .collect();
+        for &(p, i) in changes {
+            if !applied.contains_key(&p) {
+                conn.prepare_cached(
+                    "INSERT INTO rm_partitions (partition_id, applied_index) VALUES (?, ?)",
+                )
+                .and_then(|mut s| s.execute(params![p, i]))
+                .map_err(storage("write applied index"))?;
+            }
+            all.push((p, i));
+        }
+        // A later change of a partition wins: sort stably by partition, keep the last.
+        all.sort_by_key(|(p, _)| *p);
+        let mut merged: Vec<(PartitionId, u64)> = Vec::with_capacity(all.len());
+        for (p, i) in all {
+            match merged.last_mut() {
+                Some(last) if last.0 == p => last.1 = i,
+                _ => merged.push((p, i)),
+            }
+        }
+        let bytes = codec::encode(&merged)?;
+        let updated = conn
+            .prepare_cached("UPDATE rm_applied SET indexes = ?")
+            .and_then(|mut s| s.execute(params![bytes]))
             .map_err(storage("write applied index"))?;
+        if updated == 0 {
+            conn.prepare_cached("INSERT INTO rm_applied (indexes) VALUES (?)")
+                .and_then(|mut s| s.execute(params![bytes]))
+                .map_err(storage("write applied index"))?;
+        }
         Ok(())
     }
 }
@@ -550,7 +629,8 @@ impl DuckDbStore {
                 series.flush().map_err(storage("insert series"))?;
             }
             indexes = last_index.into_iter().collect();
-            Self::set_applied_indexes(&tx, &indexes)?;
+            let applied = self.applied.read().map_err(poisoned)?;
+            Self::set_applied_indexes(&tx, &applied, &indexes, None)?;
             next_sid = sids.next;
         }
         tx.commit().map_err(storage("commit"))?;
@@ -746,7 +826,9 @@ impl Store for DuckDbStore {
         let mut conn = self.writer.lock().map_err(poisoned)?;
         // One transaction, so the rows and the applied index are from the same moment.
         let tx = conn.transaction().map_err(storage("export"))?;
-        let (applied_index, meta) = Self::partition_row(&tx, partition)?;
+        // Under the writer lock the in-memory applied index is the committed one.
+        let applied_index = self.cached_applied(partition)?;
+        let meta = Self::partition_meta(&tx, partition)?;
         let series = {
             let mut stmt = tx
                 .prepare("SELECT series_id, metric, tags FROM rm_series WHERE partition_id = ? ORDER BY series_id")
@@ -875,7 +957,10 @@ impl Store for DuckDbStore {
                 }
                 points.flush().map_err(storage("import"))?;
             }
-            Self::set_applied_indexes(&tx, &[(p, snapshot.applied_index)])?;
+            {
+                let applied = self.applied.read().map_err(poisoned)?;
+                Self::set_applied_indexes(&tx, &applied, &[(p, snapshot.applied_index)], None)?;
+            }
             tx.execute(
                 "UPDATE rm_partitions SET meta = ? WHERE partition_id = ?",
                 params![snapshot.meta, p],
@@ -907,6 +992,10 @@ impl Store for DuckDbStore {
                 )
                 .map_err(storage("drop partition"))?;
             }
+            {
+                let applied = self.applied.read().map_err(poisoned)?;
+                Self::set_applied_indexes(&tx, &applied, &[], Some(partition))?;
+            }
             tx.commit().map_err(storage("drop partition"))?;
             self.applied.write().map_err(poisoned)?.remove(&partition);
             self.windows.lock().map_err(poisoned)?.remove(&partition);
@@ -917,7 +1006,7 @@ impl Store for DuckDbStore {
 
     fn snapshot_meta(&self, partition: PartitionId) -> Result<Vec<u8>> {
         let conn = self.reader()?;
-        Ok(Self::partition_row(&conn, partition)?.1)
+        Self::partition_meta(&conn, partition)
     }
 
     fn storage_bytes(&self) -> Result<u64> {

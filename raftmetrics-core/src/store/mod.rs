@@ -13,6 +13,7 @@
 //!   remembered ids are committed with the rows and travel in snapshots;
 //! - a partition can be exported and imported whole (what a Raft snapshot carries).
 
+mod checkpointer;
 mod duckdb;
 
 pub mod conformance;
