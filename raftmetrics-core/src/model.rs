@@ -5,7 +5,6 @@
 //! with one bad point is refused whole, and the error names every bad field with the point's
 //! index (`points[3].metric`).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -192,10 +191,9 @@ trait PointView {
     fn custom_key(&self) -> Option<&str>;
     /// The shared series if this node knows it (no allocation).
     fn known_series(&self) -> Option<Arc<Series>>;
-    /// The tags as a map (repeated keys keep their last value).
-    fn tags(&self) -> Cow<'_, Tags>;
-    /// The series, built from the point's own text.
-    fn into_series(self, tags: Tags) -> Series;
+    /// The series, built from the point's own text (repeated tag keys keep their last
+    /// value).
+    fn into_series(self) -> Series;
 }
 
 impl PointView for Point {
@@ -218,11 +216,8 @@ impl PointView for Point {
             self.partition_key.as_deref(),
         )
     }
-    fn tags(&self) -> Cow<'_, Tags> {
-        Cow::Borrowed(&self.tags)
-    }
-    fn into_series(self, tags: Tags) -> Series {
-        Series::new(self.metric, tags, self.partition_key)
+    fn into_series(self) -> Series {
+        Series::new(self.metric, self.tags, self.partition_key)
     }
 }
 
@@ -259,12 +254,9 @@ impl PointView for PointRef<'_> {
         }
         series::lookup(self.metric(), self.tags.iter(), self.custom_key())
     }
-    fn tags(&self) -> Cow<'_, Tags> {
-        Cow::Owned(self.tags.to_tags())
-    }
-    fn into_series(self, tags: Tags) -> Series {
+    fn into_series(self) -> Series {
         let key = self.partition_key.map(|k| k.0.into_owned());
-        Series::new(self.metric.0.into_owned(), tags, key)
+        Series::new(self.metric.0.into_owned(), self.tags.to_tags(), key)
     }
 }
 
@@ -348,9 +340,9 @@ fn validate_points<P: PointView>(
             Some(series) => Some(series),
             None => {
                 let before = errors.len();
-                let tags = point.tags().into_owned();
-                check_series_text(&tags, point.custom_key(), limits, &field, &mut errors);
-                (errors.len() == before).then(|| series::intern(point.into_series(tags)))
+                let series = point.into_series();
+                check_series_text(&series, limits, &field, &mut errors);
+                (errors.len() == before).then(|| series::intern(series))
             }
         };
         if errors.is_empty()
@@ -391,12 +383,12 @@ fn fits(series: &Series, limits: &Limits) -> bool {
 
 /// Checks a new series' tags and partition key.
 fn check_series_text(
-    tags: &Tags,
-    custom_key: Option<&str>,
+    series: &Series,
     limits: &Limits,
     field: &dyn Fn(&str) -> String,
     errors: &mut Vec<FieldError>,
 ) {
+    let tags = series.tags();
     if tags.len() > limits.max_tags {
         errors.push(FieldError::new(
             field("tags"),
@@ -410,7 +402,7 @@ fn check_series_text(
             errors.push(FieldError::new(field(&format!("tags.{k}")), e));
         }
     }
-    if let Some(key) = custom_key
+    if let Some(key) = series.custom_key()
         && let Err(e) = check_text(key, limits.max_partition_key_bytes, "partition keys")
     {
         errors.push(FieldError::new(field("partition_key"), e));

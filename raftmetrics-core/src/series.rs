@@ -233,25 +233,14 @@ impl Interner {
         tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
         custom_key: Option<&str>,
     ) -> Option<Arc<Series>> {
-        self.lock()
-            .get(&hash)?
-            .iter()
-            .find(|s| s.same_as(metric, tags.clone(), custom_key))
-            .cloned()
+        find_in(&self.lock(), hash, metric, tags, custom_key)
     }
 
     fn insert(&self, hash: u64, series: Series) -> Arc<Series> {
         let mut map = self.lock();
-        if let Some(found) = map.get(&hash).and_then(|bucket| {
-            bucket.iter().find(|s| {
-                s.same_as(
-                    &series.metric,
-                    series.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                    series.custom_key.as_deref(),
-                )
-            })
-        }) {
-            return Arc::clone(found);
+        let tags = series.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        if let Some(found) = find_in(&map, hash, &series.metric, tags, series.custom_key()) {
+            return found;
         }
         if map.len() >= MAX_INTERNED {
             map.clear();
@@ -260,6 +249,20 @@ impl Interner {
         map.entry(hash).or_default().push(Arc::clone(&series));
         series
     }
+}
+
+/// The series of `map` under `hash` that is `(metric, tags, custom_key)`.
+fn find_in<'a>(
+    map: &HashMap<u64, Vec<Arc<Series>>>,
+    hash: u64,
+    metric: &str,
+    tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+    custom_key: Option<&str>,
+) -> Option<Arc<Series>> {
+    map.get(&hash)?
+        .iter()
+        .find(|s| s.same_as(metric, tags.clone(), custom_key))
+        .cloned()
 }
 
 /// The shared copy of the series `(metric, tags, custom_key)` if this node knows it; `tags`

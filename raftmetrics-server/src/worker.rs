@@ -219,6 +219,24 @@ pub async fn run(
     }
 }
 
+/// A ticker of [`HEARTBEAT`] that skips beats it missed rather than bursting.
+fn heartbeat_ticker() -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Waits for the next beat of `ticker`; false once `stop` is set.
+async fn next_beat(
+    ticker: &mut tokio::time::Interval,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = ticker.tick() => true,
+        _ = stop.wait_for(|s| *s) => false,
+    }
+}
+
 /// Checks every [`HEARTBEAT`] that the raft node still runs; when it has stopped, says why
 /// through `failed` and returns.
 async fn watch_raft(
@@ -226,13 +244,8 @@ async fn watch_raft(
     failed: tokio::sync::watch::Sender<Option<String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(HEARTBEAT);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    let mut ticker = heartbeat_ticker();
+    while next_beat(&mut ticker, &mut stop).await {
         if node.is_stopped() {
             let why = "the raft node of this worker stopped after the error it logged (a \
                        storage failure such as a full disk, or a panic), so the worker stops \
@@ -259,13 +272,8 @@ fn control_address(host: Option<&str>) -> String {
 }
 
 async fn heartbeat_loop(worker: Arc<Worker>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(HEARTBEAT);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    let mut ticker = heartbeat_ticker();
+    while next_beat(&mut ticker, &mut stop).await {
         if let Err(e) = worker.heartbeat().await {
             debug!(error = %e, "heartbeat to the control node failed");
         }

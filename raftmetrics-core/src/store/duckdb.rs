@@ -24,7 +24,7 @@
 //! Appender inside one transaction with the applied index. External file access is disabled
 //! and the configuration locked once the schema exists.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -117,7 +117,7 @@ pub struct DuckDbStore {
     catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
     /// Next store-local sid; only changed under the writer lock.
     next_sid: AtomicU32,
-    /// Committed applied index per partition (mirrors `rm_partitions`).
+    /// Committed applied index per partition (mirrors `rm_applied`).
     applied: RwLock<HashMap<PartitionId, u64>>,
     /// Remembered batch ids per partition (mirrors `rm_batch_ids`); only used under the
     /// writer lock.
@@ -347,7 +347,7 @@ impl DuckDbStore {
         changes: &[(PartitionId, u64)],
         removed: Option<PartitionId>,
     ) -> Result<()> {
-        let mut all: Vec<(PartitionId, u64)> = applied
+        let mut all: BTreeMap<PartitionId, u64> = applied
             .iter()
             .filter(|(p, _)| Some(**p) != removed)
             .map(|(p, i)| (*p, *i))
@@ -360,17 +360,9 @@ impl DuckDbStore {
                 .and_then(|mut s| s.execute(params![p, i]))
                 .map_err(storage("write applied index"))?;
             }
-            all.push((p, i));
+            all.insert(p, i);
         }
-        // A later change of a partition wins: sort stably by partition, keep the last.
-        all.sort_by_key(|(p, _)| *p);
-        let mut merged: Vec<(PartitionId, u64)> = Vec::with_capacity(all.len());
-        for (p, i) in all {
-            match merged.last_mut() {
-                Some(last) if last.0 == p => last.1 = i,
-                _ => merged.push((p, i)),
-            }
-        }
+        let merged: Vec<(PartitionId, u64)> = all.into_iter().collect();
         let bytes = codec::encode(&merged)?;
         let updated = conn
             .prepare_cached("UPDATE rm_applied SET indexes = ?")
