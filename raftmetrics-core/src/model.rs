@@ -312,6 +312,9 @@ fn validate_points<P: PointView>(
         // A known series passed the checks of the text once; only the limits, which may
         // differ between engines of one process, are checked again.
         let known = point.known_series().filter(|s| fits(s, limits));
+        // A series is only interned when every check of this point passed (its metric name
+        // above all): a known series skips them.
+        let before = errors.len();
         if known.is_none()
             && let Err(e) = check_metric_name(point.metric())
         {
@@ -339,7 +342,6 @@ fn validate_points<P: PointView>(
         let series = match known {
             Some(series) => Some(series),
             None => {
-                let before = errors.len();
                 let series = point.into_series();
                 check_series_text(&series, limits, &field, &mut errors);
                 (errors.len() == before).then(|| series::intern(series))
@@ -577,5 +579,21 @@ mod tests {
             fields(validate_batch(vec![p], now(), &tight).unwrap_err()),
             vec!["points[0].tags"]
         );
+    }
+
+    /// A refused series is not remembered as known: sent again, it is refused again.
+    #[test]
+    fn a_refused_series_stays_refused() {
+        for _ in 0..2 {
+            let bad = Point::new("refused#metric", 1.0).tag("host", "a");
+            assert_eq!(
+                fields(validate_batch(vec![bad], now(), &Limits::default()).unwrap_err()),
+                vec!["points[0].metric"]
+            );
+        }
+        let bad_tag = Point::new("refused_tag", 1.0).tag("bad key", "x");
+        for _ in 0..2 {
+            assert!(validate_batch(vec![bad_tag.clone()], now(), &Limits::default()).is_err());
+        }
     }
 }
