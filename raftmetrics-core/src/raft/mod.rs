@@ -8,6 +8,7 @@
 //! snapshot messages into bounded [`Frame`]s and rebuilds them ([`Reassembler`]), for
 //! transports that move bounded frames.
 
+mod apply;
 pub mod chunk;
 pub mod entry;
 pub mod log;

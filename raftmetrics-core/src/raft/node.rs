@@ -9,10 +9,14 @@
 //!    snapshot into the store (data first, log metadata second); stage new entries, hard
 //!    state and conf changes of committed entries into ONE log write for all groups (group
 //!    commit), fsynced when any Ready asks for it;
-//! 5. apply the committed entries of all groups to the store in ONE transaction (only after
-//!    the log write, so the store is never ahead of the durable log), answer the proposals;
-//! 6. send the messages that had to wait for persistence, `advance`, apply what the light
-//!    ready committed, `advance_apply`; compact logs that grew past the threshold.
+//! 5. hand the committed entries of all groups to the node's applier (only after the log
+//!    write, so the store is never ahead of the durable log), which writes them to the store
+//!    on its own thread, many hand-overs per transaction, and answers the proposals;
+//! 6. send the messages that had to wait for persistence, `advance_append`, hand over what
+//!    the light ready committed; compact logs that grew past the threshold.
+//!
+//! Each iteration also takes the applier's progress: applied indexes (`advance_apply_to`,
+//! reads waiting for them) or its failure (the loop stops). See [`super::apply`].
 //!
 //! Every proposal is answered: applied (with its index), or an error (not leader with a hint,
 //! dropped, superseded by another leader's entry, leadership lost or timed out with an
@@ -34,6 +38,7 @@ use raft::{Config, ProgressState, RawNode, SnapshotStatus, StateRole, Storage as
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::apply::{Applier, Applying};
 use super::entry::{LogEntry, decode_entry, encode_entry};
 use super::log::{GroupStorage, RaftLog, WriteBatch};
 use super::logger::raft_logger;
@@ -43,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::BatchId;
 use crate::model::Record;
 use crate::partition::PartitionId;
-use crate::store::{PartitionSnapshot, PartitionWrite, Store};
+use crate::store::{PartitionSnapshot, Store};
 use crate::time::Timestamp;
 
 /// Settings of a node's raft loop. Units are in the names.
@@ -190,6 +195,8 @@ enum Command {
     Stop {
         clean: bool,
     },
+    /// The applier made progress (see [`Driver::take_applied`]).
+    Wake,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -361,6 +368,15 @@ impl RaftNode {
             return Err(Error::InvalidRequest("node id 0 is reserved".into()));
         }
         let (tx, rx) = sync_channel(config.inbox_capacity);
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let applier = {
+            let (tx, pending) = (tx.clone(), Arc::clone(&wake_pending));
+            Applier::start(config.id, Arc::clone(&store), move || {
+                if !pending.swap(true, Ordering::SeqCst) {
+                    let _ = tx.try_send(Command::Wake);
+                }
+            })?
+        };
         let mut driver = Driver {
             logger: raft_logger(config.id),
             config,
@@ -369,6 +385,8 @@ impl RaftNode {
             transport,
             replicas: HashMap::new(),
             next_read_ctx: 1,
+            applier,
+            wake_pending,
         };
         for group in driver.log.groups()? {
             let group = PartitionId::try_from(group)
@@ -476,6 +494,11 @@ struct Driver {
     transport: Arc<dyn Transport>,
     replicas: HashMap<PartitionId, Replica>,
     next_read_ctx: u64,
+    /// Dropped with the driver at the end of the loop's thread: it applies what is queued
+    /// (unless aborted) and joins, so a stopped node no longer writes to its store.
+    applier: Applier,
+    /// Set while a [`Command::Wake`] is on its way.
+    wake_pending: Arc<AtomicBool>,
 }
 
 /// Committed entries of one group, decoded, waiting to be applied.
@@ -586,12 +609,18 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            if let Err(e) = self.take_applied() {
+                self.stop_on(e);
+                return;
+            }
             let mut handled = 0;
             let mut next = first;
             while let Some(cmd) = next {
                 if let Command::Stop { clean } = cmd {
                     if clean {
                         self.fail_all("node is shutting down");
+                    } else {
+                        self.applier.abort();
                     }
                     return;
                 }
@@ -617,12 +646,31 @@ impl Driver {
                 next_purge = Instant::now() + PURGE_INTERVAL;
             }
             if let Err(e) = self.process() {
-                // Storage failures are not survivable in-process: stop, answer everyone.
-                tracing::error!(node = self.config.id, error = %e, "raft node stops");
-                self.fail_all(&format!("node stopped after an error: {e}"));
+                self.stop_on(e);
                 return;
             }
         }
+    }
+
+    /// Storage failures are not survivable in-process: stop, answer everyone.
+    fn stop_on(&mut self, e: Error) {
+        tracing::error!(node = self.config.id, error = %e, "raft node stops");
+        self.fail_all(&format!("node stopped after an error: {e}"));
+    }
+
+    /// Takes the applier's progress: raises applied indexes, lets raft-rs know, answers the
+    /// reads that waited for them. An error when the applier failed.
+    fn take_applied(&mut self) -> Result<()> {
+        self.wake_pending.store(false, Ordering::SeqCst);
+        for (group, index) in self.applier.take_progress()? {
+            let Some(r) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            r.applied = r.applied.max(index);
+            sync_applied(r);
+            answer_reads(r);
+        }
+        Ok(())
     }
 
     fn fail_all(&mut self, why: &str) {
@@ -754,7 +802,7 @@ impl Driver {
                 all.sort_by_key(|s| s.group);
                 let _ = reply.send(Ok(all));
             }
-            Command::Stop { .. } => {}
+            Command::Stop { .. } | Command::Wake => {}
         }
     }
 
@@ -806,6 +854,12 @@ impl Driver {
     }
 
     fn remove_group(&mut self, group: PartitionId) -> Result<()> {
+        if !self.replicas.contains_key(&group) {
+            return Err(Error::NotFound(format!("partition {group}")));
+        }
+        // Nothing of the group may reach the store after its data is dropped.
+        self.applier.barrier()?;
+        self.take_applied()?;
         let Some(mut r) = self.replicas.remove(&group) else {
             return Err(Error::NotFound(format!("partition {group}")));
         };
@@ -848,6 +902,8 @@ impl Driver {
             }
             queue_messages(&mut outbox, group, messages);
             if !rd.snapshot().is_empty() {
+                // The snapshot replaces what the applier may still be writing.
+                self.applier.barrier()?;
                 install_snapshot(self.store.as_ref(), r, rd.snapshot(), &mut batch)?;
             }
             let entries = rd.take_committed_entries();
@@ -866,7 +922,7 @@ impl Driver {
         if !batch.is_empty() {
             self.log.write(&mut batch, sync && self.config.sync_log)?;
         }
-        self.apply(&committed)?;
+        self.hand_over(committed)?;
         let mut later = Vec::new();
         for (group, rd) in readies {
             let Some(r) = self.replicas.get_mut(&group) else {
@@ -874,7 +930,9 @@ impl Driver {
             };
             let mut rd = rd;
             queue_messages(&mut outbox, group, rd.take_persisted_messages());
-            let mut light = r.node.advance(rd);
+            let mut light = r.node.advance_append(rd);
+            // An installed snapshot moved `applied`.
+            sync_applied(r);
             queue_messages(&mut outbox, group, light.take_messages());
             let entries = light.take_committed_entries();
             if !entries.is_empty() {
@@ -884,13 +942,8 @@ impl Driver {
         if !batch.is_empty() {
             self.log.write(&mut batch, self.config.sync_log)?;
         }
-        self.apply(&later)?;
+        self.hand_over(later)?;
         self.flush(&mut outbox);
-        for c in committed.iter().chain(&later) {
-            if let Some(r) = self.replicas.get_mut(&c.group) {
-                r.node.advance_apply();
-            }
-        }
         self.destroy_removed()?;
         self.maybe_compact()?;
         Ok(())
@@ -980,54 +1033,44 @@ impl Driver {
         }
     }
 
-    /// Applies committed entries of all groups in one store transaction, then answers the
-    /// proposals and reads they complete.
-    fn apply(&mut self, committed: &[Committed]) -> Result<()> {
-        let writes: Vec<PartitionWrite<'_>> = committed
-            .iter()
-            .flat_map(|c| {
-                c.entries.iter().map(|(index, _, entry)| PartitionWrite {
-                    partition: c.group,
-                    index: *index,
-                    records: &entry.records,
-                    ids: &entry.ids,
-                    proposed_at_micros: entry.proposed_at_micros,
-                })
-            })
-            .collect();
-        if writes.is_empty() {
-            return Ok(());
-        }
-        self.store.apply(&writes)?;
+    /// Hands committed entries of all groups to the applier, with the proposals they
+    /// complete; proposals their entries superseded are answered now. Urgent when a caller
+    /// waits or the node leads one of the groups (it serves linearizable reads).
+    fn hand_over(&mut self, committed: Vec<Committed>) -> Result<()> {
+        let mut applying = Vec::new();
+        let mut urgent = false;
         for c in committed {
             let Some(r) = self.replicas.get_mut(&c.group) else {
                 continue;
             };
-            for &(index, term, _) in &c.entries {
-                r.applied = r.applied.max(index);
-                while let Some(p) = r.pending.front() {
-                    if p.index > index {
-                        break;
-                    }
+            urgent |= r.node.raft.state == StateRole::Leader || !r.reads.is_empty();
+            for (index, term, entry) in c.entries {
+                let mut replies = Vec::new();
+                while r.pending.front().is_some_and(|p| p.index <= index) {
                     let Some(p) = r.pending.pop_front() else {
                         break;
                     };
-                    let result = if p.index == index && p.term == term {
-                        Ok(index)
+                    if p.index == index && p.term == term {
+                        replies.extend(p.replies);
                     } else {
-                        Err(Error::Raft(format!(
-                            "partition {}: the write was superseded by another leader's entry; retry",
-                            c.group
-                        )))
-                    };
-                    for reply in p.replies {
-                        let _ = reply.send(result.as_ref().map(|i| *i).map_err(clone_error));
+                        for reply in p.replies {
+                            let _ = reply.send(Err(Error::Raft(format!(
+                                "partition {}: the write was superseded by another leader's entry; retry",
+                                c.group
+                            ))));
+                        }
                     }
                 }
+                urgent |= !replies.is_empty();
+                applying.push(Applying {
+                    group: c.group,
+                    index,
+                    entry,
+                    replies,
+                });
             }
-            answer_reads(r);
         }
-        Ok(())
+        self.applier.hand_over(applying, urgent)
     }
 
     fn maybe_compact(&mut self) -> Result<()> {
@@ -1042,6 +1085,15 @@ impl Driver {
             }
         }
         Ok(())
+    }
+}
+
+/// Tells raft-rs how far the replica is applied (never past what its log holds durably).
+fn sync_applied(r: &mut Replica) {
+    let log = &r.node.raft.raft_log;
+    let to = r.applied.min(log.committed).min(log.persisted);
+    if to > log.applied {
+        r.node.advance_apply_to(to);
     }
 }
 
