@@ -279,3 +279,195 @@ impl Worker {
         ok
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::PartialAggregate;
+    use crate::model::{Record, Tags};
+    use crate::query::Query;
+    use crate::series::{self, Series};
+    use crate::sketch::SketchConfig;
+    use crate::store::{DuckDbStore, PartitionSnapshot};
+    use crate::time::Timestamp;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    /// A real in-memory store that counts its transactions, can be held shut, and can be
+    /// told to fail.
+    struct Observed {
+        inner: DuckDbStore,
+        /// Calls of `apply`, counted before the gate.
+        entered: AtomicUsize,
+        transactions: AtomicUsize,
+        gate: Mutex<()>,
+        fail: AtomicBool,
+    }
+
+    impl Store for Observed {
+        fn apply(&self, writes: &[PartitionWrite<'_>]) -> Result<Vec<bool>> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let _open = self.gate.lock().unwrap();
+            self.transactions.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::storage("insert", "disk full"));
+            }
+            self.inner.apply(writes)
+        }
+        fn applied_index(&self, p: PartitionId) -> Result<u64> {
+            self.inner.applied_index(p)
+        }
+        fn compute(
+            &self,
+            p: &[PartitionId],
+            q: &Query,
+            s: &SketchConfig,
+        ) -> Result<PartialAggregate> {
+            self.inner.compute(p, q, s)
+        }
+        fn partitions(&self) -> Result<Vec<PartitionId>> {
+            self.inner.partitions()
+        }
+        fn export_partition(&self, p: PartitionId) -> Result<PartitionSnapshot> {
+            self.inner.export_partition(p)
+        }
+        fn import_partition(&self, s: &PartitionSnapshot) -> Result<()> {
+            self.inner.import_partition(s)
+        }
+        fn snapshot_meta(&self, p: PartitionId) -> Result<Vec<u8>> {
+            self.inner.snapshot_meta(p)
+        }
+        fn drop_partition(&self, p: PartitionId) -> Result<()> {
+            self.inner.drop_partition(p)
+        }
+        fn storage_bytes(&self) -> Result<u64> {
+            self.inner.storage_bytes()
+        }
+    }
+
+    fn observed() -> Arc<Observed> {
+        Arc::new(Observed {
+            inner: DuckDbStore::open_in_memory().unwrap(),
+            entered: AtomicUsize::new(0),
+            transactions: AtomicUsize::new(0),
+            gate: Mutex::new(()),
+            fail: AtomicBool::new(false),
+        })
+    }
+
+    fn entry(n: usize) -> LogEntry {
+        let series = series::intern(Series::new("cpu", Tags::new(), None));
+        LogEntry {
+            records: (0..n)
+                .map(|i| Record::new(Arc::clone(&series), Timestamp::from_micros(i as i64), 1.0))
+                .collect(),
+            ..LogEntry::default()
+        }
+    }
+
+    /// One hand-over of one entry of `group` at `index`; its reply's receiver.
+    fn one(group: PartitionId, index: u64) -> (Vec<Applying>, oneshot::Receiver<Result<u64>>) {
+        let (reply, rx) = oneshot::channel();
+        let applying = Applying {
+            group,
+            index,
+            entry: entry(10),
+            replies: vec![reply],
+        };
+        (vec![applying], rx)
+    }
+
+    #[test]
+    fn what_waits_while_the_store_is_busy_becomes_one_transaction() {
+        let store = observed();
+        let applier = Applier::start(1, store.clone(), || {}).unwrap();
+        let gate = store.gate.lock().unwrap();
+        let (first, first_rx) = one(1, 1);
+        applier.hand_over(first, true).unwrap();
+        // The applier takes the first hand-over and waits at the store.
+        while store.entered.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut waiting = Vec::new();
+        for (group, index) in [(1, 2), (2, 1), (1, 3), (3, 1)] {
+            let (h, rx) = one(group, index);
+            applier.hand_over(h, true).unwrap();
+            waiting.push((index, rx));
+        }
+        drop(gate);
+        applier.barrier().unwrap();
+        assert_eq!(first_rx.blocking_recv().unwrap().unwrap(), 1);
+        for (index, rx) in waiting {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), index);
+        }
+        // The first hand-over alone, then the four that queued behind it together.
+        assert_eq!(store.transactions.load(Ordering::SeqCst), 2);
+        assert_eq!(store.applied_index(1).unwrap(), 3);
+        assert_eq!(store.applied_index(2).unwrap(), 1);
+        assert_eq!(store.applied_index(3).unwrap(), 1);
+        let progress = applier.take_progress().unwrap();
+        assert_eq!(progress.get(&1), Some(&3));
+        assert_eq!(progress.get(&3), Some(&1));
+        assert!(applier.take_progress().unwrap().is_empty());
+    }
+
+    #[test]
+    fn entries_nobody_waits_for_are_applied_without_an_urgent_one() {
+        let store = observed();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&woken);
+        let applier = Applier::start(1, store.clone(), move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        let applying = vec![Applying {
+            group: 4,
+            index: 7,
+            entry: entry(3),
+            replies: Vec::new(),
+        }];
+        applier.hand_over(applying, false).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.applied_index(4).unwrap() < 7 {
+            assert!(
+                Instant::now() < deadline,
+                "a lazy hand-over was never applied"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Published for the loop, which was woken.
+        applier.barrier().unwrap();
+        assert_eq!(applier.take_progress().unwrap().get(&4), Some(&7));
+        assert!(woken.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn a_failed_store_write_answers_the_callers_and_stops_the_applier() {
+        let store = observed();
+        store.fail.store(true, Ordering::SeqCst);
+        let applier = Applier::start(1, store.clone(), || {}).unwrap();
+        let (h, rx) = one(1, 1);
+        applier.hand_over(h, true).unwrap();
+        let answer = rx.blocking_recv().unwrap();
+        assert!(answer.unwrap_err().to_string().contains("disk full"));
+        let err = applier.take_progress().unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        // Once its thread has ended, nothing is taken any more, and the loop learns why.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let (h, _rx) = one(1, 2);
+            match applier.hand_over(h, true) {
+                Err(e) => break e,
+                Ok(()) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "a failed applier kept taking work"
+                    );
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        };
+        assert!(refused.to_string().contains("disk full"), "{refused}");
+        assert_eq!(store.inner.applied_index(1).unwrap(), 0);
+    }
+}

@@ -61,9 +61,15 @@ fn run(conn: &Connection, wal: &std::path::Path, stop: &(Mutex<bool>, Condvar)) 
         }
         // Not under the stop lock: a drop waits for at most this one checkpoint.
         drop(stopped);
-        if let Err(e) = conn.execute_batch("CHECKPOINT") {
+        let started = std::time::Instant::now();
+        match conn.execute_batch("CHECKPOINT") {
+            Ok(()) => tracing::debug!(
+                wal_bytes = size,
+                took_ms = started.elapsed().as_millis() as u64,
+                "checkpointed"
+            ),
             // A write in progress can make DuckDB refuse; the next poll tries again.
-            tracing::debug!(error = %e, "checkpoint deferred");
+            Err(e) => tracing::debug!(error = %e, "checkpoint deferred"),
         }
         stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
     }
