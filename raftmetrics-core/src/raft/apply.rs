@@ -40,7 +40,7 @@ const MAX_RECORDS_PER_TRANSACTION: usize = 200_000;
 /// Most hand-overs in one store transaction.
 const MAX_HANDOVERS_PER_TRANSACTION: usize = 64;
 /// How long entries nobody waits for may wait for others to share their transaction.
-pub(super) const LAZY_WAIT: Duration = Duration::from_millis(20);
+const LAZY_WAIT: Duration = Duration::from_millis(20);
 
 pub(super) type Reply = oneshot::Sender<Result<u64>>;
 
@@ -64,11 +64,11 @@ enum Task {
 
 /// How far the applier got, read by the loop.
 #[derive(Default)]
-pub(super) struct Progress {
+struct Progress {
     /// Per group, the newest applied index not yet taken by the loop.
-    pub applied: HashMap<PartitionId, u64>,
+    applied: HashMap<PartitionId, u64>,
     /// Set when a store write failed; the applier has stopped.
-    pub failed: Option<String>,
+    failed: Option<String>,
 }
 
 pub(super) struct Applier {
@@ -108,15 +108,16 @@ impl Applier {
     }
 
     fn send(&self, task: Task) -> Result<()> {
-        let stopped = || Error::Raft("the apply thread has stopped".into());
-        self.tx
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(task)
-            .map_err(|_| {
-                self.failure()
-                    .map_or_else(stopped, |why| Error::storage("apply", why))
-            })
+        let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
+        tx.send(task).map_err(|_| self.stopped())
+    }
+
+    /// Why the thread is gone: the store failure that stopped it, if that is what did.
+    fn stopped(&self) -> Error {
+        match self.progress.lock().ok().and_then(|p| p.failed.clone()) {
+            Some(why) => Error::storage("apply", why),
+            None => Error::Raft("the apply thread has stopped".into()),
+        }
     }
 
     /// Queues committed entries, `urgent` when someone waits for them (see the module
@@ -132,10 +133,7 @@ impl Applier {
     pub fn barrier(&self) -> Result<()> {
         let (tx, rx) = sync_channel(1);
         self.send(Task::Barrier(tx))?;
-        rx.recv().map_err(|_| match self.failure() {
-            Some(why) => Error::storage("apply", why),
-            None => Error::Raft("the apply thread has stopped".into()),
-        })
+        rx.recv().map_err(|_| self.stopped())
     }
 
     /// Takes the applied indexes published since the last call; an error once a store write
@@ -146,10 +144,6 @@ impl Applier {
             return Err(Error::storage("apply", why.clone()));
         }
         Ok(std::mem::take(&mut p.applied))
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.progress.lock().ok().and_then(|p| p.failed.clone())
     }
 
     /// Makes the thread end without applying what is still queued (a crash).
