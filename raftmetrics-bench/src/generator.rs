@@ -14,6 +14,7 @@
 
 use std::f64::consts::TAU;
 
+use raftmetrics_client::PointRef;
 use raftmetrics_core::{Point, Tags, Timestamp};
 
 /// The ten CPU fields of TSBS's cpu-only use case; each is one metric.
@@ -283,11 +284,23 @@ impl Dataset {
 
     /// The API point of a sample.
     pub fn point(&self, s: &Sample) -> Point {
+        let p = self.point_ref(s);
         Point {
-            metric: FIELDS[usize::from(s.field)].to_string(),
+            metric: p.metric.to_owned(),
+            value: p.value,
+            timestamp: p.timestamp,
+            tags: p.tags.clone(),
+            partition_key: None,
+        }
+    }
+
+    /// The API point of a sample, borrowing its metric and its host's tags.
+    pub fn point_ref(&self, s: &Sample) -> PointRef<'_> {
+        PointRef {
+            metric: FIELDS[usize::from(s.field)],
             value: s.value,
             timestamp: Some(Timestamp::from_micros(s.ts)),
-            tags: self.hosts[s.host as usize].tags.clone(),
+            tags: &self.hosts[s.host as usize].tags,
             partition_key: None,
         }
     }
@@ -313,12 +326,6 @@ impl Samples<'_> {
     /// Up to `n` next samples (empty when done).
     pub fn take_batch(&mut self, n: usize) -> Vec<Sample> {
         self.by_ref().take(n).collect()
-    }
-
-    /// Up to `n` next samples as API points (empty when done).
-    pub fn take_points(&mut self, n: usize) -> Vec<Point> {
-        let dataset = self.dataset;
-        self.by_ref().take(n).map(|s| dataset.point(&s)).collect()
     }
 }
 
@@ -420,10 +427,12 @@ mod tests {
     fn points_are_api_points_in_time_order() {
         let d = dataset(5);
         let mut samples = d.samples(0, 3);
-        let points = samples.take_points(100);
+        let points: Vec<Point> = samples.take_batch(100).iter().map(|s| d.point(s)).collect();
         assert_eq!(points.len(), 100);
-        assert_eq!(samples.take_points(1_000).len(), 3 * 70 - 100);
-        assert!(samples.take_points(1).is_empty());
+        assert_eq!(samples.take_batch(1_000).len(), 3 * 70 - 100);
+        assert!(samples.take_batch(1).is_empty());
+        let sample = d.samples(0, 1).nth(10).unwrap();
+        assert_eq!(PointRef::from(&d.point(&sample)), d.point_ref(&sample));
         assert_eq!(points[0].metric, "usage_user");
         assert_eq!(points[9].metric, "usage_guest_nice");
         assert_eq!(points[10].tags["hostname"], "host_1");

@@ -1,9 +1,10 @@
 //! The load tool: drives a running cluster with generated points through the typed client.
 //!
-//! A generator thread turns the dataset's samples into batches of `batch` API points and
-//! hands them over a bounded queue (two batches per connection) to `connections` tasks, each
-//! with a client (and so a connection) of its own, sending one batch at a time and waiting
-//! for its acknowledgement. Without a rate, every connection sends its next batch as soon as
+//! A generator thread steps the dataset's walks into batches of `batch` samples and hands
+//! them over a bounded queue (two batches per connection) to `connections` tasks, each with a
+//! client (and so a connection) of its own, sending one batch at a time as API points that
+//! borrow their metric and tags from the dataset (`PointRef`), and waiting for its
+//! acknowledgement. Without a rate, every connection sends its next batch as soon as
 //! the previous one is acknowledged (full load), and a batch's latency runs from sending to
 //! acknowledgement. With a rate, batch `k` is due at `start + k × batch / rate` (open loop)
 //! and its latency runs from when it was due, so time spent waiting for a free connection
@@ -14,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use raftmetrics_client::{Client, Format, Point};
+use raftmetrics_client::{Client, Format, PointRef};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use crate::error::{BenchError, Result};
-use crate::generator::Dataset;
+use crate::generator::{Dataset, Sample};
 
 /// Longest wait for one insert's acknowledgement.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,7 +76,7 @@ impl LoadReport {
 /// One batch and its place in the sequence.
 struct Job {
     seq: u64,
-    points: Vec<Point>,
+    samples: Vec<Sample>,
 }
 
 /// Sends intervals `span` of `dataset` to the cluster at `url` and waits for every
@@ -110,12 +111,20 @@ pub async fn run(
     // The walks run from interval 0, so a span far into the dataset takes the generator a
     // while to reach: the clock (and an open loop's schedule) starts once it has.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let generated = Arc::clone(&dataset);
     let producer = std::thread::spawn(move || {
-        let mut samples = dataset.samples(span.first, span.count);
+        let mut samples = generated.samples(span.first, span.count);
         let _ = ready_tx.send(());
         for seq in 0.. {
-            let points = samples.take_points(batch);
-            if points.is_empty() || tx.blocking_send(Job { seq, points }).is_err() {
+            let chunk = samples.take_batch(batch);
+            if chunk.is_empty()
+                || tx
+                    .blocking_send(Job {
+                        seq,
+                        samples: chunk,
+                    })
+                    .is_err()
+            {
                 break;
             }
         }
@@ -131,6 +140,7 @@ pub async fn run(
     for client in clients {
         let rx = Arc::clone(&rx);
         let acked = Arc::clone(&acked);
+        let dataset = Arc::clone(&dataset);
         let rate = spec.rate;
         tasks.spawn(async move {
             let mut latencies = Vec::new();
@@ -138,7 +148,7 @@ pub async fn run(
                 let Some(job) = rx.lock().await.recv().await else {
                     break;
                 };
-                let n = job.points.len() as u64;
+                let n = job.samples.len() as u64;
                 let sent = match rate {
                     Some(rate) => {
                         let due =
@@ -148,7 +158,11 @@ pub async fn run(
                     }
                     None => Instant::now(),
                 };
-                client.insert_batch(job.points).await?;
+                // Points borrow their metric and tags from the dataset: a batch of them
+                // costs no allocation per point (as a producer that keeps its series would).
+                let points: Vec<PointRef<'_>> =
+                    job.samples.iter().map(|s| dataset.point_ref(s)).collect();
+                client.insert_refs(&points).await?;
                 latencies.push(sent.elapsed().as_micros() as u64);
                 acked.fetch_add(n, Ordering::Relaxed);
             }

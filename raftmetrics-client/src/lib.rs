@@ -100,7 +100,7 @@ mod error;
 pub use answer::Answer;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT,
-    DEFAULT_URL, Format,
+    DEFAULT_URL, Format, PointRef,
 };
 pub use error::{Error, Result, TransportError, code_for_status, parse_code};
 
