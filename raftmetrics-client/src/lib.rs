@@ -68,6 +68,13 @@
 //! the format their `Content-Type` names, and at most
 //! [`max_response_bytes`](ClientBuilder::max_response_bytes) (256 MiB by default) are read.
 //!
+//! ## Many points of the same series
+//!
+//! A producer that keeps its series (metric and tags) and sends many points of each can
+//! build batches of [`PointRef`]s, which borrow the metric, tags and partition key, and send
+//! them with [`Client::insert_refs`]: no allocation per point, and the same bytes on the
+//! wire as the equivalent [`Point`]s.
+//!
 //! ## Partial answers
 //!
 //! A cluster answers a query from the partitions it can reach; when every replica of some
