@@ -144,7 +144,7 @@ fn the_write_ahead_log_is_checkpointed_in_the_background() {
     let batch = records(10_000);
     let mut grew_past = false;
     let mut index = 0;
-    // About 40 bytes of log per point: 120 batches take it well past the threshold.
+    // About 25 bytes of log per point: 120 batches (30 MB) take it well past the threshold.
     for _ in 0..120 {
         index += 1;
         store

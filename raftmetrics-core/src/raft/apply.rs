@@ -15,8 +15,8 @@
 //! would otherwise be several.
 //!
 //! The applier never waits for the loop: it publishes how far each group is applied in
-//! [`Progress`] and nudges the loop with a command it may drop (the loop also looks at every
-//! iteration). The loop waits for the applier only on a full queue (backpressure) and at a
+//! [`Progress`] and nudges the loop (at most once until the loop takes the progress) with a
+//! command it may drop (the loop also looks at every iteration). The loop waits for the applier only on a full queue (backpressure) and at a
 //! [`Applier::barrier`], before it replaces or drops a partition's data.
 
 use std::collections::HashMap;
@@ -74,13 +74,16 @@ struct Progress {
 pub(super) struct Applier {
     tx: Option<SyncSender<Task>>,
     progress: Arc<Mutex<Progress>>,
+    /// Set from a wake-up until the loop takes the progress.
+    woken: Arc<AtomicBool>,
     abort: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Applier {
-    /// Starts the applier of node `id`; `wake` is called (it must not block) after each
-    /// transaction, so the loop takes the progress soon.
+    /// Starts the applier of node `id`; `wake` is called (it must not block) after a
+    /// transaction when the loop has taken the progress since the last call, so it takes it
+    /// again soon.
     pub fn start(
         id: u64,
         store: Arc<dyn Store>,
@@ -89,10 +92,12 @@ impl Applier {
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let progress = Arc::new(Mutex::new(Progress::default()));
         let abort = Arc::new(AtomicBool::new(false));
+        let woken = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             store,
             progress: Arc::clone(&progress),
             abort: Arc::clone(&abort),
+            woken: Arc::clone(&woken),
             wake: Box::new(wake),
         };
         let thread = std::thread::Builder::new()
@@ -102,6 +107,7 @@ impl Applier {
         Ok(Applier {
             tx: Some(tx),
             progress,
+            woken,
             abort,
             thread: Some(thread),
         })
@@ -139,6 +145,7 @@ impl Applier {
     /// Takes the applied indexes published since the last call; an error once a store write
     /// failed.
     pub fn take_progress(&self) -> Result<HashMap<PartitionId, u64>> {
+        self.woken.store(false, Ordering::SeqCst);
         let mut p = self.progress.lock().map_err(|_| poisoned())?;
         if let Some(why) = &p.failed {
             return Err(Error::storage("apply", why.clone()));
@@ -170,6 +177,7 @@ struct Worker {
     store: Arc<dyn Store>,
     progress: Arc<Mutex<Progress>>,
     abort: Arc<AtomicBool>,
+    woken: Arc<AtomicBool>,
     wake: Box<dyn Fn() + Send>,
 }
 
@@ -269,7 +277,9 @@ impl Worker {
                 let _ = reply.send(answer);
             }
         }
-        (self.wake)();
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            (self.wake)();
+        }
         ok
     }
 }

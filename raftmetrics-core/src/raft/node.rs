@@ -368,15 +368,10 @@ impl RaftNode {
             return Err(Error::InvalidRequest("node id 0 is reserved".into()));
         }
         let (tx, rx) = sync_channel(config.inbox_capacity);
-        let wake_pending = Arc::new(AtomicBool::new(false));
-        let applier = {
-            let (tx, pending) = (tx.clone(), Arc::clone(&wake_pending));
-            Applier::start(config.id, Arc::clone(&store), move || {
-                if !pending.swap(true, Ordering::SeqCst) {
-                    let _ = tx.try_send(Command::Wake);
-                }
-            })?
-        };
+        let wake = tx.clone();
+        let applier = Applier::start(config.id, Arc::clone(&store), move || {
+            let _ = wake.try_send(Command::Wake);
+        })?;
         let mut driver = Driver {
             logger: raft_logger(config.id),
             config,
@@ -386,7 +381,6 @@ impl RaftNode {
             replicas: HashMap::new(),
             next_read_ctx: 1,
             applier,
-            wake_pending,
         };
         for group in driver.log.groups()? {
             let group = PartitionId::try_from(group)
@@ -497,8 +491,6 @@ struct Driver {
     /// Dropped with the driver at the end of the loop's thread: it applies what is queued
     /// (unless aborted) and joins, so a stopped node no longer writes to its store.
     applier: Applier,
-    /// Set while a [`Command::Wake`] is on its way.
-    wake_pending: Arc<AtomicBool>,
 }
 
 /// Committed entries of one group, decoded, waiting to be applied.
@@ -661,7 +653,6 @@ impl Driver {
     /// Takes the applier's progress: raises applied indexes, lets raft-rs know, answers the
     /// reads that waited for them. An error when the applier failed.
     fn take_applied(&mut self) -> Result<()> {
-        self.wake_pending.store(false, Ordering::SeqCst);
         for (group, index) in self.applier.take_progress()? {
             let Some(r) = self.replicas.get_mut(&group) else {
                 continue;

@@ -1,12 +1,13 @@
-//! Checkpoints a DuckDB file from a thread of its own, so that no write pays for one.
+//! Checkpoints a DuckDB file from a thread of its own, so that no write runs one.
 //!
 //! DuckDB folds its write-ahead log into the database file in a checkpoint, by default in
-//! the commit that takes the log past 16 MiB. The store commits on the raft loop's thread,
-//! so that commit stalled every partition of the node for as long as the checkpoint took
+//! the commit that takes the log past 16 MiB: that write then paid for the whole checkpoint
 //! (a few hundred milliseconds with 10 million points stored). Here a thread of the store
 //! checkpoints whenever the log has grown past [`WAL_THRESHOLD_BYTES`]; DuckDB's own
 //! automatic checkpoint stays as a backstop at a larger size
-//! ([`BACKSTOP_WAL_AUTOCHECKPOINT`]).
+//! ([`BACKSTOP_WAL_AUTOCHECKPOINT`]). A commit that arrives while a checkpoint runs still
+//! waits for DuckDB's locks (see docs/benchmarks.md); how long each checkpoint took is
+//! logged at debug level.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
