@@ -23,7 +23,7 @@ pub enum BenchError {
     },
     /// The server binary to start a cluster with is not there.
     #[error(
-        "server binary {0} not found: build it with `cargo build --release -p raftmetrics-server` \
+        "server binary {0} not found: build it with `cargo build --release --bin raftmetrics-server` \
          or pass --server-bin"
     )]
     ServerBinary(PathBuf),

@@ -17,12 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftmetrics_client::{Client, Format};
+use raftmetrics_client::{Agg, Client, Format, Query};
 
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::cpu::CpuSample;
 use crate::error::{BenchError, Result};
-use crate::generator::Dataset;
+use crate::generator::{Dataset, FIELDS};
 use crate::load::{self, LoadReport, LoadSpec, Span};
 use crate::queries::{self, Case};
 use crate::reference::{IngestTiming, Reference};
@@ -44,7 +44,9 @@ pub struct Measured {
 }
 
 /// Runs `spec` over `span` against the cluster at `url`, measuring the CPU time of `pids`
-/// (the cluster's processes) and of this process around it.
+/// (the cluster's processes) and of this process around it. The run ends when the cluster
+/// can answer for every point it acknowledged (see [`settle`]), and its rate counts that
+/// time too.
 pub async fn measure_load(
     url: &str,
     token: &str,
@@ -54,9 +56,47 @@ pub async fn measure_load(
     spec: &LoadSpec,
 ) -> Result<Measured> {
     let before = CpuSample::take(pids)?;
-    let report = load::run(url, token, Arc::clone(dataset), span, spec).await?;
+    let mut report = load::run(url, token, Arc::clone(dataset), span, spec).await?;
+    let settled = settle(url, token, report.points).await?;
+    eprintln!(
+        "  {}: every acknowledged point queryable {:.1} ms after the last acknowledgement",
+        spec.label,
+        settled.as_secs_f64() * 1e3
+    );
+    report.elapsed += settled;
     let cpu = CpuSample::take(pids)?.since(before);
     Ok(Measured { report, cpu })
+}
+
+/// Waits until the cluster answers for everything it acknowledged: a complete strong count
+/// of all ten fields, at least `acknowledged`. A partition's leader answers a strong query
+/// after a read index, once its store has applied that far; writes are acknowledged when
+/// committed (ADR 014), so the stores may still be applying the last ones. Answers how long
+/// that took.
+async fn settle(url: &str, token: &str, acknowledged: u64) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let client = Client::builder(url).token(token).build()?;
+    let query = Query::from_params(&[
+        ("metric", FIELDS.join(",")),
+        ("agg", "count".to_string()),
+        ("consistency", "strong".to_string()),
+    ])
+    .map_err(|e| BenchError::Config(format!("the settle query: {e}")))?;
+    let answer = client.aggregate(&query).await?;
+    if !answer.is_complete() {
+        return Err(BenchError::Cluster(
+            "a strong count of every point was answered partially".into(),
+        ));
+    }
+    let elapsed = started.elapsed();
+    let (result, _) = answer.into_parts();
+    let stored = result.get(Agg::Count).unwrap_or(0.0) as u64;
+    if stored < acknowledged {
+        return Err(BenchError::Cluster(format!(
+            "{acknowledged} points acknowledged, but a strong count finds {stored}"
+        )));
+    }
+    Ok(elapsed)
 }
 
 /// An ingest table row of a load run.

@@ -16,7 +16,7 @@ use raftmetrics_core::raft::{
     FaultConfig, NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role,
     SimNetwork, add_learner, add_voter, remove_node,
 };
-use raftmetrics_core::store::conformance::SplitMix;
+use raftmetrics_core::store::conformance::{Observed, SplitMix};
 use raftmetrics_core::store::{DuckDbStore, Store};
 use raftmetrics_core::{BatchId, Error, Point, Timestamp, codec};
 
@@ -454,6 +454,8 @@ async fn membership_grows_by_snapshot_and_survives_removing_the_leader() {
         );
         acked.push(ids);
     }
+    // Writes are acknowledged at commit: compact once the leader's store holds them all.
+    leader.caught_up(group).await.unwrap();
     let first = leader.compact(group).await.unwrap();
     assert!(
         first > 200,
@@ -546,6 +548,8 @@ async fn snapshots_cross_a_lossy_network_in_chunks() {
                 .is_some()
         );
     }
+    // Writes are acknowledged at commit: compact once the leader's store holds them all.
+    leader.caught_up(group).await.unwrap();
     let first = leader.compact(group).await.unwrap();
     assert!(
         first > 20,
@@ -612,4 +616,107 @@ async fn read_index_sees_every_acknowledged_write() {
             assert_eq!(c.values(h.id(), 2).len() as u64, (i + 1) * 5);
         }
     }
+}
+
+/// Client writes are acknowledged at commit (ADR 014): while the store is held shut, a write
+/// is still acknowledged, a local read barrier waits for the store, and when the store then
+/// fails (a full disk) the node stops; after a restart the acknowledged write is applied from
+/// the log, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_before_its_store_write_survives_that_write_failing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = SimNetwork::new(seed_or(17), FaultConfig::reliable());
+    let start = |store: Arc<dyn Store>| {
+        let log = RaftLog::open(&tmp.path().join("raft-1")).unwrap();
+        let mut cfg = NodeConfig::new(1);
+        cfg.tick_interval_ms = TICK_MS;
+        cfg.proposal_timeout_ms = 1_000;
+        RaftNode::start(cfg, log, store, net.endpoint(1)).unwrap()
+    };
+    let group = 3;
+    let open = || DuckDbStore::open(tmp.path().join("node-1.duckdb")).unwrap();
+    let observed = Arc::new(Observed::new(open()));
+    let node = start(observed.clone());
+    let h = node.handle();
+    h.create_group(group, vec![1]).await.unwrap();
+    let mut leads = false;
+    for _ in 0..250 {
+        leads = h.status().await.unwrap()[0].role == Role::Leader;
+        if leads {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(leads, "a single replica elects itself");
+    let first = write(std::slice::from_ref(&h), group, 0..10).await.unwrap();
+    assert!(h.caught_up(group).await.unwrap() >= first);
+    assert_eq!(observed.export_partition(group).unwrap().points.len(), 10);
+
+    let gate = observed.gate.lock().unwrap();
+    let entered = observed.entered.load(std::sync::atomic::Ordering::SeqCst);
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        h.propose_batch(
+            group,
+            Some(BatchId::parse("second").unwrap()),
+            records(10..20),
+        ),
+    )
+    .await
+    .expect("acknowledged without waiting for the store")
+    .unwrap();
+    assert!(second > first);
+    // The applier is at the store, which holds the write back.
+    while observed.entered.load(std::sync::atomic::Ordering::SeqCst) == entered {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(observed.inner.applied_index(group).unwrap(), first);
+    let barrier = tokio::spawn({
+        let h = h.clone();
+        async move { h.caught_up(group).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!barrier.is_finished(), "a read barrier waits for the store");
+    observed
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(gate);
+    assert!(
+        barrier.await.unwrap().is_err(),
+        "the store write failed: the barrier is answered with an error"
+    );
+    for _ in 0..250 {
+        if h.is_stopped() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(h.is_stopped(), "a failed store write stops the node");
+    assert_eq!(observed.export_partition(group).unwrap().points.len(), 10);
+    node.crash();
+    drop(observed);
+
+    // Restarted on the same log and data file, with a store that works.
+    let store = Arc::new(open());
+    let node = start(store.clone());
+    let h = node.handle();
+    let mut applied = 0;
+    for _ in 0..250 {
+        applied = h.status().await.unwrap()[0].applied_index;
+        if applied >= second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(applied >= second, "the log replays the acknowledged write");
+    let mut values: Vec<u64> = store
+        .export_partition(group)
+        .unwrap()
+        .points
+        .iter()
+        .map(|p| p.value as u64)
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..20).collect::<Vec<u64>>());
+    node.shutdown();
 }

@@ -469,12 +469,18 @@ impl Worker {
                 missing.push(p);
                 continue;
             }
-            if strong {
+            // Writes are acknowledged at commit (ADR 014): wait until the store holds what
+            // this replica knows is committed, all of the group's (read index, on its
+            // leader) for a strong query.
+            let ready = if strong {
                 let leads = statuses.get(&p).is_some_and(|s| s.role == RaftRole::Leader);
-                if !leads || self.node.read_index(p).await.is_err() {
-                    missing.push(p);
-                    continue;
-                }
+                leads && self.node.read_index(p).await.is_ok()
+            } else {
+                self.node.caught_up(p).await.is_ok()
+            };
+            if !ready {
+                missing.push(p);
+                continue;
             }
             answer.push(p);
         }

@@ -1,5 +1,7 @@
 //! The apply stage of a node: a thread of its own that writes committed entries to the store
-//! and answers the proposals they complete.
+//! and answers the proposals that wait for their application (client writes are answered
+//! at commit by the loop, ADR 014; membership changes and internal writes wait for the
+//! store).
 //!
 //! The raft loop hands over committed entries once the log holds them durably, and goes on
 //! persisting and replicating while the store writes. Whatever waits when the applier is
@@ -8,21 +10,23 @@
 //! bound. Hand-overs are applied in the order they were made, which is each group's log
 //! order.
 //!
-//! A hand-over is urgent when someone waits for it: a proposal's caller, or a group this
-//! node leads (linearizable reads are served by leaders). Entries only followed here wait up
-//! to [`LAZY_WAIT`] for more to join them, and go with the next urgent one at the latest, so a
-//! follower's store trails its log by at most that much and pays one transaction for what
-//! would otherwise be several.
+//! A hand-over is urgent when someone waits for it: a proposal's caller or a read, or a
+//! group this node leads (linearizable reads are served by leaders). Entries only followed
+//! here wait up to [`LAZY_WAIT`] for more to join them, and go with the next urgent one at the
+//! latest, so a follower's store trails its log by at most that much and pays one
+//! transaction for what would otherwise be several.
 //!
 //! The applier never waits for the loop: it publishes how far each group is applied in
 //! [`Progress`] and nudges the loop (at most once until the loop takes the progress) with a
-//! command it may drop (the loop also looks at every iteration). The loop waits for the applier only on a full queue (backpressure) and at a
+//! command it may drop (the loop also looks at every iteration). The loop waits for the
+//! applier only when its queue is full or holds [`MAX_BACKLOG_RECORDS`] records not yet
+//! applied (backpressure: a store trails its log by at most that much), and at a
 //! [`Applier::barrier`], before it replaces or drops a partition's data.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,6 +39,9 @@ use crate::store::{PartitionWrite, Store};
 
 /// Hand-overs the queue holds before the loop waits (each is one loop pass's entries).
 const QUEUE_CAPACITY: usize = 256;
+/// Records handed over and not yet applied before the loop waits: how far a store may trail
+/// its log (writes are acknowledged at commit, ADR 014), and the memory that costs.
+const MAX_BACKLOG_RECORDS: usize = 1_000_000;
 /// Most records in one store transaction; what is left waits for the next.
 const MAX_RECORDS_PER_TRANSACTION: usize = 200_000;
 /// Most hand-overs in one store transaction.
@@ -71,8 +78,16 @@ struct Progress {
     failed: Option<String>,
 }
 
+/// Records handed over and not yet applied, with the condition the loop waits on.
+#[derive(Default)]
+struct Backlog {
+    records: Mutex<usize>,
+    shrunk: Condvar,
+}
+
 pub(super) struct Applier {
     tx: Option<SyncSender<Task>>,
+    backlog: Arc<Backlog>,
     progress: Arc<Mutex<Progress>>,
     /// Set from a wake-up until the loop takes the progress.
     woken: Arc<AtomicBool>,
@@ -93,8 +108,10 @@ impl Applier {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let abort = Arc::new(AtomicBool::new(false));
         let woken = Arc::new(AtomicBool::new(false));
+        let backlog = Arc::new(Backlog::default());
         let worker = Worker {
             store,
+            backlog: Arc::clone(&backlog),
             progress: Arc::clone(&progress),
             abort: Arc::clone(&abort),
             woken: Arc::clone(&woken),
@@ -106,6 +123,7 @@ impl Applier {
             .map_err(|e| Error::Internal(format!("spawn apply thread: {e}")))?;
         Ok(Applier {
             tx: Some(tx),
+            backlog,
             progress,
             woken,
             abort,
@@ -127,10 +145,26 @@ impl Applier {
     }
 
     /// Queues committed entries, `urgent` when someone waits for them (see the module
-    /// docs); waits only while the queue is full.
+    /// docs); waits only while the queue is full or holds [`MAX_BACKLOG_RECORDS`].
     pub fn hand_over(&self, entries: Vec<Applying>, urgent: bool) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
+        }
+        let records: usize = entries.iter().map(|a| a.entry.records.len()).sum();
+        {
+            let mut backlog = self.backlog.records.lock().map_err(|_| poisoned())?;
+            while *backlog > 0 && *backlog + records > MAX_BACKLOG_RECORDS {
+                if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                    return Err(self.stopped());
+                }
+                backlog = self
+                    .backlog
+                    .shrunk
+                    .wait_timeout(backlog, Duration::from_millis(100))
+                    .map_err(|_| poisoned())?
+                    .0;
+            }
+            *backlog += records;
         }
         self.send(Task::Apply { entries, urgent })
     }
@@ -175,6 +209,7 @@ fn poisoned() -> Error {
 
 struct Worker {
     store: Arc<dyn Store>,
+    backlog: Arc<Backlog>,
     progress: Arc<Mutex<Progress>>,
     abort: Arc<AtomicBool>,
     woken: Arc<AtomicBool>,
@@ -233,6 +268,7 @@ impl Worker {
     /// One store transaction for `batch`; false when it failed (the applier stops).
     fn apply(&self, batch: Vec<Vec<Applying>>) -> bool {
         let entries: Vec<Applying> = batch.into_iter().flatten().collect();
+        let records: usize = entries.iter().map(|a| a.entry.records.len()).sum();
         let writes: Vec<PartitionWrite<'_>> = entries
             .iter()
             .map(|a| PartitionWrite {
@@ -277,6 +313,10 @@ impl Worker {
                 let _ = reply.send(answer);
             }
         }
+        if let Ok(mut backlog) = self.backlog.records.lock() {
+            *backlog = backlog.saturating_sub(records);
+            self.backlog.shrunk.notify_all();
+        }
         if !self.woken.swap(true, Ordering::SeqCst) {
             (self.wake)();
         }
@@ -287,76 +327,16 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::PartialAggregate;
     use crate::model::{Record, Tags};
-    use crate::query::Query;
     use crate::series::{self, Series};
-    use crate::sketch::SketchConfig;
-    use crate::store::{DuckDbStore, PartitionSnapshot};
+    use crate::store::DuckDbStore;
+    use crate::store::conformance::Observed;
     use crate::time::Timestamp;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
-    /// A real in-memory store that counts its transactions, can be held shut, and can be
-    /// told to fail.
-    struct Observed {
-        inner: DuckDbStore,
-        /// Calls of `apply`, counted before the gate.
-        entered: AtomicUsize,
-        transactions: AtomicUsize,
-        gate: Mutex<()>,
-        fail: AtomicBool,
-    }
-
-    impl Store for Observed {
-        fn apply(&self, writes: &[PartitionWrite<'_>]) -> Result<Vec<bool>> {
-            self.entered.fetch_add(1, Ordering::SeqCst);
-            let _open = self.gate.lock().unwrap();
-            self.transactions.fetch_add(1, Ordering::SeqCst);
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(Error::storage("insert", "disk full"));
-            }
-            self.inner.apply(writes)
-        }
-        fn applied_index(&self, p: PartitionId) -> Result<u64> {
-            self.inner.applied_index(p)
-        }
-        fn compute(
-            &self,
-            p: &[PartitionId],
-            q: &Query,
-            s: &SketchConfig,
-        ) -> Result<PartialAggregate> {
-            self.inner.compute(p, q, s)
-        }
-        fn partitions(&self) -> Result<Vec<PartitionId>> {
-            self.inner.partitions()
-        }
-        fn export_partition(&self, p: PartitionId) -> Result<PartitionSnapshot> {
-            self.inner.export_partition(p)
-        }
-        fn import_partition(&self, s: &PartitionSnapshot) -> Result<()> {
-            self.inner.import_partition(s)
-        }
-        fn snapshot_meta(&self, p: PartitionId) -> Result<Vec<u8>> {
-            self.inner.snapshot_meta(p)
-        }
-        fn drop_partition(&self, p: PartitionId) -> Result<()> {
-            self.inner.drop_partition(p)
-        }
-        fn storage_bytes(&self) -> Result<u64> {
-            self.inner.storage_bytes()
-        }
-    }
-
-    fn observed() -> Arc<Observed> {
-        Arc::new(Observed {
-            inner: DuckDbStore::open_in_memory().unwrap(),
-            entered: AtomicUsize::new(0),
-            transactions: AtomicUsize::new(0),
-            gate: Mutex::new(()),
-            fail: AtomicBool::new(false),
-        })
+    fn observed() -> Arc<Observed<DuckDbStore>> {
+        Arc::new(Observed::new(DuckDbStore::open_in_memory().unwrap()))
     }
 
     fn entry(n: usize) -> LogEntry {

@@ -9,18 +9,21 @@
 //!    snapshot into the store (data first, log metadata second); stage new entries, hard
 //!    state and conf changes of committed entries into ONE log write for all groups (group
 //!    commit), fsynced when any Ready asks for it;
-//! 5. hand the committed entries of all groups to the node's applier (only after the log
-//!    write, so the store is never ahead of the durable log), which writes them to the store
-//!    on its own thread, many hand-overs per transaction, and answers the proposals;
+//! 5. answer the client writes whose entries committed (they are durable on a majority,
+//!    this node included: ADR 014), and hand the committed entries of all groups to the
+//!    node's applier (only after the log write, so the store is never ahead of the durable
+//!    log), which writes them to the store on its own thread, many hand-overs per
+//!    transaction, and answers the proposals that wait for their application;
 //! 6. send the messages that had to wait for persistence, `advance_append`, hand over what
 //!    the light ready committed; compact logs that grew past the threshold.
 //!
 //! Each iteration also takes the applier's progress: applied indexes (`advance_apply_to`,
 //! reads waiting for them) or its failure (the loop stops). See [`super::apply`].
 //!
-//! Every proposal is answered: applied (with its index), or an error (not leader with a hint,
-//! dropped, superseded by another leader's entry, leadership lost or timed out with an
-//! unknown outcome, node stopped). Queues are bounded; when full, callers get an error instead of waiting.
+//! Every proposal is answered: committed or applied (with its index), or an error (not
+//! leader with a hint, dropped, superseded by another leader's entry, leadership lost or
+//! timed out with an unknown outcome, node stopped). Queues are bounded; when full, callers
+//! get an error instead of waiting.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -147,6 +150,15 @@ pub struct ReplicaStatus {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// When a proposal is answered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ack {
+    /// Once its entry is committed and written to this node's log (client writes, ADR 014).
+    Committed,
+    /// Once its entry is applied to this node's store.
+    Applied,
+}
+
 /// How often the loop asks raft-engine to delete fully compacted log files.
 const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -156,6 +168,7 @@ enum Command {
         group: PartitionId,
         id: Option<BatchId>,
         records: Vec<Record>,
+        ack: Ack,
         reply: Reply<u64>,
     },
     CreateGroup {
@@ -182,6 +195,10 @@ enum Command {
         reply: Reply<()>,
     },
     ReadIndex {
+        group: PartitionId,
+        reply: Reply<u64>,
+    },
+    CaughtUp {
         group: PartitionId,
         reply: Reply<u64>,
     },
@@ -239,15 +256,26 @@ impl NodeHandle {
         let _ = self.tx.try_send(Command::Step(messages));
     }
 
-    /// Replicates `records` into `group` and waits until they are applied on this node.
-    /// Returns the log index of the entry that carried them.
+    /// Replicates `records` into `group` and waits until they are applied on this node, so
+    /// that this node's store holds them when it answers. Returns the log index of the entry
+    /// that carried them.
     pub async fn propose(&self, group: PartitionId, records: Vec<Record>) -> Result<u64> {
-        self.propose_batch(group, None, records).await
+        self.call(|reply| Command::Propose {
+            group,
+            id: None,
+            records,
+            ack: Ack::Applied,
+            reply,
+        })
+        .await
     }
 
-    /// [`NodeHandle::propose`] for a client batch that may carry an id: a batch whose id the
-    /// group already applied is not stored again, and is answered like a stored one (see
-    /// [`crate::idempotency`]).
+    /// Replicates a client batch, which may carry an id, into `group`, and answers once its
+    /// entry is committed: durable in the logs of a majority of the group, and so applied by
+    /// every replica in log order whatever fails next (ADR 014). The stores may not hold it
+    /// yet: [`NodeHandle::read_index`] and [`NodeHandle::caught_up`] wait until they do. A
+    /// batch whose id the group already applied is not stored again, and is answered like a
+    /// stored one (see [`crate::idempotency`]). Returns the log index of the entry.
     pub async fn propose_batch(
         &self,
         group: PartitionId,
@@ -258,6 +286,7 @@ impl NodeHandle {
             group,
             id,
             records,
+            ack: Ack::Committed,
             reply,
         })
         .await
@@ -306,6 +335,14 @@ impl NodeHandle {
     /// everything committed before the call (raft read-index).
     pub async fn read_index(&self, group: PartitionId) -> Result<u64> {
         self.call(|reply| Command::ReadIndex { group, reply }).await
+    }
+
+    /// A local read barrier: answers with this replica's commit index at the call once its
+    /// store has applied that far. On a leader, that covers every write it acknowledged
+    /// before the call; it asks no other node, so a deposed leader or a lagging follower may
+    /// still be behind the group (use [`NodeHandle::read_index`] for that).
+    pub async fn caught_up(&self, group: PartitionId) -> Result<u64> {
+        self.call(|reply| Command::CaughtUp { group, reply }).await
     }
 
     /// Compacts the group's log up to its applied index now; answers the new first index.
@@ -440,6 +477,8 @@ struct Pending {
     index: u64,
     term: u64,
     replies: Vec<Reply<u64>>,
+    /// When the replies are sent: at commit, or once the store applied the entry.
+    ack: Ack,
     deadline: Instant,
     /// The entry as proposed: applied from here once committed, instead of decoding the
     /// log's copy (the entry at this index and term is this one).
@@ -460,7 +499,7 @@ struct Replica {
     storage: GroupStorage,
     pending: VecDeque<Pending>,
     reads: Vec<PendingRead>,
-    queued: Vec<(Option<BatchId>, Vec<Record>, Reply<u64>)>,
+    queued: Vec<(Option<BatchId>, Vec<Record>, Ack, Reply<u64>)>,
     queued_changes: Vec<(ConfChangeV2, Reply<u64>)>,
     applied: u64,
     last_leader_contact: Option<Instant>,
@@ -691,6 +730,7 @@ impl Driver {
                 group,
                 id,
                 records,
+                ack,
                 reply,
             } => match self.replicas.get_mut(&group) {
                 None => {
@@ -710,7 +750,7 @@ impl Driver {
                         "partition {group}: too many writes waiting"
                     ))));
                 }
-                Some(r) => r.queued.push((id, records, reply)),
+                Some(r) => r.queued.push((id, records, ack, reply)),
             },
             Command::CreateGroup {
                 group,
@@ -775,6 +815,29 @@ impl Driver {
                         deadline: Instant::now()
                             + Duration::from_millis(self.config.proposal_timeout_ms),
                     });
+                }
+            },
+            Command::CaughtUp { group, reply } => match self.replicas.get_mut(&group) {
+                None => {
+                    let _ = reply.send(Err(Error::NotFound(format!("partition {group}"))));
+                }
+                // Bounded by reads alone: writes waiting must not make queries partial.
+                Some(r) if r.reads.len() >= max_pending => {
+                    let _ = reply.send(Err(Error::Raft(format!(
+                        "partition {group}: too many reads waiting"
+                    ))));
+                }
+                Some(r) => {
+                    // No raft round: the index is known now. The context is never one raft
+                    // answers (those come from `next_read_ctx`).
+                    r.reads.push(PendingRead {
+                        ctx: u64::MAX,
+                        index: Some(r.node.raft.raft_log.committed),
+                        reply,
+                        deadline: Instant::now()
+                            + Duration::from_millis(self.config.proposal_timeout_ms),
+                    });
+                    answer_reads(r);
                 }
             },
             Command::Compact { group, reply } => {
@@ -975,7 +1038,7 @@ impl Driver {
         for r in self.replicas.values_mut() {
             for (change, reply) in std::mem::take(&mut r.queued_changes) {
                 match r.node.propose_conf_change(vec![], change) {
-                    Ok(()) => track(r, vec![reply], timeout, None),
+                    Ok(()) => track(r, vec![reply], Ack::Applied, timeout, None),
                     Err(e) => {
                         let _ = reply.send(Err(proposal_error(r, e)));
                     }
@@ -984,35 +1047,41 @@ impl Driver {
             let queued = std::mem::take(&mut r.queued);
             let mut entry = LogEntry::default();
             let mut replies = Vec::new();
-            let flush = |r: &mut Replica, entry: &mut LogEntry, replies: &mut Vec<Reply<u64>>| {
-                if replies.is_empty() {
-                    return;
-                }
-                let taken = std::mem::take(replies);
-                let mut proposed = std::mem::take(entry);
-                proposed.proposed_at_micros = Timestamp::now().as_micros();
-                let result = encode_entry(&proposed).and_then(|data| {
-                    r.node
-                        .propose(vec![], data)
-                        .map_err(|e| proposal_error(r, e))
-                });
-                match result {
-                    Ok(()) => track(r, taken, timeout, Some(proposed)),
-                    Err(e) => {
-                        for reply in taken {
-                            let _ = reply.send(Err(clone_error(&e)));
+            let mut entry_ack = Ack::Committed;
+            let flush =
+                |r: &mut Replica, entry: &mut LogEntry, replies: &mut Vec<Reply<u64>>, ack: Ack| {
+                    if replies.is_empty() {
+                        return;
+                    }
+                    let taken = std::mem::take(replies);
+                    let mut proposed = std::mem::take(entry);
+                    proposed.proposed_at_micros = Timestamp::now().as_micros();
+                    let result = encode_entry(&proposed).and_then(|data| {
+                        r.node
+                            .propose(vec![], data)
+                            .map_err(|e| proposal_error(r, e))
+                    });
+                    match result {
+                        Ok(()) => track(r, taken, ack, timeout, Some(proposed)),
+                        Err(e) => {
+                            for reply in taken {
+                                let _ = reply.send(Err(clone_error(&e)));
+                            }
                         }
                     }
+                };
+            for (id, batch, ack, reply) in queued {
+                // An entry's callers are all answered alike, so a change of `ack` starts one.
+                if !replies.is_empty()
+                    && (ack != entry_ack || entry.records.len() + batch.len() > max_records)
+                {
+                    flush(r, &mut entry, &mut replies, entry_ack);
                 }
-            };
-            for (id, batch, reply) in queued {
-                if !entry.records.is_empty() && entry.records.len() + batch.len() > max_records {
-                    flush(r, &mut entry, &mut replies);
-                }
+                entry_ack = ack;
                 entry.push_batch(id, batch);
                 replies.push(reply);
             }
-            flush(r, &mut entry, &mut replies);
+            flush(r, &mut entry, &mut replies, entry_ack);
         }
     }
 
@@ -1024,9 +1093,10 @@ impl Driver {
         }
     }
 
-    /// Hands committed entries of all groups to the applier, with the proposals they
-    /// complete; proposals their entries superseded are answered now. Urgent when a caller
-    /// waits or the node leads one of the groups (it serves linearizable reads).
+    /// Hands committed entries of all groups to the applier, with the proposals that wait
+    /// for their application; proposals acknowledged at commit are answered now, as are
+    /// those their entries superseded. Urgent when a caller waits or the node leads one of
+    /// the groups (it serves linearizable reads).
     fn hand_over(&mut self, committed: Vec<Committed>) -> Result<()> {
         let mut applying = Vec::new();
         let mut urgent = false;
@@ -1042,7 +1112,16 @@ impl Driver {
                         break;
                     };
                     if p.index == index && p.term == term {
-                        replies.extend(p.replies);
+                        match p.ack {
+                            // Committed, and in this node's log since the write before
+                            // this hand-over (ADR 014).
+                            Ack::Committed => {
+                                for reply in p.replies {
+                                    let _ = reply.send(Ok(index));
+                                }
+                            }
+                            Ack::Applied => replies.extend(p.replies),
+                        }
                     } else {
                         for reply in p.replies {
                             let _ = reply.send(Err(Error::Raft(format!(
@@ -1098,7 +1177,7 @@ fn fail_replica(r: &mut Replica, why: &str) {
     for read in r.reads.drain(..) {
         let _ = read.reply.send(Err(err()));
     }
-    for (_, _, reply) in r.queued.drain(..) {
+    for (_, _, _, reply) in r.queued.drain(..) {
         let _ = reply.send(Err(err()));
     }
     for (_, reply) in r.queued_changes.drain(..) {
@@ -1120,13 +1199,20 @@ fn stepped_down(r: &mut Replica) {
     }
 }
 
-fn track(r: &mut Replica, replies: Vec<Reply<u64>>, timeout: Duration, entry: Option<LogEntry>) {
+fn track(
+    r: &mut Replica,
+    replies: Vec<Reply<u64>>,
+    ack: Ack,
+    timeout: Duration,
+    entry: Option<LogEntry>,
+) {
     let index = r.node.raft.raft_log.last_index();
     let term = r.node.raft.term;
     r.pending.push_back(Pending {
         index,
         term,
         replies,
+        ack,
         deadline: Instant::now() + timeout,
         entry,
     });

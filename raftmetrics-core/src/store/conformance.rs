@@ -9,8 +9,12 @@
 //!
 //! Failures panic with a message naming the broken rule.
 
-use super::{PartitionWrite, Store};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::{PartitionSnapshot, PartitionWrite, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
+use crate::error::{Error, Result};
 use crate::idempotency::{BatchId, IdSpan, WINDOW_MICROS};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
@@ -34,6 +38,69 @@ pub fn run(make: Factory<'_>) {
     drop_partition_forgets_everything(&*make());
     a_batch_id_is_stored_once(&*make(), &*make());
     one_query_covers_several_metrics(&*make());
+}
+
+/// A real store behind a wrapper that counts its write transactions, can hold them shut,
+/// and can make them fail: for tests of what waits for a store and what happens when a
+/// write to it fails.
+pub struct Observed<S: Store> {
+    pub inner: S,
+    /// Calls of `apply`, counted before the gate.
+    pub entered: AtomicUsize,
+    /// Calls of `apply` that passed the gate.
+    pub transactions: AtomicUsize,
+    /// Held by a test to keep writes waiting.
+    pub gate: Mutex<()>,
+    /// When set, writes fail (as on a full disk) without reaching `inner`.
+    pub fail: AtomicBool,
+}
+
+impl<S: Store> Observed<S> {
+    pub fn new(inner: S) -> Self {
+        Observed {
+            inner,
+            entered: AtomicUsize::new(0),
+            transactions: AtomicUsize::new(0),
+            gate: Mutex::new(()),
+            fail: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<S: Store> Store for Observed<S> {
+    fn apply(&self, writes: &[PartitionWrite<'_>]) -> Result<Vec<bool>> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let _open = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        self.transactions.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::storage("insert", "disk full (Observed::fail)"));
+        }
+        self.inner.apply(writes)
+    }
+    fn applied_index(&self, p: PartitionId) -> Result<u64> {
+        self.inner.applied_index(p)
+    }
+    fn compute(&self, p: &[PartitionId], q: &Query, s: &SketchConfig) -> Result<PartialAggregate> {
+        self.inner.compute(p, q, s)
+    }
+    fn partitions(&self) -> Result<Vec<PartitionId>> {
+        self.inner.partitions()
+    }
+    fn export_partition(&self, p: PartitionId) -> Result<PartitionSnapshot> {
+        self.inner.export_partition(p)
+    }
+    fn import_partition(&self, s: &PartitionSnapshot) -> Result<()> {
+        self.inner.import_partition(s)
+    }
+    fn snapshot_meta(&self, p: PartitionId) -> Result<Vec<u8>> {
+        self.inner.snapshot_meta(p)
+    }
+    fn drop_partition(&self, p: PartitionId) -> Result<()> {
+        self.inner.drop_partition(p)
+    }
+    fn storage_bytes(&self) -> Result<u64> {
+        self.inner.storage_bytes()
+    }
 }
 
 /// A small deterministic generator (SplitMix64), so the suite needs no RNG crate.
