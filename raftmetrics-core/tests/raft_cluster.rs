@@ -623,6 +623,9 @@ async fn read_index_sees_every_acknowledged_write() {
 /// fails (a full disk) the node stops; after a restart the acknowledged write is applied from
 /// the log, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The gate is a plain mutex held on purpose while awaiting: only the node's apply thread,
+// never a task, waits for it.
+#[allow(clippy::await_holding_lock)]
 async fn a_write_acknowledged_before_its_store_write_survives_that_write_failing() {
     let tmp = tempfile::tempdir().unwrap();
     let net = SimNetwork::new(seed_or(17), FaultConfig::reliable());

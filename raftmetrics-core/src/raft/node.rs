@@ -485,6 +485,14 @@ struct Pending {
     entry: Option<LogEntry>,
 }
 
+/// A write waiting to be proposed in the loop's next pass.
+struct QueuedWrite {
+    id: Option<BatchId>,
+    records: Vec<Record>,
+    ack: Ack,
+    reply: Reply<u64>,
+}
+
 struct PendingRead {
     ctx: u64,
     /// Set once raft answered the read index.
@@ -499,7 +507,7 @@ struct Replica {
     storage: GroupStorage,
     pending: VecDeque<Pending>,
     reads: Vec<PendingRead>,
-    queued: Vec<(Option<BatchId>, Vec<Record>, Ack, Reply<u64>)>,
+    queued: Vec<QueuedWrite>,
     queued_changes: Vec<(ConfChangeV2, Reply<u64>)>,
     applied: u64,
     last_leader_contact: Option<Instant>,
@@ -750,7 +758,12 @@ impl Driver {
                         "partition {group}: too many writes waiting"
                     ))));
                 }
-                Some(r) => r.queued.push((id, records, ack, reply)),
+                Some(r) => r.queued.push(QueuedWrite {
+                    id,
+                    records,
+                    ack,
+                    reply,
+                }),
             },
             Command::CreateGroup {
                 group,
@@ -1070,7 +1083,13 @@ impl Driver {
                         }
                     }
                 };
-            for (id, batch, ack, reply) in queued {
+            for QueuedWrite {
+                id,
+                records: batch,
+                ack,
+                reply,
+            } in queued
+            {
                 // An entry's callers are all answered alike, so a change of `ack` starts one.
                 if !replies.is_empty()
                     && (ack != entry_ack || entry.records.len() + batch.len() > max_records)
@@ -1177,8 +1196,8 @@ fn fail_replica(r: &mut Replica, why: &str) {
     for read in r.reads.drain(..) {
         let _ = read.reply.send(Err(err()));
     }
-    for (_, _, _, reply) in r.queued.drain(..) {
-        let _ = reply.send(Err(err()));
+    for w in r.queued.drain(..) {
+        let _ = w.reply.send(Err(err()));
     }
     for (_, reply) in r.queued_changes.drain(..) {
         let _ = reply.send(Err(err()));
