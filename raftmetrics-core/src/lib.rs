@@ -49,6 +49,7 @@ pub mod error;
 pub mod idempotency;
 pub mod model;
 pub mod partition;
+pub mod priority;
 pub mod query;
 pub mod raft;
 pub mod series;

@@ -462,28 +462,43 @@ impl Worker {
         } else {
             HashMap::new()
         };
-        let mut answer = Vec::new();
+        // Writes are acknowledged at commit (ADR 014): wait until the store holds what this
+        // replica knows is committed, or all of the group's (read index, on its leader) for a
+        // strong query. Every partition's wait is asked at once, so the loop answers them
+        // together.
         let mut missing = Vec::new();
+        let mut waits = tokio::task::JoinSet::new();
         for &p in partitions {
             if !held.contains(&p) {
                 missing.push(p);
                 continue;
             }
-            // Writes are acknowledged at commit (ADR 014): wait until the store holds what
-            // this replica knows is committed, all of the group's (read index, on its
-            // leader) for a strong query.
-            let ready = if strong {
-                let leads = statuses.get(&p).is_some_and(|s| s.role == RaftRole::Leader);
-                leads && self.node.read_index(p).await.is_ok()
-            } else {
-                self.node.caught_up(p).await.is_ok()
-            };
-            if !ready {
+            if strong && !statuses.get(&p).is_some_and(|s| s.role == RaftRole::Leader) {
                 missing.push(p);
                 continue;
             }
-            answer.push(p);
+            let node = self.node.clone();
+            waits.spawn(async move {
+                let ready = if strong {
+                    node.read_index(p).await
+                } else {
+                    node.caught_up(p).await
+                };
+                (p, ready.is_ok())
+            });
         }
+        let mut answer = Vec::new();
+        while let Some(joined) = waits.join_next().await {
+            let (p, ready) =
+                joined.map_err(|e| Error::Internal(format!("read barrier task: {e}")))?;
+            if ready {
+                answer.push(p);
+            } else {
+                missing.push(p);
+            }
+        }
+        answer.sort_unstable();
+        missing.sort_unstable();
         let store = Arc::clone(&self.store);
         let sketch = self.sketch;
         let partial = tokio::task::spawn_blocking(move || store.compute(&answer, &query, &sketch))

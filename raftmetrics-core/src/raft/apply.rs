@@ -218,6 +218,7 @@ struct Worker {
 
 impl Worker {
     fn run(self, rx: Receiver<Task>) {
+        crate::priority::lower_current_thread();
         let mut next = rx.recv().ok();
         while let Some(first) = next.take() {
             let lazy_until = Instant::now() + LAZY_WAIT;

@@ -37,7 +37,10 @@ impl Checkpointer {
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("duckdb-checkpoint".into())
-            .spawn(move || run(&conn, &wal, &flag))?;
+            .spawn(move || {
+                crate::priority::lower_current_thread();
+                run(&conn, &wal, &flag)
+            })?;
         Ok(Checkpointer {
             stop,
             thread: Some(thread),
