@@ -10,11 +10,11 @@
 //! bound. Hand-overs are applied in the order they were made, which is each group's log
 //! order.
 //!
-//! A hand-over is urgent when someone waits for it: a proposal's caller or a read, or a
-//! group this node leads (linearizable reads are served by leaders). Entries only followed
-//! here wait up to [`LAZY_WAIT`] for more to join them, and go with the next urgent one at the
-//! latest, so a follower's store trails its log by at most that much and pays one
-//! transaction for what would otherwise be several.
+//! A hand-over is urgent when someone waits for it: a proposal's caller or a read. Other
+//! entries (client writes, acknowledged at commit) wait up to [`LAZY_WAIT`] for more to join
+//! them, and go at once when an urgent one comes or the loop asks the applier to hurry (a
+//! read arrived that waits for the store), so a store trails its log by at most that much
+//! and pays one transaction for what would otherwise be several.
 //!
 //! The applier never waits for the loop: it publishes how far each group is applied in
 //! [`Progress`] and nudges the loop (at most once until the loop takes the progress) with a
@@ -47,7 +47,7 @@ const MAX_RECORDS_PER_TRANSACTION: usize = 200_000;
 /// Most hand-overs in one store transaction.
 const MAX_HANDOVERS_PER_TRANSACTION: usize = 64;
 /// How long entries nobody waits for may wait for others to share their transaction.
-const LAZY_WAIT: Duration = Duration::from_millis(20);
+const LAZY_WAIT: Duration = Duration::from_millis(100);
 
 pub(super) type Reply = oneshot::Sender<Result<u64>>;
 
@@ -67,6 +67,8 @@ enum Task {
     },
     /// Answered once everything handed over before it is applied.
     Barrier(std::sync::mpsc::SyncSender<()>),
+    /// Someone waits for what was handed over: stop waiting for more.
+    Hurry,
 }
 
 /// How far the applier got, read by the loop.
@@ -169,6 +171,14 @@ impl Applier {
         self.send(Task::Apply { entries, urgent })
     }
 
+    /// Asks the applier to write what it holds now rather than wait for more to join it;
+    /// never waits (when the queue is full, the applier is busy anyway).
+    pub fn hurry(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Task::Hurry);
+        }
+    }
+
     /// Waits until everything handed over so far is applied (or the applier stopped).
     pub fn barrier(&self) -> Result<()> {
         let (tx, rx) = sync_channel(1);
@@ -234,6 +244,7 @@ impl Worker {
                         batch.push(entries);
                         urgent |= u;
                     }
+                    Task::Hurry => urgent = true,
                     Task::Barrier(done) => {
                         barrier = Some(done);
                         break;

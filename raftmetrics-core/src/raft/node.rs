@@ -821,6 +821,8 @@ impl Driver {
                     let ctx = self.next_read_ctx;
                     self.next_read_ctx += 1;
                     r.node.read_index(ctx.to_be_bytes().to_vec());
+                    // The read will wait for the store to reach its index.
+                    self.applier.hurry();
                     r.reads.push(PendingRead {
                         ctx,
                         index: None,
@@ -851,6 +853,9 @@ impl Driver {
                             + Duration::from_millis(self.config.proposal_timeout_ms),
                     });
                     answer_reads(r);
+                    if !r.reads.is_empty() {
+                        self.applier.hurry();
+                    }
                 }
             },
             Command::Compact { group, reply } => {
@@ -1114,8 +1119,8 @@ impl Driver {
 
     /// Hands committed entries of all groups to the applier, with the proposals that wait
     /// for their application; proposals acknowledged at commit are answered now, as are
-    /// those their entries superseded. Urgent when a caller waits or the node leads one of
-    /// the groups (it serves linearizable reads).
+    /// those their entries superseded. Urgent when a proposal or a read waits for the store;
+    /// a read that comes later makes the applier hurry.
     fn hand_over(&mut self, committed: Vec<Committed>) -> Result<()> {
         let mut applying = Vec::new();
         let mut urgent = false;
@@ -1123,7 +1128,7 @@ impl Driver {
             let Some(r) = self.replicas.get_mut(&c.group) else {
                 continue;
             };
-            urgent |= r.node.raft.state == StateRole::Leader || !r.reads.is_empty();
+            urgent |= !r.reads.is_empty();
             for (index, term, entry) in c.entries {
                 let mut replies = Vec::new();
                 while r.pending.front().is_some_and(|p| p.index <= index) {
