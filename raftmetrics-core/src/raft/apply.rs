@@ -64,6 +64,8 @@ enum Task {
     Apply {
         entries: Vec<Applying>,
         urgent: bool,
+        /// Records in `entries` (counted once, by the loop).
+        records: usize,
     },
     /// Answered once everything handed over before it is applied.
     Barrier(std::sync::mpsc::SyncSender<()>),
@@ -168,7 +170,11 @@ impl Applier {
             }
             *backlog += records;
         }
-        self.send(Task::Apply { entries, urgent })
+        self.send(Task::Apply {
+            entries,
+            urgent,
+            records,
+        })
     }
 
     /// Asks the applier to write what it holds now rather than wait for more to join it;
@@ -239,8 +245,12 @@ impl Worker {
             let mut task = Some(first);
             while let Some(t) = task.take() {
                 match t {
-                    Task::Apply { entries, urgent: u } => {
-                        records += entries.iter().map(|a| a.entry.records.len()).sum::<usize>();
+                    Task::Apply {
+                        entries,
+                        urgent: u,
+                        records: n,
+                    } => {
+                        records += n;
                         batch.push(entries);
                         urgent |= u;
                     }
@@ -267,7 +277,7 @@ impl Worker {
             if self.abort.load(Ordering::SeqCst) {
                 return;
             }
-            if !batch.is_empty() && !self.apply(batch) {
+            if !batch.is_empty() && !self.apply(batch, records) {
                 return;
             }
             if let Some(done) = barrier {
@@ -277,10 +287,10 @@ impl Worker {
         }
     }
 
-    /// One store transaction for `batch`; false when it failed (the applier stops).
-    fn apply(&self, batch: Vec<Vec<Applying>>) -> bool {
+    /// One store transaction for `batch` of `records` records; false when it failed (the
+    /// applier stops).
+    fn apply(&self, batch: Vec<Vec<Applying>>, records: usize) -> bool {
         let entries: Vec<Applying> = batch.into_iter().flatten().collect();
-        let records: usize = entries.iter().map(|a| a.entry.records.len()).sum();
         let writes: Vec<PartitionWrite<'_>> = entries
             .iter()
             .map(|a| PartitionWrite {
