@@ -54,6 +54,9 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Acknowledgement latency of every request in microseconds, ascending.
     latencies_micros: Vec<u64>,
+    /// Every request as (when it was due or sent, from the start; its latency), in
+    /// microseconds, in the order they were sent.
+    timeline_micros: Vec<(u64, u64)>,
 }
 
 impl LoadReport {
@@ -70,6 +73,17 @@ impl LoadReport {
         }
         let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
         Duration::from_micros(self.latencies_micros[rank])
+    }
+
+    /// Writes every request's send time and latency, one `sent_ms,latency_ms` line each, in
+    /// the order they were sent: shows whether slow requests come together (a stall) or
+    /// spread out (queueing).
+    pub fn write_timeline(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "sent_ms,latency_ms")?;
+        for &(sent, latency) in &self.timeline_micros {
+            writeln!(out, "{:.3},{:.3}", sent as f64 / 1e3, latency as f64 / 1e3)?;
+        }
+        Ok(())
     }
 }
 
@@ -163,18 +177,19 @@ pub async fn run(
                 let points: Vec<PointRef<'_>> =
                     job.samples.iter().map(|s| dataset.point_ref(s)).collect();
                 client.insert_refs(&points).await?;
-                latencies.push(sent.elapsed().as_micros() as u64);
+                let sent_at = sent.saturating_duration_since(start).as_micros() as u64;
+                latencies.push((sent_at, sent.elapsed().as_micros() as u64));
                 acked.fetch_add(n, Ordering::Relaxed);
             }
             Ok::<_, BenchError>(latencies)
         });
     }
     drop(rx);
-    let mut latencies_micros = Vec::new();
+    let mut timeline_micros = Vec::new();
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(l)) => latencies_micros.extend(l),
+            Ok(Ok(l)) => timeline_micros.extend(l),
             Ok(Err(e)) => {
                 failure.get_or_insert(e);
                 tasks.abort_all();
@@ -200,11 +215,14 @@ pub async fn run(
     }
     let points = acked.load(Ordering::Relaxed);
     print_progress(&spec.label, points, total, elapsed, true);
+    timeline_micros.sort_unstable();
+    let mut latencies_micros: Vec<u64> = timeline_micros.iter().map(|&(_, l)| l).collect();
     latencies_micros.sort_unstable();
     Ok(LoadReport {
         points,
         elapsed,
         latencies_micros,
+        timeline_micros,
     })
 }
 
@@ -271,11 +289,28 @@ mod tests {
             points: 1_000,
             elapsed: Duration::from_secs(2),
             latencies_micros: (1..=100).collect(),
+            timeline_micros: Vec::new(),
         };
         assert_eq!(report.points_per_second(), 500.0);
         assert_eq!(report.latency(0.5), Duration::from_micros(50));
         assert_eq!(report.latency(0.99), Duration::from_micros(99));
         assert_eq!(report.latency(1.0), Duration::from_micros(100));
         assert_eq!(report.latency(0.0), Duration::from_micros(1));
+    }
+
+    #[test]
+    fn the_timeline_lists_requests_in_the_order_they_were_sent() {
+        let report = LoadReport {
+            points: 3_000,
+            elapsed: Duration::from_secs(1),
+            latencies_micros: vec![900, 2_000, 45_500],
+            timeline_micros: vec![(0, 2_000), (25_000, 45_500), (50_000, 900)],
+        };
+        let mut out = Vec::new();
+        report.write_timeline(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "sent_ms,latency_ms\n0.000,2.000\n25.000,45.500\n50.000,0.900\n"
+        );
     }
 }

@@ -73,6 +73,9 @@ enum Command {
         /// Skip the raw Appender reference.
         #[arg(long)]
         no_reference: bool,
+        /// Write every request's send time and latency to this CSV file.
+        #[arg(long)]
+        latency_log: Option<PathBuf>,
     },
     /// Runs the query set on a running cluster that holds the dataset (loaded by `ingest`
     /// with the same data options) and on plain DuckDB, and compares the answers.
@@ -225,6 +228,7 @@ async fn run(command: Command) -> Result<bool> {
             rate,
             nodes_json,
             no_reference,
+            latency_log,
         } => {
             let (dataset, intervals) = data.dataset()?;
             let mut rows = Vec::new();
@@ -259,6 +263,14 @@ async fn run(command: Command) -> Result<bool> {
             let measured =
                 suite::measure_load(&target.url, &target.token, &pids, &dataset, span, &spec)
                     .await?;
+            if let Some(path) = &latency_log {
+                let write = || -> std::io::Result<()> {
+                    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+                    measured.report.write_timeline(&mut out)?;
+                    std::io::Write::flush(&mut out)
+                };
+                write().map_err(BenchError::io("write the latency log"))?;
+            }
             let own_rate = measured.report.points_per_second();
             rows.push(suite::load_row(
                 format!(

@@ -555,6 +555,38 @@ fn every_query_shape_matches_plain_duckdb() {
                 ("to", "2024-01-20T06:10:00Z"),
                 ("window", "1m"),
             ],
+            // The first or last buckets by start, where the range begins or ends inside a
+            // bucket, over dense and sparse data.
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "1h"),
+                ("to", "2024-01-21T10:30:00Z"),
+                ("order_by", "key:desc"),
+                ("limit", "5"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "1h"),
+                ("from", "2024-01-20T03:20:00Z"),
+                ("to", "2024-01-21T00:00:00Z"),
+                ("order_by", "key:asc"),
+                ("limit", "4"),
+            ],
+            vec![
+                ("metric", "cpu_usage"),
+                ("window", "1m"),
+                ("to", "2024-01-20T12:00:00Z"),
+                ("order_by", "key:desc"),
+                ("limit", "5"),
+            ],
+            vec![
+                ("metric", "latency_ms"),
+                ("window", "1h"),
+                ("from", "2024-01-20T01:00:00Z"),
+                ("to", "2024-01-21T20:00:00Z"),
+                ("order_by", "key:desc"),
+                ("limit", "3"),
+            ],
             vec![("metric", "no_such_metric")],
             vec![("metric", "cpu_usage"), ("hosts", "nobody-*")],
         ];
