@@ -157,7 +157,7 @@ pub async fn run(
         let dataset = Arc::clone(&dataset);
         let rate = spec.rate;
         tasks.spawn(async move {
-            let mut latencies = Vec::new();
+            let mut timeline = Vec::new();
             loop {
                 let Some(job) = rx.lock().await.recv().await else {
                     break;
@@ -178,10 +178,10 @@ pub async fn run(
                     job.samples.iter().map(|s| dataset.point_ref(s)).collect();
                 client.insert_refs(&points).await?;
                 let sent_at = sent.saturating_duration_since(start).as_micros() as u64;
-                latencies.push((sent_at, sent.elapsed().as_micros() as u64));
+                timeline.push((sent_at, sent.elapsed().as_micros() as u64));
                 acked.fetch_add(n, Ordering::Relaxed);
             }
-            Ok::<_, BenchError>(latencies)
+            Ok::<_, BenchError>(timeline)
         });
     }
     drop(rx);
