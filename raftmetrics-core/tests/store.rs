@@ -175,3 +175,94 @@ fn the_write_ahead_log_is_checkpointed_in_the_background() {
     assert_eq!(store.applied_index(0).unwrap(), 120);
     assert_eq!(store.digest(0).unwrap().rows, 1_200_000);
 }
+
+/// Points of two metrics over hosts `h0..h6`, values 0, 1, 2, ...
+fn two_metrics(n: usize, first: i64) -> Vec<raftmetrics_core::Record> {
+    let points = (0..n)
+        .map(|i| {
+            let metric = if i % 3 == 0 { "mem" } else { "cpu" };
+            Point::new(metric, i as f64)
+                .at(Timestamp::from_micros(first + i as i64))
+                .tag("host", format!("h{}", i % 7))
+        })
+        .collect();
+    validate_batch(points, Timestamp::now(), &Limits::default()).unwrap()
+}
+
+/// Count and sum of `metric` in `partitions`, overall and per host (a query read by a
+/// filter on the metric), and of host h3 alone (read by a join on its series).
+fn answers(store: &DuckDbStore, partitions: &[u32], metric: &str) -> Vec<(String, u64, f64)> {
+    let cfg = SketchConfig::default();
+    let mut out = Vec::new();
+    for params in [
+        vec![("metric", metric)],
+        vec![("metric", metric), ("group_by", "host")],
+        vec![("metric", metric), ("hosts", "h3")],
+    ] {
+        let mut params = params;
+        params.push(("agg", "count,sum"));
+        let q = Query::from_params(&params).unwrap();
+        let partial = store.compute(partitions, &q, &cfg).unwrap();
+        for (group, buckets) in &partial.groups {
+            for state in buckets.values() {
+                out.push((format!("{params:?} {group:?}"), state.count, state.sum));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn a_file_from_before_metric_numbers_gets_them_on_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.duckdb");
+    let old = two_metrics(3_000, 1_700_000_000_000_000);
+    let new = two_metrics(900, 1_700_000_100_000_000);
+    // What a store that always had metric numbers answers.
+    let want = {
+        let store = DuckDbStore::open_in_memory().unwrap();
+        store
+            .apply(&[
+                PartitionWrite::new(1, 1, &old[..2_000]),
+                PartitionWrite::new(4, 1, &old[2_000..]),
+            ])
+            .unwrap();
+        store.apply(&[PartitionWrite::new(1, 2, &new)]).unwrap();
+        (
+            answers(&store, &[1], "cpu"),
+            answers(&store, &[1, 4], "mem"),
+        )
+    };
+    // Overall, seven hosts and h3 alone, for each.
+    assert_eq!((want.0.len(), want.1.len()), (9, 9));
+    {
+        let store = DuckDbStore::open(&path).unwrap();
+        store
+            .apply(&[
+                PartitionWrite::new(1, 1, &old[..2_000]),
+                PartitionWrite::new(4, 1, &old[2_000..]),
+            ])
+            .unwrap();
+    }
+    // The layout files had before: no metric_id in either table.
+    {
+        let conn = duckdb::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE rm_points DROP COLUMN metric_id;
+             ALTER TABLE rm_series DROP COLUMN metric_id;
+             CHECKPOINT;",
+        )
+        .unwrap();
+    }
+    {
+        let store = DuckDbStore::open(&path).unwrap();
+        store.apply(&[PartitionWrite::new(1, 2, &new)]).unwrap();
+        assert_eq!(answers(&store, &[1], "cpu"), want.0);
+        assert_eq!(answers(&store, &[1, 4], "mem"), want.1);
+    }
+    // Numbered once: opening again changes nothing.
+    let store = DuckDbStore::open(&path).unwrap();
+    assert_eq!(answers(&store, &[1], "cpu"), want.0);
+    assert_eq!(answers(&store, &[1, 4], "mem"), want.1);
+}

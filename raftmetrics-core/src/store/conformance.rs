@@ -308,6 +308,17 @@ fn keeps_partitions_apart(store: &dyn Store) {
     assert_eq!(count_in(store, &[7, 8], "cpu"), 100);
     assert_eq!(count_in(store, &[9], "cpu"), 0);
     assert_eq!(count_in(store, &[], "cpu"), 0);
+    // Grouped by tag, and with a tag filter, too.
+    let mut q = everything("cpu");
+    q.group_by = vec!["datacenter".into()];
+    let grouped = store.compute(&[7], &q, &SketchConfig::default()).unwrap();
+    assert_eq!(total(&grouped).count, 30);
+    q.filters = vec![TagFilter {
+        key: "datacenter".into(),
+        patterns: vec!["*".into()],
+    }];
+    let filtered = store.compute(&[8], &q, &SketchConfig::default()).unwrap();
+    assert_eq!(total(&filtered).count, 70);
 }
 
 /// Strings that would change a query if they were ever pasted into SQL.

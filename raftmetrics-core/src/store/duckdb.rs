@@ -2,12 +2,16 @@
 //! the node has.
 //!
 //! Tables (identifiers are fixed here; user data only ever travels as bound parameters):
-//! - `rm_series(partition_id, series_id, sid, metric, tags)`: one row per series (metric +
-//!   tag set); `tags` is the tag map as JSON. `series_id = partition << 40 | n`, where n
-//!   counts the partition's series in apply order, so replicas that apply the same log agree
-//!   (snapshots carry it). `sid` is a dense store-local number, which keeps the point table
-//!   narrow and lets DuckDB join it against a query's selection quickly.
-//! - `rm_points(partition_id, sid, ts, value)`: one row per point; `ts` in µs.
+//! - `rm_series(partition_id, series_id, sid, metric, tags, metric_id)`: one row per series
+//!   (metric + tag set); `tags` is the tag map as JSON. `series_id = partition << 40 | n`,
+//!   where n counts the partition's series in apply order, so replicas that apply the same
+//!   log agree (snapshots carry it). `sid` is a dense store-local number, which keeps the
+//!   point table narrow and lets DuckDB join it against a query's selection quickly.
+//!   `metric_id` is a store-local number of the metric, the same for all its series.
+//! - `rm_points(partition_id, sid, ts, value, metric_id)`: one row per point; `ts` in µs;
+//!   `metric_id` is its series'. A query that selects every series of its metrics filters
+//!   on `metric_id` while DuckDB scans, instead of joining every point against the
+//!   selection. Files written before the column existed get it filled in when opened.
 //! - `rm_partitions(partition_id, applied_index, meta)`: one row per partition the store
 //!   holds, with the opaque metadata of the last imported snapshot. `applied_index` is the
 //!   index the row was written with (files written before `rm_applied` existed keep it
@@ -50,13 +54,15 @@ CREATE TABLE IF NOT EXISTS rm_series (
     series_id UBIGINT NOT NULL,
     sid UINTEGER NOT NULL,
     metric VARCHAR NOT NULL,
-    tags VARCHAR NOT NULL
+    tags VARCHAR NOT NULL,
+    metric_id UINTEGER
 );
 CREATE TABLE IF NOT EXISTS rm_points (
     partition_id UINTEGER NOT NULL,
     sid UINTEGER NOT NULL,
     ts BIGINT NOT NULL,
-    value DOUBLE NOT NULL
+    value DOUBLE NOT NULL,
+    metric_id UINTEGER
 );
 CREATE TABLE IF NOT EXISTS rm_partitions (
     partition_id UINTEGER PRIMARY KEY,
@@ -73,6 +79,25 @@ CREATE TABLE IF NOT EXISTS rm_batch_ids (
 );
 ";
 
+/// Adds `metric_id` to the series and point rows of a file written before it existed: every
+/// metric is numbered, and every row takes its metric's number. One transaction.
+const ADD_METRIC_IDS: &str = "
+BEGIN;
+ALTER TABLE rm_series ADD COLUMN metric_id UINTEGER;
+UPDATE rm_series SET metric_id = m.id
+  FROM (SELECT metric, (row_number() OVER (ORDER BY metric) - 1)::UINTEGER AS id
+          FROM (SELECT DISTINCT metric FROM rm_series)) m
+ WHERE rm_series.metric = m.metric;
+ALTER TABLE rm_points ADD COLUMN metric_id UINTEGER;
+UPDATE rm_points SET metric_id = s.metric_id FROM rm_series s WHERE rm_points.sid = s.sid;
+COMMIT;
+";
+
+/// Most metrics and partitions one query may name and still be read by a filter on
+/// `metric_id` and `partition_id` (one placeholder each).
+const MAX_METRICS_BY_ID: usize = 16;
+const MAX_PARTITIONS_BY_ID: usize = 256;
+
 /// Bits of a series id below the partition number.
 const SERIES_BITS: u32 = 40;
 
@@ -86,11 +111,18 @@ fn series_id(partition: PartitionId, n: u64) -> u64 {
     (u64::from(partition) << SERIES_BITS) | n
 }
 
+/// The store-local numbers of one series.
+#[derive(Clone, Copy, Debug)]
+struct SeriesIds {
+    sid: u32,
+    metric: u32,
+}
+
 /// The series of one partition, in memory.
 #[derive(Default)]
 struct PartitionCatalog {
-    /// Series key → store-local sid.
-    by_key: HashMap<String, u32>,
+    /// Series key → its store-local numbers.
+    by_key: HashMap<String, SeriesIds>,
     /// Metric → (sid, tags) of its series.
     by_metric: HashMap<String, Vec<(u32, Tags)>>,
     /// Next per-partition series number.
@@ -98,13 +130,62 @@ struct PartitionCatalog {
 }
 
 impl PartitionCatalog {
-    fn insert(&mut self, key: String, sid: u32, row: SeriesRow) {
+    fn insert(&mut self, key: String, ids: SeriesIds, row: SeriesRow) {
         self.next = self.next.max((row.id & (MAX_SERIES_PER_PARTITION - 1)) + 1);
-        self.by_key.insert(key, sid);
+        self.by_key.insert(key, ids);
         self.by_metric
             .entry(row.metric)
             .or_default()
-            .push((sid, row.tags));
+            .push((ids.sid, row.tags));
+    }
+}
+
+/// The store's metric numbers (mirrors the `metric_id` of `rm_series`).
+#[derive(Default)]
+struct MetricIds {
+    ids: HashMap<String, u32>,
+    next: u32,
+}
+
+impl MetricIds {
+    fn insert(&mut self, metric: String, id: u32) {
+        self.next = self.next.max(id.saturating_add(1));
+        self.ids.insert(metric, id);
+    }
+}
+
+/// Hands out metric numbers within one write; published by [`MetricAllocator::publish`]
+/// once it committed.
+struct MetricAllocator<'a> {
+    known: &'a MetricIds,
+    new: HashMap<String, u32>,
+    next: u32,
+}
+
+impl<'a> MetricAllocator<'a> {
+    fn new(known: &'a MetricIds) -> Self {
+        MetricAllocator {
+            known,
+            new: HashMap::new(),
+            next: known.next,
+        }
+    }
+
+    fn id(&mut self, metric: &str) -> Result<u32> {
+        if let Some(&id) = self.known.ids.get(metric).or_else(|| self.new.get(metric)) {
+            return Ok(id);
+        }
+        let id = self.next;
+        self.next = id
+            .checked_add(1)
+            .ok_or_else(|| Error::storage("insert", "the store holds too many metrics"))?;
+        self.new.insert(metric.to_string(), id);
+        Ok(id)
+    }
+
+    /// What was allocated, to publish after the commit.
+    fn into_new(self) -> HashMap<String, u32> {
+        self.new
     }
 }
 
@@ -115,6 +196,8 @@ pub struct DuckDbStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
+    /// Metric numbers; only changed under the writer lock.
+    metrics: RwLock<MetricIds>,
     /// Next store-local sid; only changed under the writer lock.
     next_sid: AtomicU32,
     /// Committed applied index per partition (mirrors `rm_applied`).
@@ -154,6 +237,18 @@ impl DuckDbStore {
     fn init(conn: Connection, wal: Option<std::path::PathBuf>) -> Result<Self> {
         conn.execute_batch(SCHEMA)
             .map_err(storage("create schema"))?;
+        let has_metric_ids: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM duckdb_columns()
+                 WHERE table_name = 'rm_points' AND column_name = 'metric_id'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(storage("read schema"))?;
+        if !has_metric_ids {
+            conn.execute_batch(ADD_METRIC_IDS)
+                .map_err(storage("add metric numbers"))?;
+        }
         let checkpointer = match wal {
             Some(wal) => {
                 conn.execute_batch(&format!(
@@ -181,6 +276,7 @@ impl DuckDbStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             catalog: RwLock::new(HashMap::new()),
+            metrics: RwLock::new(MetricIds::default()),
             applied: RwLock::new(HashMap::new()),
             next_sid: AtomicU32::new(0),
             windows: Mutex::new(HashMap::new()),
@@ -198,7 +294,7 @@ impl DuckDbStore {
     fn load_catalog(&self, conn: &Connection, only: Option<PartitionId>) -> Result<()> {
         let mut stmt = conn
             .prepare(
-                "SELECT partition_id, series_id, sid, metric, tags FROM rm_series
+                "SELECT partition_id, series_id, sid, metric, tags, metric_id FROM rm_series
                  WHERE ?::UINTEGER IS NULL OR partition_id = ? ORDER BY series_id",
             )
             .map_err(storage("load series"))?;
@@ -210,23 +306,32 @@ impl DuckDbStore {
                     row.get::<_, u32>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, String>(4)?,
+                    row.get::<_, u32>(5)?,
                 ))
             })
             .map_err(storage("load series"))?;
         let mut loaded: HashMap<PartitionId, PartitionCatalog> = HashMap::new();
+        let mut metrics = self.metrics.write().map_err(poisoned)?;
         for row in rows {
-            let (partition, id, sid, metric, tags) = row.map_err(storage("load series"))?;
+            let (partition, id, sid, metric, tags, metric_id) =
+                row.map_err(storage("load series"))?;
             self.next_sid
                 .fetch_max(sid.saturating_add(1), Ordering::SeqCst);
             let tags: Tags = serde_json::from_str(&tags).map_err(|e| {
                 Error::storage("load series", format!("bad tags of series {id}: {e}"))
             })?;
             let key = series_partition_key(&metric, &tags);
+            metrics.insert(metric.clone(), metric_id);
+            let ids = SeriesIds {
+                sid,
+                metric: metric_id,
+            };
             loaded
                 .entry(partition)
                 .or_default()
-                .insert(key, sid, SeriesRow { id, metric, tags });
+                .insert(key, ids, SeriesRow { id, metric, tags });
         }
+        drop(metrics);
         let mut catalog = self.catalog.write().map_err(poisoned)?;
         match only {
             Some(p) => {
@@ -377,9 +482,25 @@ impl DuckDbStore {
     }
 }
 
-/// An aggregation over the selected series, grouped by group and time bucket. The text is
-/// assembled from constant fragments only; every value is a bound parameter, supplied by
-/// [`AggregateSql::args`] in the order the placeholders appear.
+/// How an aggregation finds the points of the selected series.
+enum Source {
+    /// Joins the points against the selection: comma-separated sids and the group of each.
+    Join { series: String, groups: String },
+    /// Every series of these metrics in these partitions is selected (the query filters no
+    /// tag): a filter on `metric_id` and `partition_id`, evaluated while DuckDB scans;
+    /// `partitions` empty when the query asked every partition the store holds (DuckDB
+    /// turns a list of several into a join). With `by_sid`, rows come per series (the
+    /// caller maps them to their groups); without, the selection is one group, numbered 0.
+    Metrics {
+        ids: Vec<u32>,
+        partitions: Vec<PartitionId>,
+        by_sid: bool,
+    },
+}
+
+/// An aggregation over the selected series, grouped by group (or series) and time bucket.
+/// The text is assembled from constant fragments only; every value is a bound parameter,
+/// supplied by [`AggregateSql::args`] in the order the placeholders appear.
 struct AggregateSql {
     text: String,
     width: Option<i64>,
@@ -388,7 +509,7 @@ struct AggregateSql {
 }
 
 impl AggregateSql {
-    fn new(query: &Query, aggregates: &str) -> Self {
+    fn new(query: &Query, source: &Source, aggregates: &str) -> Self {
         let width = query.bucket_micros();
         let from = query.from.map(|t| t.as_micros());
         let to = query.to.map(|t| t.as_micros());
@@ -398,11 +519,34 @@ impl AggregateSql {
             "0::BIGINT"
         };
         let mut conds = Vec::new();
+        let (group, join) = match source {
+            Source::Join { .. } => (
+                "q.group_id",
+                "JOIN (SELECT unnest(string_split(?, ','))::UINTEGER AS sid,
+                              unnest(string_split(?, ','))::UINTEGER AS group_id) q
+                   ON p.sid = q.sid",
+            ),
+            Source::Metrics {
+                ids,
+                partitions,
+                by_sid,
+            } => {
+                let placeholders = |n: usize| vec!["?"; n].join(", ");
+                conds.push(format!("p.metric_id IN ({})", placeholders(ids.len())));
+                if !partitions.is_empty() {
+                    conds.push(format!(
+                        "p.partition_id IN ({})",
+                        placeholders(partitions.len())
+                    ));
+                }
+                (if *by_sid { "p.sid" } else { "0::UINTEGER" }, "")
+            }
+        };
         if from.is_some() {
-            conds.push("p.ts >= ?");
+            conds.push("p.ts >= ?".into());
         }
         if to.is_some() {
-            conds.push("p.ts < ?");
+            conds.push("p.ts < ?".into());
         }
         let filter = if conds.is_empty() {
             String::new()
@@ -410,11 +554,8 @@ impl AggregateSql {
             format!("WHERE {}", conds.join(" AND "))
         };
         let text = format!(
-            "SELECT q.group_id, {bucket} AS b, {aggregates}
-             FROM rm_points p
-             JOIN (SELECT unnest(string_split(?, ','))::UINTEGER AS sid,
-                          unnest(string_split(?, ','))::UINTEGER AS group_id) q
-               ON p.sid = q.sid
+            "SELECT {group} AS g, {bucket} AS b, {aggregates}
+             FROM rm_points p {join}
              {filter}
              GROUP BY ALL"
         );
@@ -426,16 +567,23 @@ impl AggregateSql {
         }
     }
 
-    fn args(&self, ln_gamma: Option<f64>, series: &str, groups: &str) -> Vec<Value> {
+    fn args(&self, ln_gamma: Option<f64>, source: &Source) -> Vec<Value> {
         let mut args = Vec::with_capacity(7);
         if let Some(w) = self.width {
             args.extend([Value::BigInt(w), Value::BigInt(w)]);
         }
         args.extend(ln_gamma.map(Value::Double));
-        args.extend([
-            Value::Text(series.to_string()),
-            Value::Text(groups.to_string()),
-        ]);
+        match source {
+            Source::Join { series, groups } => {
+                args.extend([Value::Text(series.clone()), Value::Text(groups.clone())]);
+            }
+            Source::Metrics {
+                ids, partitions, ..
+            } => {
+                args.extend(ids.iter().map(|&id| Value::UInt(id)));
+                args.extend(partitions.iter().map(|&p| Value::UInt(p)));
+            }
+        }
         args.extend(self.from.map(Value::BigInt));
         args.extend(self.to.map(Value::BigInt));
         args
@@ -469,7 +617,7 @@ impl Drop for PooledReader<'_> {
 struct NewSeries {
     partition: PartitionId,
     key: String,
-    sid: u32,
+    ids: SeriesIds,
     row: SeriesRow,
 }
 
@@ -489,6 +637,17 @@ impl SidAllocator {
 }
 
 impl DuckDbStore {
+    /// Makes metric numbers allocated by a committed write known.
+    fn publish_metrics(&self, new: HashMap<String, u32>) -> Result<()> {
+        if !new.is_empty() {
+            let mut metrics = self.metrics.write().map_err(poisoned)?;
+            for (metric, id) in new {
+                metrics.insert(metric, id);
+            }
+        }
+        Ok(())
+    }
+
     fn apply_locked(
         &self,
         conn: &mut Connection,
@@ -500,9 +659,12 @@ impl DuckDbStore {
         let mut new_series: Vec<NewSeries> = Vec::new();
         let indexes: Vec<(PartitionId, u64)>;
         let next_sid: u32;
+        let new_metrics: HashMap<String, u32>;
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
-            let mut pending: HashMap<PartitionId, HashMap<String, u32>> = HashMap::new();
+            let metrics = self.metrics.read().map_err(poisoned)?;
+            let mut metric_ids = MetricAllocator::new(&metrics);
+            let mut pending: HashMap<PartitionId, HashMap<String, SeriesIds>> = HashMap::new();
             let mut next: HashMap<PartitionId, u64> = HashMap::new();
             let mut last_index: HashMap<PartitionId, u64> = HashMap::new();
             // Batch ids to remember, and per partition the newest time through which
@@ -539,19 +701,19 @@ impl DuckDbStore {
                 }
                 let cat = catalog.get(&w.partition);
                 let pending = pending.entry(w.partition).or_default();
-                // Records of one series share their `Arc`: its sid is found once.
-                let mut sid_of: HashMap<*const Series, u32> = HashMap::new();
+                // Records of one series share their `Arc`: its numbers are found once.
+                let mut ids_of: HashMap<*const Series, SeriesIds> = HashMap::new();
                 for r in kept(w, &duplicate).into_iter().flatten() {
-                    let sid = match sid_of.get(&Arc::as_ptr(&r.series)) {
-                        Some(&sid) => sid,
+                    let ids = match ids_of.get(&Arc::as_ptr(&r.series)) {
+                        Some(&ids) => ids,
                         None => {
                             let key = r.series.identity();
                             let known = cat
                                 .and_then(|c| c.by_key.get(&*key))
                                 .or_else(|| pending.get(&*key))
                                 .copied();
-                            let sid = match known {
-                                Some(sid) => sid,
+                            let ids = match known {
+                                Some(ids) => ids,
                                 None => {
                                     let n = next
                                         .entry(w.partition)
@@ -564,27 +726,36 @@ impl DuckDbStore {
                                     }
                                     let id = series_id(w.partition, *n);
                                     *n += 1;
-                                    let sid = sids.take()?;
-                                    pending.insert(key.to_string(), sid);
+                                    let ids = SeriesIds {
+                                        sid: sids.take()?,
+                                        metric: metric_ids.id(r.metric())?,
+                                    };
+                                    pending.insert(key.to_string(), ids);
                                     new_series.push(NewSeries {
                                         partition: w.partition,
                                         key: key.into_owned(),
-                                        sid,
+                                        ids,
                                         row: SeriesRow {
                                             id,
                                             metric: r.metric().to_owned(),
                                             tags: r.tags().clone(),
                                         },
                                     });
-                                    sid
+                                    ids
                                 }
                             };
-                            sid_of.insert(Arc::as_ptr(&r.series), sid);
-                            sid
+                            ids_of.insert(Arc::as_ptr(&r.series), ids);
+                            ids
                         }
                     };
                     points
-                        .append_row(params![w.partition, sid, r.timestamp.as_micros(), r.value])
+                        .append_row(params![
+                            w.partition,
+                            ids.sid,
+                            r.timestamp.as_micros(),
+                            r.value,
+                            ids.metric
+                        ])
                         .map_err(storage("insert"))?;
                 }
             }
@@ -615,7 +786,14 @@ impl DuckDbStore {
                     let tags = serde_json::to_string(&s.row.tags)
                         .map_err(|e| Error::Internal(e.to_string()))?;
                     series
-                        .append_row(params![s.partition, s.row.id, s.sid, s.row.metric, tags])
+                        .append_row(params![
+                            s.partition,
+                            s.row.id,
+                            s.ids.sid,
+                            s.row.metric,
+                            tags,
+                            s.ids.metric
+                        ])
                         .map_err(storage("insert series"))?;
                 }
                 series.flush().map_err(storage("insert series"))?;
@@ -624,17 +802,19 @@ impl DuckDbStore {
             let applied = self.applied.read().map_err(poisoned)?;
             Self::set_applied_indexes(&tx, &applied, &indexes, None)?;
             next_sid = sids.next;
+            new_metrics = metric_ids.into_new();
         }
         tx.commit().map_err(storage("commit"))?;
         self.next_sid.store(next_sid, Ordering::SeqCst);
         self.applied.write().map_err(poisoned)?.extend(indexes);
+        self.publish_metrics(new_metrics)?;
         if !new_series.is_empty() {
             let mut catalog = self.catalog.write().map_err(poisoned)?;
             for s in new_series {
                 catalog
                     .entry(s.partition)
                     .or_default()
-                    .insert(s.key, s.sid, s.row);
+                    .insert(s.key, s.ids, s.row);
             }
         }
         Ok(applied)
@@ -682,9 +862,11 @@ impl Store for DuckDbStore {
         let mut groups: Vec<GroupKey> = Vec::new();
         let mut group_ids: HashMap<GroupKey, u32> = HashMap::new();
         let (mut series_list, mut group_list) = (String::new(), String::new());
+        let mut group_of_sid: HashMap<u32, u32> = HashMap::new();
+        let metrics = query.metrics();
+        let metric_ids: Vec<u32>;
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
-            let metrics = query.metrics();
             let catalog = &*catalog;
             let metrics = &metrics;
             let selected = partitions.iter().flat_map(|p| {
@@ -706,6 +888,7 @@ impl Store for DuckDbStore {
                         groups.push(key);
                         next
                     });
+                    group_of_sid.insert(*sid, gid);
                     if !series_list.is_empty() {
                         series_list.push(',');
                         group_list.push(',');
@@ -714,13 +897,62 @@ impl Store for DuckDbStore {
                     group_list.push_str(&gid.to_string());
                 }
             }
+            let known = self.metrics.read().map_err(poisoned)?;
+            metric_ids = metrics
+                .iter()
+                .filter_map(|m| known.ids.get(*m).copied())
+                .collect();
         }
         let mut out = PartialAggregate::default();
         if series_list.is_empty() {
             return Ok(out);
         }
-        // 2. Aggregate in DuckDB, joining the selection passed as bound parameters.
+        // 2. Aggregate in DuckDB: by a filter on metric and partition when the query filters
+        // no tag (so every series of its metrics is selected, also one written since the
+        // catalog was read), else by joining the selection passed as bound parameters.
+        let by_filter = query.filters.is_empty()
+            && metric_ids.len() <= MAX_METRICS_BY_ID
+            && partitions.len() <= MAX_PARTITIONS_BY_ID;
+        // One read transaction: the partitions the store holds are read from the same
+        // snapshot as the points (a write adds its partition's `rm_partitions` row in the
+        // transaction of its points).
         let conn = self.reader()?;
+        let conn = conn.unchecked_transaction().map_err(storage("query"))?;
+        let source = if by_filter {
+            let held = conn
+                .prepare_cached("SELECT partition_id FROM rm_partitions")
+                .and_then(|mut s| {
+                    s.query_map([], |row| row.get::<_, PartitionId>(0))?
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                })
+                .map_err(storage("query"))?;
+            let every_partition = held.iter().all(|p| partitions.contains(p));
+            Source::Metrics {
+                ids: metric_ids,
+                partitions: if every_partition {
+                    Vec::new()
+                } else {
+                    partitions.to_vec()
+                },
+                // Rows of series written since the catalog was read count too: in one
+                // group only when the query has no groups they could fall outside of.
+                by_sid: !query.group_by.is_empty(),
+            }
+        } else {
+            Source::Join {
+                series: series_list,
+                groups: group_list,
+            }
+        };
+        // The group of a result row; `None` for a series written since the catalog was
+        // read, whose tags this query has not seen (the join leaves it out too).
+        let group_of = |g: u32| -> Option<GroupKey> {
+            let gid = match source {
+                Source::Metrics { by_sid: true, .. } => *group_of_sid.get(&g)?,
+                _ => g,
+            };
+            groups.get(gid as usize).cloned()
+        };
         let bucket_key = |b: i64| {
             if query.bucket_micros().is_some() {
                 b
@@ -749,17 +981,13 @@ impl Store for DuckDbStore {
                     "'-inf'::DOUBLE"
                 },
             );
-            let sql = AggregateSql::new(query, &columns);
+            let sql = AggregateSql::new(query, &source, &columns);
             let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
             let mut rows = stmt
-                .query(duckdb::params_from_iter(sql.args(
-                    None,
-                    &series_list,
-                    &group_list,
-                )))
+                .query(duckdb::params_from_iter(sql.args(None, &source)))
                 .map_err(storage("query"))?;
             while let Some(row) = rows.next().map_err(storage("query"))? {
-                let gid: u32 = row.get(0).map_err(storage("query"))?;
+                let g: u32 = row.get(0).map_err(storage("query"))?;
                 let b: i64 = row.get(1).map_err(storage("query"))?;
                 let state = PartialState {
                     count: row.get::<_, i64>(2).map_err(storage("query"))? as u64,
@@ -768,35 +996,38 @@ impl Store for DuckDbStore {
                     max: row.get(5).map_err(storage("query"))?,
                     sketch: query.needs_sketch().then(Sketch::new),
                 };
-                let key = groups[gid as usize].clone();
-                out.state_mut(key, bucket_key(b)).merge(&state);
+                if let Some(key) = group_of(g) {
+                    out.state_mut(key, bucket_key(b)).merge(&state);
+                }
             }
         }
         if query.needs_sketch() {
             // Sketch buckets: sign, then ceil(ln|v| / ln gamma), exactly SketchConfig::index_of.
             let sql = AggregateSql::new(
                 query,
+                &source,
                 "sign(p.value)::TINYINT AS s,
                  CASE WHEN p.value = 0 THEN 0
                       ELSE ceil(ln(abs(p.value)) / ?::DOUBLE)::INTEGER END AS i,
                  count(*)",
             );
             let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
-            let args = sql.args(Some(sketch.ln_gamma()), &series_list, &group_list);
+            let args = sql.args(Some(sketch.ln_gamma()), &source);
             let mut rows = stmt
                 .query(duckdb::params_from_iter(args))
                 .map_err(storage("query"))?;
             while let Some(row) = rows.next().map_err(storage("query"))? {
-                let gid: u32 = row.get(0).map_err(storage("query"))?;
+                let g: u32 = row.get(0).map_err(storage("query"))?;
                 let b: i64 = row.get(1).map_err(storage("query"))?;
                 let sign: i8 = row.get(2).map_err(storage("query"))?;
                 let index: i32 = row.get(3).map_err(storage("query"))?;
                 let count = row.get::<_, i64>(4).map_err(storage("query"))? as u64;
-                let key = groups[gid as usize].clone();
-                out.state_mut(key, bucket_key(b))
-                    .sketch
-                    .get_or_insert_with(Sketch::new)
-                    .add_bucket(sign, index, count);
+                if let Some(key) = group_of(g) {
+                    out.state_mut(key, bucket_key(b))
+                        .sketch
+                        .get_or_insert_with(Sketch::new)
+                        .add_bucket(sign, index, count);
+                }
             }
         }
         Ok(out)
@@ -917,12 +1148,17 @@ impl Store for DuckDbStore {
             let mut sids = SidAllocator {
                 next: self.next_sid.load(Ordering::SeqCst),
             };
-            let mut sid_of: HashMap<u64, u32> = HashMap::with_capacity(snapshot.series.len());
+            let metrics = self.metrics.read().map_err(poisoned)?;
+            let mut metric_ids = MetricAllocator::new(&metrics);
+            let mut ids_of: HashMap<u64, SeriesIds> = HashMap::with_capacity(snapshot.series.len());
             {
                 let mut series = tx.appender("rm_series").map_err(storage("import"))?;
                 for s in &snapshot.series {
-                    let sid = sids.take()?;
-                    if sid_of.insert(s.id, sid).is_some() {
+                    let ids = SeriesIds {
+                        sid: sids.take()?,
+                        metric: metric_ids.id(&s.metric)?,
+                    };
+                    if ids_of.insert(s.id, ids).is_some() {
                         return Err(Error::InvalidRequest(format!(
                             "snapshot of partition {p} lists series {} twice",
                             s.id
@@ -931,20 +1167,20 @@ impl Store for DuckDbStore {
                     let tags = serde_json::to_string(&s.tags)
                         .map_err(|e| Error::Internal(e.to_string()))?;
                     series
-                        .append_row(params![p, s.id, sid, s.metric, tags])
+                        .append_row(params![p, s.id, ids.sid, s.metric, tags, ids.metric])
                         .map_err(storage("import"))?;
                 }
                 series.flush().map_err(storage("import"))?;
                 let mut points = tx.appender("rm_points").map_err(storage("import"))?;
                 for r in &snapshot.points {
-                    let sid = sid_of.get(&r.series_id).ok_or_else(|| {
+                    let ids = ids_of.get(&r.series_id).ok_or_else(|| {
                         Error::InvalidRequest(format!(
                             "snapshot of partition {p} has points of unknown series {}",
                             r.series_id
                         ))
                     })?;
                     points
-                        .append_row(params![p, sid, r.timestamp_micros, r.value])
+                        .append_row(params![p, ids.sid, r.timestamp_micros, r.value, ids.metric])
                         .map_err(storage("import"))?;
                 }
                 points.flush().map_err(storage("import"))?;
@@ -958,8 +1194,11 @@ impl Store for DuckDbStore {
                 params![snapshot.meta, p],
             )
             .map_err(storage("import"))?;
+            let new_metrics = metric_ids.into_new();
+            drop(metrics);
             tx.commit().map_err(storage("import"))?;
             self.next_sid.store(sids.next, Ordering::SeqCst);
+            self.publish_metrics(new_metrics)?;
             self.applied
                 .write()
                 .map_err(poisoned)?
