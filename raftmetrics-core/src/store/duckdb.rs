@@ -154,8 +154,8 @@ impl MetricIds {
     }
 }
 
-/// Hands out metric numbers within one write; published by [`MetricAllocator::publish`]
-/// once it committed.
+/// Hands out metric numbers within one write; what it allocated is made known by
+/// [`DuckDbStore::publish_metrics`] once the write committed.
 struct MetricAllocator<'a> {
     known: &'a MetricIds,
     new: HashMap<String, u32>,
@@ -246,8 +246,11 @@ impl DuckDbStore {
             )
             .map_err(storage("read schema"))?;
         if !has_metric_ids {
-            conn.execute_batch(ADD_METRIC_IDS)
-                .map_err(storage("add metric numbers"))?;
+            if let Err(e) = conn.execute_batch(ADD_METRIC_IDS) {
+                // Nothing of it stays: the file is as it was.
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(Error::storage("add metric numbers", e));
+            }
         }
         let checkpointer = match wal {
             Some(wal) => {
