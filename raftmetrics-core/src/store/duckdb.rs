@@ -245,12 +245,10 @@ impl DuckDbStore {
                 |row| row.get(0),
             )
             .map_err(storage("read schema"))?;
-        if !has_metric_ids {
-            if let Err(e) = conn.execute_batch(ADD_METRIC_IDS) {
-                // Nothing of it stays: the file is as it was.
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(Error::storage("add metric numbers", e));
-            }
+        if !has_metric_ids && let Err(e) = conn.execute_batch(ADD_METRIC_IDS) {
+            // Nothing of it stays: the file is as it was.
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(Error::storage("add metric numbers", e));
         }
         let checkpointer = match wal {
             Some(wal) => {
