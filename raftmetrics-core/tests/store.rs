@@ -220,14 +220,17 @@ fn a_file_from_before_metric_numbers_gets_them_on_opening() {
     let old = two_metrics(3_000, 1_700_000_000_000_000);
     let new = two_metrics(900, 1_700_000_100_000_000);
     // What a store that always had metric numbers answers.
-    let want = {
-        let store = DuckDbStore::open_in_memory().unwrap();
+    let write_old = |store: &DuckDbStore| {
         store
             .apply(&[
                 PartitionWrite::new(1, 1, &old[..2_000]),
                 PartitionWrite::new(4, 1, &old[2_000..]),
             ])
             .unwrap();
+    };
+    let want = {
+        let store = DuckDbStore::open_in_memory().unwrap();
+        write_old(&store);
         store.apply(&[PartitionWrite::new(1, 2, &new)]).unwrap();
         (
             answers(&store, &[1], "cpu"),
@@ -236,15 +239,7 @@ fn a_file_from_before_metric_numbers_gets_them_on_opening() {
     };
     // Overall, seven hosts and h3 alone, for each.
     assert_eq!((want.0.len(), want.1.len()), (9, 9));
-    {
-        let store = DuckDbStore::open(&path).unwrap();
-        store
-            .apply(&[
-                PartitionWrite::new(1, 1, &old[..2_000]),
-                PartitionWrite::new(4, 1, &old[2_000..]),
-            ])
-            .unwrap();
-    }
+    write_old(&DuckDbStore::open(&path).unwrap());
     // The layout files had before: no metric_id in either table.
     {
         let conn = duckdb::Connection::open(&path).unwrap();

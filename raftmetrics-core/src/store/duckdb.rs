@@ -93,9 +93,11 @@ UPDATE rm_points SET metric_id = s.metric_id FROM rm_series s WHERE rm_points.si
 COMMIT;
 ";
 
-/// Most metrics and partitions one query may name and still be read by a filter on
-/// `metric_id` and `partition_id` (one placeholder each).
+/// Most metrics one query may name and still be read by a filter on `metric_id` (one
+/// placeholder each).
 const MAX_METRICS_BY_ID: usize = 16;
+/// Most partitions one query may ask and still be read by a filter on `metric_id` (one
+/// `partition_id` placeholder each, when the filter needs them).
 const MAX_PARTITIONS_BY_ID: usize = 256;
 
 /// Bits of a series id below the partition number.
@@ -859,13 +861,28 @@ impl Store for DuckDbStore {
         query: &Query,
         sketch: &SketchConfig,
     ) -> Result<PartialAggregate> {
-        // 1. Select series and assign groups in memory.
+        // How DuckDB finds the points: by a filter on metric (and partition) when the query
+        // filters no tag, so that every series of its metrics is selected, also one written
+        // since the catalog was read; else by joining the selection, passed as bound
+        // parameters.
+        let metrics = query.metrics();
+        let metric_ids: Vec<u32> = {
+            let known = self.metrics.read().map_err(poisoned)?;
+            metrics
+                .iter()
+                .filter_map(|m| known.ids.get(*m).copied())
+                .collect()
+        };
+        let by_filter = query.filters.is_empty()
+            && !metric_ids.is_empty()
+            && metric_ids.len() <= MAX_METRICS_BY_ID
+            && partitions.len() <= MAX_PARTITIONS_BY_ID;
+        // 1. Select series and assign groups in memory: for the join, the sids and their
+        // groups as text; for the filter, the group of each sid.
         let mut groups: Vec<GroupKey> = Vec::new();
         let mut group_ids: HashMap<GroupKey, u32> = HashMap::new();
         let (mut series_list, mut group_list) = (String::new(), String::new());
         let mut group_of_sid: HashMap<u32, u32> = HashMap::new();
-        let metrics = query.metrics();
-        let metric_ids: Vec<u32>;
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
             let catalog = &*catalog;
@@ -889,7 +906,10 @@ impl Store for DuckDbStore {
                         groups.push(key);
                         next
                     });
-                    group_of_sid.insert(*sid, gid);
+                    if by_filter {
+                        group_of_sid.insert(*sid, gid);
+                        continue;
+                    }
                     if !series_list.is_empty() {
                         series_list.push(',');
                         group_list.push(',');
@@ -898,25 +918,14 @@ impl Store for DuckDbStore {
                     group_list.push_str(&gid.to_string());
                 }
             }
-            let known = self.metrics.read().map_err(poisoned)?;
-            metric_ids = metrics
-                .iter()
-                .filter_map(|m| known.ids.get(*m).copied())
-                .collect();
         }
         let mut out = PartialAggregate::default();
-        if series_list.is_empty() {
+        if groups.is_empty() {
             return Ok(out);
         }
-        // 2. Aggregate in DuckDB: by a filter on metric and partition when the query filters
-        // no tag (so every series of its metrics is selected, also one written since the
-        // catalog was read), else by joining the selection passed as bound parameters.
-        let by_filter = query.filters.is_empty()
-            && metric_ids.len() <= MAX_METRICS_BY_ID
-            && partitions.len() <= MAX_PARTITIONS_BY_ID;
-        // One read transaction: the partitions the store holds are read from the same
-        // snapshot as the points (a write adds its partition's `rm_partitions` row in the
-        // transaction of its points).
+        // 2. Aggregate in DuckDB, in one read transaction: the partitions the store holds are
+        // read from the same snapshot as the points (a write adds its partition's
+        // `rm_partitions` row in the transaction of its points).
         let conn = self.reader()?;
         let conn = conn.unchecked_transaction().map_err(storage("query"))?;
         let source = if by_filter {
