@@ -1,6 +1,7 @@
 //! Replication benchmark: committed points/s through three in-process replicas (raft-engine
-//! logs with fsync, DuckDB stores on disk, simulated loopback network) against unreplicated
-//! store inserts of the same batches, measured in the same run.
+//! logs with fsync, DuckDB stores on disk behind them, as on a worker; simulated loopback
+//! network) against unreplicated store inserts (DuckDB's own log) of the same batches,
+//! measured in the same run.
 //!
 //! `cargo bench --bench raft [-- POINTS]` (default 400,000 points).
 //! All three replicas share this machine's cores, so the ratio is a lower bound of what
@@ -65,7 +66,7 @@ async fn replicated(
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let store: Arc<dyn Store> =
-            Arc::new(DuckDbStore::open(dir.join(format!("node-{id}.duckdb"))).unwrap());
+            Arc::new(DuckDbStore::open_behind_log(dir.join(format!("node-{id}.duckdb"))).unwrap());
         let log = RaftLog::open(&dir.join(format!("raft-{id}"))).unwrap();
         let mut cfg = NodeConfig::new(id);
         cfg.tick_interval_ms = 50;

@@ -50,9 +50,11 @@ impl Cluster {
         c
     }
 
+    /// Starts node `id` on its files; its store sits behind the raft log, as a worker's does.
     fn start(&mut self, id: NodeId) {
-        let store =
-            Arc::new(DuckDbStore::open(self.dir.join(format!("node-{id}.duckdb"))).unwrap());
+        let store = Arc::new(
+            DuckDbStore::open_behind_log(self.dir.join(format!("node-{id}.duckdb"))).unwrap(),
+        );
         let log = RaftLog::open(&self.dir.join(format!("raft-{id}"))).unwrap();
         let mut cfg = NodeConfig::new(id);
         cfg.tick_interval_ms = TICK_MS;
@@ -69,14 +71,27 @@ impl Cluster {
         self.stores.insert(id, store);
     }
 
-    /// Stops a node without a clean shutdown and releases its files.
+    /// Stops a node without a clean shutdown and releases its files: its store keeps only
+    /// what its checkpoints saved, and the raft log must replay the rest.
     fn crash(&mut self, id: NodeId) {
         self.net.unregister(id);
         self.handles.remove(&id);
         if let Some(node) = self.nodes.remove(&id) {
             node.crash();
         }
-        self.stores.remove(&id);
+        if let Some(store) = self.stores.remove(&id) {
+            match Arc::try_unwrap(store) {
+                Ok(store) => store.abandon(),
+                Err(_) => panic!("node {id}'s store is still in use after its crash"),
+            }
+        }
+    }
+
+    /// Saves every live store (a checkpoint), which lets their logs be compacted.
+    fn checkpoint(&self) {
+        for store in self.stores.values() {
+            store.checkpoint().unwrap();
+        }
     }
 
     fn live(&self) -> Vec<NodeId> {
@@ -233,6 +248,10 @@ async fn chaos(seed: u64, nodes: &[NodeId], groups: &[u32], rounds: usize) {
     let acked: Arc<Mutex<HashMap<u32, Vec<std::ops::Range<u64>>>>> = Arc::default();
     let mut next_id = 0u64;
     for round in 0..rounds {
+        // Stores save now and then; only then can logs be compacted (and snapshots needed).
+        if rng.below(3) == 0 {
+            c.checkpoint();
+        }
         // A fault for this round.
         let live = c.live();
         match rng.below(6) {
@@ -456,6 +475,12 @@ async fn membership_grows_by_snapshot_and_survives_removing_the_leader() {
     }
     // Writes are acknowledged at commit: compact once the leader's store holds them all.
     leader.caught_up(group).await.unwrap();
+    // The store behind the log has saved nothing since it opened: a crash would take it
+    // back to empty, so the log keeps every entry.
+    assert_eq!(c.stores[&1].durable_index(group).unwrap(), 0);
+    assert_eq!(leader.compact(group).await.unwrap(), 1);
+    c.checkpoint();
+    assert!(c.stores[&1].durable_index(group).unwrap() > 300);
     let first = leader.compact(group).await.unwrap();
     assert!(
         first > 200,
@@ -548,8 +573,10 @@ async fn snapshots_cross_a_lossy_network_in_chunks() {
                 .is_some()
         );
     }
-    // Writes are acknowledged at commit: compact once the leader's store holds them all.
+    // Writes are acknowledged at commit: compact once the leader's store holds them all,
+    // and has saved them.
     leader.caught_up(group).await.unwrap();
+    c.checkpoint();
     let first = leader.compact(group).await.unwrap();
     assert!(
         first > 20,

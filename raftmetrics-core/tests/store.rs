@@ -23,6 +23,18 @@ fn conformance_file_backed() {
     });
 }
 
+#[test]
+fn conformance_file_behind_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicU32::new(0);
+    conformance::run(&|| {
+        let path = dir
+            .path()
+            .join(format!("store-{}.duckdb", n.fetch_add(1, Ordering::SeqCst)));
+        Box::new(DuckDbStore::open_behind_log(path).unwrap())
+    });
+}
+
 fn records(n: usize) -> Vec<raftmetrics_core::Record> {
     let points = (0..n)
         .map(|i| {
@@ -260,4 +272,166 @@ fn a_file_from_before_metric_numbers_gets_them_on_opening() {
     let store = DuckDbStore::open(&path).unwrap();
     assert_eq!(answers(&store, &[1], "cpu"), want.0);
     assert_eq!(answers(&store, &[1, 4], "mem"), want.1);
+}
+
+/// What a crash leaves of a store behind a log: the file as its last checkpoint wrote it.
+/// DuckDB writes such a file only in checkpoints, so a copy taken while the store is open
+/// and no checkpoint runs is that image.
+fn crash_image(path: &std::path::Path, n: u32) -> DuckDbStore {
+    let copy = path.with_file_name(format!("crash-{n}.duckdb"));
+    std::fs::copy(path, &copy).unwrap();
+    assert!(
+        !path.with_extension("duckdb.wal").exists(),
+        "a store behind a log writes no write-ahead log"
+    );
+    DuckDbStore::open_behind_log(&copy).unwrap()
+}
+
+/// A store behind a log reports as durable exactly what a crash keeps: each checkpoint
+/// saves every applied index committed before it; writes after it are gone from a crash
+/// image, and the durable index tells the log in front to keep them. An import and a drop
+/// are durable when they return; a clean close saves everything.
+#[test]
+fn a_store_behind_a_log_reports_what_a_crash_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.duckdb");
+    let rows = records(3_000);
+    let store = DuckDbStore::open_behind_log(&path).unwrap();
+    for index in 1..=10 {
+        let part = &rows[(index as usize - 1) * 100..index as usize * 100];
+        store
+            .apply(&[
+                PartitionWrite::new(1, index, part),
+                PartitionWrite::new(2, index + 100, part),
+            ])
+            .unwrap();
+    }
+    assert_eq!(store.applied_index(1).unwrap(), 10);
+    assert_eq!(
+        store.durable_index(1).unwrap(),
+        0,
+        "nothing checkpointed yet"
+    );
+    let image = crash_image(&path, 0);
+    assert_eq!(image.applied_index(1).unwrap(), 0);
+    assert!(image.partitions().unwrap().is_empty());
+    drop(image);
+
+    store.checkpoint().unwrap();
+    assert_eq!(store.durable_index(1).unwrap(), 10);
+    assert_eq!(store.durable_index(2).unwrap(), 110);
+    let saved = store.digest(1).unwrap();
+    for index in 11..=15 {
+        let part = &rows[(index as usize - 1) * 100..index as usize * 100];
+        store.apply(&[PartitionWrite::new(1, index, part)]).unwrap();
+    }
+    assert_eq!(store.applied_index(1).unwrap(), 15);
+    assert_eq!(store.durable_index(1).unwrap(), 10, "11..=15 are not saved");
+    let image = crash_image(&path, 1);
+    assert_eq!(image.applied_index(1).unwrap(), 10);
+    assert_eq!(image.digest(1).unwrap(), saved);
+    // Replaying the log from the durable index rebuilds what the crash took.
+    for index in 11..=15 {
+        let part = &rows[(index as usize - 1) * 100..index as usize * 100];
+        image.apply(&[PartitionWrite::new(1, index, part)]).unwrap();
+    }
+    assert_eq!(image.digest(1).unwrap(), store.digest(1).unwrap());
+    drop(image);
+
+    // An import and a drop are saved before they return.
+    let mut snapshot = store.export_partition(1).unwrap();
+    snapshot.partition = 3;
+    snapshot.applied_index = 77;
+    snapshot.series.clear();
+    snapshot.points.clear();
+    store.import_partition(&snapshot).unwrap();
+    store.drop_partition(2).unwrap();
+    assert_eq!(store.durable_index(3).unwrap(), 77);
+    assert_eq!(store.durable_index(2).unwrap(), 0);
+    assert_eq!(
+        store.durable_index(1).unwrap(),
+        15,
+        "the import saved 11..=15 too"
+    );
+    let image = crash_image(&path, 2);
+    assert_eq!(image.partitions().unwrap(), vec![1, 3]);
+    assert_eq!(image.applied_index(3).unwrap(), 77);
+    assert_eq!(image.applied_index(1).unwrap(), 15);
+    drop(image);
+
+    // A clean close saves everything.
+    store
+        .apply(&[PartitionWrite::new(1, 16, &rows[2_900..])])
+        .unwrap();
+    let digest = store.digest(1).unwrap();
+    drop(store);
+    let store = DuckDbStore::open_behind_log(&path).unwrap();
+    assert_eq!(store.applied_index(1).unwrap(), 16);
+    assert_eq!(store.durable_index(1).unwrap(), 16);
+    assert_eq!(store.digest(1).unwrap(), digest);
+
+    // Abandoning closes as a crash would: what no checkpoint saved is gone.
+    store
+        .apply(&[PartitionWrite::new(1, 17, &rows[..100])])
+        .unwrap();
+    store.abandon();
+    let store = DuckDbStore::open_behind_log(&path).unwrap();
+    assert_eq!(store.applied_index(1).unwrap(), 16);
+    assert_eq!(store.digest(1).unwrap(), digest);
+}
+
+/// A store behind a log whose checkpointing thread has not saved 2,560,000 rows saves in
+/// the write that passes them (the thread polls every 100 ms and cannot have run between
+/// the commit and the check here).
+#[test]
+fn a_store_behind_a_log_saves_in_its_writer_past_the_backstop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DuckDbStore::open_behind_log(dir.path().join("replica.duckdb")).unwrap();
+    let rows = records(100_000);
+    let small: Vec<_> = (1..=3)
+        .map(|p| PartitionWrite::new(p, 1, &rows[..10]))
+        .collect();
+    store.apply(&small).unwrap();
+    assert_eq!(
+        store.durable_index(1).unwrap(),
+        0,
+        "30 rows wait for the thread"
+    );
+    let large: Vec<_> = (1..=26).map(|p| PartitionWrite::new(p, 2, &rows)).collect();
+    store.apply(&large).unwrap();
+    for p in 1..=26 {
+        assert_eq!(store.durable_index(p).unwrap(), 2, "partition {p}");
+    }
+}
+
+/// A file written with DuckDB's log can be opened behind a log: what its write-ahead log
+/// held is replayed and saved on opening.
+#[test]
+fn a_file_with_a_write_ahead_log_opens_behind_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.duckdb");
+    let rows = records(500);
+    let copy = dir.path().join("copy.duckdb");
+    {
+        // A crash image of a store with DuckDB's log: the file and its log, copied open.
+        let store = DuckDbStore::open(&path).unwrap();
+        store.apply(&[PartitionWrite::new(4, 9, &rows)]).unwrap();
+        std::fs::copy(&path, &copy).unwrap();
+        let wal = std::fs::copy(
+            path.with_extension("duckdb.wal"),
+            copy.with_extension("duckdb.wal"),
+        );
+        assert!(wal.unwrap() > 0, "the write is in the write-ahead log");
+    }
+    let path = copy;
+    let store = DuckDbStore::open_behind_log(&path).unwrap();
+    assert!(
+        !path.with_extension("duckdb.wal").exists(),
+        "replayed and saved"
+    );
+    assert_eq!(store.applied_index(4).unwrap(), 9);
+    assert_eq!(store.durable_index(4).unwrap(), 9);
+    assert_eq!(store.digest(4).unwrap().rows, 500);
+    let image = crash_image(&path, 0);
+    assert_eq!(image.digest(4).unwrap().rows, 500);
 }

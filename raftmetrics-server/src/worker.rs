@@ -109,7 +109,8 @@ pub async fn run(
         .cluster_secret()
         .ok_or_else(|| ServerError::Config("CLUSTER_SECRET is required".into()))?;
     let auth = ClusterAuth::new(CLUSTER_ID, secret.expose())?;
-    let store = Arc::new(DuckDbStore::open(&db_path)?);
+    // The raft log holds every write durably; the store saves at checkpoints (ADR 017).
+    let store = Arc::new(DuckDbStore::open_behind_log(&db_path)?);
     let log = RaftLog::open(&data_dir.join("raft"))?;
     let transport = Arc::new(TcpTransport::new(
         id,

@@ -37,7 +37,8 @@
 //!
 //! Rules for callers: at most one `WriteBatch` in flight per group (the replica driver
 //! owns its group's writes), `write` with `sync = Ready::must_sync()`, and
-//! [`GroupStorage::compact`] only up to the applied index.
+//! [`GroupStorage::compact`] only up to the applied index, and only up to what the store
+//! will not lose in a crash ([`crate::store::Store::durable_index`]).
 
 use std::cmp;
 use std::collections::{HashMap, VecDeque};

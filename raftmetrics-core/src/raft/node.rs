@@ -15,7 +15,8 @@
 //!    log), which writes them to the store on its own thread, many hand-overs per
 //!    transaction, and answers the proposals that wait for their application;
 //! 6. send the messages that had to wait for persistence, `advance_append`, hand over what
-//!    the light ready committed; compact logs that grew past the threshold.
+//!    the light ready committed; compact logs that grew past the threshold, never past
+//!    what the store reports durable (a store behind the log saves at checkpoints).
 //!
 //! Each iteration also takes the applier's progress: applied indexes (`advance_apply_to`,
 //! reads waiting for them) or its failure (the loop stops). See [`super::apply`].
@@ -345,7 +346,9 @@ impl NodeHandle {
         self.call(|reply| Command::CaughtUp { group, reply }).await
     }
 
-    /// Compacts the group's log up to its applied index now; answers the new first index.
+    /// Compacts the group's log up to its applied index now, or to what its store has saved
+    /// when that is less ([`crate::store::Store::durable_index`]); answers the new first
+    /// index.
     pub async fn compact(&self, group: PartitionId) -> Result<u64> {
         self.call(|reply| Command::Compact { group, reply }).await
     }
@@ -861,9 +864,9 @@ impl Driver {
             Command::Compact { group, reply } => {
                 let result = match self.replicas.get(&group) {
                     None => Err(Error::NotFound(format!("partition {group}"))),
-                    Some(r) => r
-                        .storage
-                        .compact(r.applied)
+                    Some(r) => self
+                        .compactable(r)
+                        .and_then(|to| r.storage.compact(to))
                         .and_then(|_| r.storage.first_index().map_err(raft_err)),
                 };
                 let _ = reply.send(result);
@@ -1175,10 +1178,17 @@ impl Driver {
         for r in self.replicas.values() {
             let first = r.storage.first_index().map_err(raft_err)?;
             if r.applied > first && r.applied - first > threshold {
-                r.storage.compact(r.applied.saturating_sub(keep))?;
+                let to = self.compactable(r)?.min(r.applied.saturating_sub(keep));
+                r.storage.compact(to)?;
             }
         }
         Ok(())
+    }
+
+    /// How far the replica's log may be compacted: to what its store has applied and
+    /// will not lose in a crash (a store behind the log saves writes at checkpoints).
+    fn compactable(&self, r: &Replica) -> Result<u64> {
+        Ok(r.applied.min(self.store.durable_index(r.group)?))
     }
 }
 

@@ -1,27 +1,117 @@
 //! Checkpoints a DuckDB file from a thread of its own, so that no write runs one.
 //!
-//! DuckDB folds its write-ahead log into the database file in a checkpoint, by default in
-//! the commit that takes the log past 16 MiB: that write then paid for the whole checkpoint
-//! (a few hundred milliseconds with 10 million points stored). Here a thread of the store
-//! checkpoints whenever the log has grown past [`WAL_THRESHOLD_BYTES`]; DuckDB's own
-//! automatic checkpoint stays as a backstop at a larger size
+//! DuckDB folds what it committed into the database file in a checkpoint, by default in
+//! the commit that takes its write-ahead log past 16 MiB: that write then paid for the
+//! whole checkpoint (a few hundred milliseconds with 10 million points stored). Here a
+//! thread of the store checkpoints instead, when [`Trigger`] says enough is waiting;
+//! DuckDB's own automatic checkpoint stays as a backstop at a larger size
 //! ([`BACKSTOP_WAL_AUTOCHECKPOINT`]). A commit that arrives while a checkpoint runs still
 //! waits for DuckDB's locks (see docs/benchmarks.md); how long each checkpoint took is
 //! logged at debug level.
+//!
+//! A store behind a log (a Raft replica, ADR 017) has DuckDB write no log of its own: what
+//! it commits is saved by the next checkpoint, and [`Saved`] records, per partition, the
+//! applied index that checkpoint saved, which is how far the log in front may be compacted.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duckdb::Connection;
 
-/// Log size past which the thread checkpoints.
+use crate::partition::PartitionId;
+
+/// Log size past which the thread checkpoints a store with DuckDB's log.
 pub const WAL_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
+/// Rows (plus one per write) committed since the last checkpoint past which the thread
+/// checkpoints a store behind a log: about what 16 MiB of DuckDB's log held (25 bytes a
+/// point), so checkpoints come as often as with the log.
+pub const UNSAVED_ROWS_THRESHOLD: u64 = 640_000;
+/// A store behind a log with anything unsaved is checkpointed at least this often, so that
+/// a quiet store's log in front is compacted too, and a crash replays little.
+pub const SAVE_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 /// DuckDB's own automatic checkpoint, for when the thread falls behind.
 pub const BACKSTOP_WAL_AUTOCHECKPOINT: &str = "256MB";
-/// How often the thread looks at the log's size.
+/// Unsaved rows of a store behind a log past which its writer checkpoints itself, for when
+/// the thread falls behind (DuckDB's automatic checkpoint counts its log, which such a
+/// store does not write): four times [`UNSAVED_ROWS_THRESHOLD`].
+pub const BACKSTOP_UNSAVED_ROWS: u64 = 4 * UNSAVED_ROWS_THRESHOLD;
+/// How often the thread looks at what is waiting.
 const POLL: Duration = Duration::from_millis(100);
+
+/// When the thread checkpoints.
+pub enum Trigger {
+    /// DuckDB logs every commit to this write-ahead log file: checkpoint once it holds
+    /// [`WAL_THRESHOLD_BYTES`].
+    WalFile(PathBuf),
+    /// DuckDB logs nothing (a store behind a log): checkpoint once [`UNSAVED_ROWS_THRESHOLD`]
+    /// rows wait, or anything has waited [`SAVE_AT_LEAST_EVERY`].
+    Unsaved(Arc<Saved>),
+}
+
+/// What the checkpoints of a store behind a log have saved.
+pub struct Saved {
+    /// Held across a checkpoint and the recording of what it saved, so that the thread's
+    /// checkpoints and those a store runs itself (after an import or a drop) never
+    /// interleave.
+    one_at_a_time: Mutex<()>,
+    /// Per partition, the applied index the last checkpoint saved.
+    durable: RwLock<HashMap<PartitionId, u64>>,
+    /// Rows (plus one per write) committed since the last checkpoint began.
+    unsaved: AtomicU64,
+    /// The store's committed applied indexes.
+    applied: Arc<RwLock<HashMap<PartitionId, u64>>>,
+}
+
+impl Saved {
+    /// For a store whose file holds everything it committed so far (just checkpointed).
+    pub fn new(applied: Arc<RwLock<HashMap<PartitionId, u64>>>) -> Self {
+        let durable = applied.read().map(|a| a.clone()).unwrap_or_default();
+        Saved {
+            one_at_a_time: Mutex::new(()),
+            durable: RwLock::new(durable),
+            unsaved: AtomicU64::new(0),
+            applied,
+        }
+    }
+
+    /// The applied index of `partition` the last checkpoint saved (0 when none).
+    pub fn durable_index(&self, partition: PartitionId) -> u64 {
+        let durable = self.durable.read().unwrap_or_else(|p| p.into_inner());
+        durable.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Counts a committed write of `rows` rows.
+    pub fn committed(&self, rows: u64) {
+        self.unsaved
+            .fetch_add(rows.saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// Rows (plus one per write) committed since the last checkpoint began.
+    pub fn unsaved(&self) -> u64 {
+        self.unsaved.load(Ordering::SeqCst)
+    }
+
+    /// Checkpoints the database through `conn` and records what that saved: every applied
+    /// index committed before it began. An index committed while it runs may be saved too,
+    /// but is only recorded by the next one.
+    pub fn checkpoint(&self, conn: &Connection) -> duckdb::Result<()> {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+        let committed = self
+            .applied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let rows = self.unsaved();
+        conn.execute_batch("CHECKPOINT")?;
+        *self.durable.write().unwrap_or_else(|p| p.into_inner()) = committed;
+        self.unsaved.fetch_sub(rows, Ordering::SeqCst);
+        Ok(())
+    }
+}
 
 /// The checkpointing thread; stopped and joined on drop.
 pub struct Checkpointer {
@@ -30,16 +120,15 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts checkpointing the database of `conn` (a connection of its own), whose
-    /// write-ahead log is `wal`.
-    pub fn start(conn: Connection, wal: PathBuf) -> std::io::Result<Self> {
+    /// Starts checkpointing the database of `conn` (a connection of its own).
+    pub fn start(conn: Connection, trigger: Trigger) -> std::io::Result<Self> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("duckdb-checkpoint".into())
             .spawn(move || {
                 crate::priority::lower_current_thread();
-                run(&conn, &wal, &flag)
+                run(&conn, &trigger, &flag)
             })?;
         Ok(Checkpointer {
             stop,
@@ -48,9 +137,10 @@ impl Checkpointer {
     }
 }
 
-fn run(conn: &Connection, wal: &std::path::Path, stop: &(Mutex<bool>, Condvar)) {
+fn run(conn: &Connection, trigger: &Trigger, stop: &(Mutex<bool>, Condvar)) {
     let (lock, wake) = stop;
     let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last = Instant::now();
     loop {
         stopped = wake
             .wait_timeout(stopped, POLL)
@@ -59,19 +149,35 @@ fn run(conn: &Connection, wal: &std::path::Path, stop: &(Mutex<bool>, Condvar)) 
         if *stopped {
             return;
         }
-        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-        if size < WAL_THRESHOLD_BYTES {
-            continue;
-        }
+        let waiting = match trigger {
+            Trigger::WalFile(wal) => {
+                let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+                (size >= WAL_THRESHOLD_BYTES).then_some(size)
+            }
+            Trigger::Unsaved(saved) => {
+                let rows = saved.unsaved();
+                (rows >= UNSAVED_ROWS_THRESHOLD
+                    || (rows > 0 && last.elapsed() >= SAVE_AT_LEAST_EVERY))
+                    .then_some(rows)
+            }
+        };
+        let Some(waiting) = waiting else { continue };
         // Not under the stop lock: a drop waits for at most this one checkpoint.
         drop(stopped);
-        let started = std::time::Instant::now();
-        match conn.execute_batch("CHECKPOINT") {
-            Ok(()) => tracing::debug!(
-                wal_bytes = size,
-                took_ms = started.elapsed().as_millis() as u64,
-                "checkpointed"
-            ),
+        let started = Instant::now();
+        let done = match trigger {
+            Trigger::WalFile(_) => conn.execute_batch("CHECKPOINT"),
+            Trigger::Unsaved(saved) => saved.checkpoint(conn),
+        };
+        match done {
+            Ok(()) => {
+                last = Instant::now();
+                tracing::debug!(
+                    waiting,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "checkpointed"
+                )
+            }
             // A write in progress can make DuckDB refuse; the next poll tries again.
             Err(e) => tracing::debug!(error = %e, "checkpoint deferred"),
         }

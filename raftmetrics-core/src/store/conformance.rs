@@ -80,6 +80,9 @@ impl<S: Store> Store for Observed<S> {
     fn applied_index(&self, p: PartitionId) -> Result<u64> {
         self.inner.applied_index(p)
     }
+    fn durable_index(&self, p: PartitionId) -> Result<u64> {
+        self.inner.durable_index(p)
+    }
     fn compute(&self, p: &[PartitionId], q: &Query, s: &SketchConfig) -> Result<PartialAggregate> {
         self.inner.compute(p, q, s)
     }

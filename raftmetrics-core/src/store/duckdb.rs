@@ -27,6 +27,12 @@
 //! wildcards are plain Rust string matching and never reach SQL. Writes go through the
 //! Appender inside one transaction with the applied index. External file access is disabled
 //! and the configuration locked once the schema exists.
+//!
+//! A file opened with [`DuckDbStore::open`] is durable at every commit (DuckDB's
+//! write-ahead log). One opened with [`DuckDbStore::open_behind_log`] sits behind a log
+//! that already holds every write durably (a Raft replica): DuckDB writes no log, a commit
+//! is saved by the next checkpoint, and [`Store::durable_index`] says how far that is, so
+//! the log in front keeps what a crash would take from the store (ADR 017).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -36,7 +42,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use duckdb::types::Value;
 use duckdb::{Connection, params};
 
-use super::checkpointer::{BACKSTOP_WAL_AUTOCHECKPOINT, Checkpointer};
+use super::checkpointer::{
+    BACKSTOP_UNSAVED_ROWS, BACKSTOP_WAL_AUTOCHECKPOINT, Checkpointer, Saved, Trigger,
+};
 use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
 use crate::codec;
@@ -108,6 +116,20 @@ pub const MAX_SERIES_PER_PARTITION: u64 = 1 << SERIES_BITS;
 
 /// Idle read connections kept for reuse.
 const READER_POOL: usize = 8;
+
+/// The name a file opened behind a log is attached under (DuckDB attaches it to an
+/// in-memory database to open it without its write-ahead log).
+const ATTACHED: &str = "rm_store";
+
+/// How a store's commits become durable.
+enum Durability {
+    /// In memory only: never.
+    Memory,
+    /// At commit, in DuckDB's write-ahead log (this file).
+    OwnLog(std::path::PathBuf),
+    /// At the next checkpoint; a log in front holds every write until then.
+    BehindLog,
+}
 
 fn series_id(partition: PartitionId, n: u64) -> u64 {
     (u64::from(partition) << SERIES_BITS) | n
@@ -194,7 +216,9 @@ impl<'a> MetricAllocator<'a> {
 /// A [`Store`] in one DuckDB database.
 pub struct DuckDbStore {
     /// Checkpoints a file-backed database off the write path; stopped first on drop.
-    _checkpointer: Option<Checkpointer>,
+    checkpointer: Option<Checkpointer>,
+    /// What checkpoints saved, for a store behind a log.
+    saved: Option<Arc<Saved>>,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     catalog: RwLock<HashMap<PartitionId, PartitionCatalog>>,
@@ -203,7 +227,7 @@ pub struct DuckDbStore {
     /// Next store-local sid; only changed under the writer lock.
     next_sid: AtomicU32,
     /// Committed applied index per partition (mirrors `rm_applied`).
-    applied: RwLock<HashMap<PartitionId, u64>>,
+    applied: Arc<RwLock<HashMap<PartitionId, u64>>>,
     /// Remembered batch ids per partition (mirrors `rm_batch_ids`); only used under the
     /// writer lock.
     windows: Mutex<HashMap<PartitionId, IdWindow>>,
@@ -225,24 +249,47 @@ impl DuckDbStore {
         wal.push(".wal");
         Self::init(
             Connection::open(path).map_err(storage("open"))?,
-            Some(wal.into()),
+            Durability::OwnLog(wal.into()),
         )
+    }
+
+    /// Opens (or creates) a database file for a store behind a log that holds every write
+    /// durably until [`Store::durable_index`] passes it (a Raft replica): DuckDB writes no
+    /// log of its own, so a commit costs no log write and no fsync, and a crash takes the
+    /// store back to its last checkpoint. A write-ahead log left by [`DuckDbStore::open`]
+    /// is replayed, and everything is checkpointed before this returns.
+    pub fn open_behind_log(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let path = path
+            .to_str()
+            .ok_or_else(|| Error::storage("open", format!("{} is not UTF-8", path.display())))?;
+        let conn = Connection::open_in_memory().map_err(storage("open"))?;
+        conn.execute_batch(&format!(
+            "ATTACH '{}' AS {ATTACHED} (RECOVERY_MODE NO_WAL_WRITES); USE {ATTACHED};",
+            path.replace('\'', "''")
+        ))
+        .map_err(storage("open"))?;
+        Self::init(conn, Durability::BehindLog)
     }
 
     /// A database that lives in memory only.
     pub fn open_in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory().map_err(storage("open"))?, None)
+        Self::init(
+            Connection::open_in_memory().map_err(storage("open"))?,
+            Durability::Memory,
+        )
     }
 
-    /// Creates the schema, configures the connection and loads the in-memory state; with
-    /// `wal` (the write-ahead log of a file), starts the checkpointing thread.
-    fn init(conn: Connection, wal: Option<std::path::PathBuf>) -> Result<Self> {
+    /// Creates the schema, configures the connection and loads the in-memory state; for a
+    /// file, starts the checkpointing thread.
+    fn init(conn: Connection, durability: Durability) -> Result<Self> {
         conn.execute_batch(SCHEMA)
             .map_err(storage("create schema"))?;
         let has_metric_ids: bool = conn
             .query_row(
                 "SELECT count(*) > 0 FROM duckdb_columns()
-                 WHERE table_name = 'rm_points' AND column_name = 'metric_id'",
+                 WHERE database_name = current_database()
+                   AND table_name = 'rm_points' AND column_name = 'metric_id'",
                 [],
                 |row| row.get(0),
             )
@@ -252,20 +299,19 @@ impl DuckDbStore {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(Error::storage("add metric numbers", e));
         }
-        let checkpointer = match wal {
-            Some(wal) => {
-                conn.execute_batch(&format!(
-                    "SET wal_autocheckpoint = '{BACKSTOP_WAL_AUTOCHECKPOINT}';"
-                ))
-                .map_err(storage("configure"))?;
-                let own = conn.try_clone().map_err(storage("connect"))?;
-                Some(
-                    Checkpointer::start(own, wal)
-                        .map_err(|e| Error::storage("start checkpoints", e))?,
-                )
-            }
-            None => None,
-        };
+        if !matches!(durability, Durability::Memory) {
+            conn.execute_batch(&format!(
+                "SET wal_autocheckpoint = '{BACKSTOP_WAL_AUTOCHECKPOINT}';"
+            ))
+            .map_err(storage("configure"))?;
+        }
+        if matches!(durability, Durability::BehindLog) {
+            // The schema, and whatever an older write-ahead log held, saved before any
+            // write that only the log in front holds. Closing saves through
+            // `Saved::checkpoint` (see `Drop`), so that `abandon` can leave it out.
+            conn.execute_batch("CHECKPOINT; PRAGMA disable_checkpoint_on_shutdown;")
+                .map_err(storage("checkpoint"))?;
+        }
         // The writer connection only appends, updates rows by key and deletes by partition:
         // DuckDB's optimizer has nothing to gain there, and it ran for every statement and
         // every appender flush of a write (readers are other connections and keep it).
@@ -274,13 +320,15 @@ impl DuckDbStore {
              SET enable_external_access = false; SET lock_configuration = true;",
         )
         .map_err(storage("configure"))?;
-        let store = DuckDbStore {
-            _checkpointer: checkpointer,
+        let attached = matches!(durability, Durability::BehindLog);
+        let mut store = DuckDbStore {
+            checkpointer: None,
+            saved: None,
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             catalog: RwLock::new(HashMap::new()),
             metrics: RwLock::new(MetricIds::default()),
-            applied: RwLock::new(HashMap::new()),
+            applied: Arc::new(RwLock::new(HashMap::new())),
             next_sid: AtomicU32::new(0),
             windows: Mutex::new(HashMap::new()),
         };
@@ -290,7 +338,69 @@ impl DuckDbStore {
             store.load_windows(&conn)?;
         }
         store.load_applied()?;
+        let trigger = match durability {
+            Durability::Memory => None,
+            Durability::OwnLog(wal) => Some(Trigger::WalFile(wal)),
+            Durability::BehindLog => {
+                let saved = Arc::new(Saved::new(Arc::clone(&store.applied)));
+                store.saved = Some(Arc::clone(&saved));
+                Some(Trigger::Unsaved(saved))
+            }
+        };
+        if let Some(trigger) = trigger {
+            let own = {
+                let conn = store.writer.lock().map_err(poisoned)?;
+                connect(&conn, attached)?
+            };
+            store.checkpointer = Some(
+                Checkpointer::start(own, trigger)
+                    .map_err(|e| Error::storage("start checkpoints", e))?,
+            );
+        }
         Ok(store)
+    }
+
+    /// Saves everything committed so far to the file now (a checkpoint). A store behind a
+    /// log then reports the applied indexes it saved as durable.
+    pub fn checkpoint(&self) -> Result<()> {
+        let conn = self.writer.lock().map_err(poisoned)?;
+        self.checkpoint_locked(&conn)
+    }
+
+    /// Closes the store as a crash would: one behind a log keeps only what its checkpoints
+    /// saved, and the log in front replays the rest when it is opened again (tests of
+    /// recovery use this). Any other store closes as usual: it is durable at commit.
+    pub fn abandon(mut self) {
+        self.saved = None;
+    }
+
+    /// The backstop of a store behind a log, after a write, under the writer lock: when
+    /// the checkpointing thread could not save for [`BACKSTOP_UNSAVED_ROWS`] rows (each of
+    /// its attempts met a write in progress), the writer saves itself, so that neither the
+    /// log in front nor what a crash replays grows without bound. The write is committed
+    /// either way: a failed save is retried by the next write or checkpoint.
+    fn save_if_starved(&self, conn: &Connection) {
+        let Some(saved) = &self.saved else { return };
+        if saved.unsaved() < BACKSTOP_UNSAVED_ROWS {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match saved.checkpoint(conn) {
+            Ok(()) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "the checkpointing thread fell behind: the writer checkpointed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "backstop checkpoint failed"),
+        }
+    }
+
+    /// [`DuckDbStore::checkpoint`], under the writer lock.
+    fn checkpoint_locked(&self, conn: &Connection) -> Result<()> {
+        match &self.saved {
+            Some(saved) => saved.checkpoint(conn),
+            None => conn.execute_batch("CHECKPOINT"),
+        }
+        .map_err(storage("checkpoint"))
     }
 
     /// (Re)loads the series catalog of one partition, or of all.
@@ -415,12 +525,10 @@ impl DuckDbStore {
         let pooled = self.readers.lock().map_err(poisoned)?.pop();
         let conn = match pooled {
             Some(c) => c,
-            None => self
-                .writer
-                .lock()
-                .map_err(poisoned)?
-                .try_clone()
-                .map_err(storage("connect"))?,
+            None => connect(
+                &*self.writer.lock().map_err(poisoned)?,
+                self.saved.is_some(),
+            )?,
         };
         Ok(PooledReader {
             conn: Some(conn),
@@ -483,6 +591,30 @@ impl DuckDbStore {
         }
         Ok(())
     }
+}
+
+impl Drop for DuckDbStore {
+    fn drop(&mut self) {
+        // A store behind a log saves what it committed when it closes (DuckDB's own
+        // checkpoint at shutdown is off for it).
+        if let Some(saved) = &self.saved {
+            let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = saved.checkpoint(&conn) {
+                tracing::warn!(error = %e, "closing the store saved nothing: its log replays");
+            }
+        }
+    }
+}
+
+/// Another connection to the database of `conn`, using the attached file when `attached`.
+fn connect(conn: &Connection, attached: bool) -> Result<Connection> {
+    let other = conn.try_clone().map_err(storage("connect"))?;
+    if attached {
+        other
+            .execute_batch(&format!("USE {ATTACHED}"))
+            .map_err(storage("connect"))?;
+    }
+    Ok(other)
 }
 
 /// How an aggregation finds the points of the selected series.
@@ -810,6 +942,11 @@ impl DuckDbStore {
         tx.commit().map_err(storage("commit"))?;
         self.next_sid.store(next_sid, Ordering::SeqCst);
         self.applied.write().map_err(poisoned)?.extend(indexes);
+        if let Some(saved) = &self.saved {
+            // After the applied indexes: a checkpoint that counts these rows saved has
+            // read them.
+            saved.committed(writes.iter().map(|w| w.records.len() as u64).sum());
+        }
         self.publish_metrics(new_metrics)?;
         if !new_series.is_empty() {
             let mut catalog = self.catalog.write().map_err(poisoned)?;
@@ -843,16 +980,24 @@ impl Store for DuckDbStore {
         let mut conn = self.writer.lock().map_err(poisoned)?;
         let mut windows = self.windows.lock().map_err(poisoned)?;
         let result = self.apply_locked(&mut conn, &mut windows, writes);
-        if result.is_err() {
+        drop(windows);
+        match &result {
             // The windows may hold decisions of the rolled-back transaction.
-            drop(windows);
-            self.load_windows(&conn)?;
+            Err(_) => self.load_windows(&conn)?,
+            Ok(_) => self.save_if_starved(&conn),
         }
         result
     }
 
     fn applied_index(&self, partition: PartitionId) -> Result<u64> {
         self.cached_applied(partition)
+    }
+
+    fn durable_index(&self, partition: PartitionId) -> Result<u64> {
+        match &self.saved {
+            Some(saved) => Ok(saved.durable_index(partition)),
+            None => self.cached_applied(partition),
+        }
     }
 
     fn compute(
@@ -1218,7 +1363,12 @@ impl Store for DuckDbStore {
                 .map_err(poisoned)?
                 .insert(p, IdWindow::from_rows(snapshot.ids.clone()));
             // Still under the writer lock, so no write sees the old catalog of `p`.
-            self.load_catalog(&conn, Some(p))
+            self.load_catalog(&conn, Some(p))?;
+            if self.saved.is_some() {
+                // The log in front drops what the snapshot replaces: save it now.
+                self.checkpoint_locked(&conn)?;
+            }
+            Ok(())
         }
     }
 
@@ -1240,6 +1390,10 @@ impl Store for DuckDbStore {
             tx.commit().map_err(storage("drop partition"))?;
             self.applied.write().map_err(poisoned)?.remove(&partition);
             self.windows.lock().map_err(poisoned)?.remove(&partition);
+            if self.saved.is_some() {
+                // The log in front is gone already: the partition must not come back.
+                self.checkpoint_locked(&conn)?;
+            }
         }
         self.catalog.write().map_err(poisoned)?.remove(&partition);
         Ok(())
@@ -1253,7 +1407,8 @@ impl Store for DuckDbStore {
     fn storage_bytes(&self) -> Result<u64> {
         let conn = self.reader()?;
         conn.query_row(
-            "SELECT (total_blocks * block_size)::UBIGINT FROM pragma_database_size()",
+            "SELECT (total_blocks * block_size)::UBIGINT FROM pragma_database_size()
+             WHERE database_name = current_database()",
             [],
             |row| row.get(0),
         )

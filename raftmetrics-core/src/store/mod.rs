@@ -11,7 +11,9 @@
 //! - a client batch named by a batch id ([`crate::idempotency`]) is stored once: a write
 //!   whose span names an id the partition remembers skips that span's records, and the
 //!   remembered ids are committed with the rows and travel in snapshots;
-//! - a partition can be exported and imported whole (what a Raft snapshot carries).
+//! - a partition can be exported and imported whole (what a Raft snapshot carries);
+//! - a write is durable at commit, or, for a store behind a log, once
+//!   [`Store::durable_index`] reaches it; an import or a drop is durable when it returns.
 
 mod checkpointer;
 mod duckdb;
@@ -135,6 +137,13 @@ pub trait Store: Send + Sync {
 
     /// The index of the last entry applied to `partition` (0 when none).
     fn applied_index(&self, partition: PartitionId) -> Result<u64>;
+
+    /// The applied index of `partition` that a crash of the process or the machine cannot
+    /// take back (at most [`Store::applied_index`]). A log in front of the store must keep
+    /// every entry after it. A store durable at every commit returns its applied index.
+    fn durable_index(&self, partition: PartitionId) -> Result<u64> {
+        self.applied_index(partition)
+    }
 
     /// Partial aggregates of `query` over the given partitions.
     fn compute(
