@@ -11,28 +11,26 @@ fn conformance_in_memory() {
     conformance::run(&|| Box::new(DuckDbStore::open_in_memory().unwrap()));
 }
 
-#[test]
-fn conformance_file_backed() {
+/// The conformance suite on a new file per case, opened with `open`.
+fn conformance_on_files(open: fn(std::path::PathBuf) -> raftmetrics_core::Result<DuckDbStore>) {
     let dir = tempfile::tempdir().unwrap();
     let n = AtomicU32::new(0);
     conformance::run(&|| {
         let path = dir
             .path()
             .join(format!("store-{}.duckdb", n.fetch_add(1, Ordering::SeqCst)));
-        Box::new(DuckDbStore::open(path).unwrap())
+        Box::new(open(path).unwrap())
     });
 }
 
 #[test]
+fn conformance_file_backed() {
+    conformance_on_files(DuckDbStore::open);
+}
+
+#[test]
 fn conformance_file_behind_a_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = AtomicU32::new(0);
-    conformance::run(&|| {
-        let path = dir
-            .path()
-            .join(format!("store-{}.duckdb", n.fetch_add(1, Ordering::SeqCst)));
-        Box::new(DuckDbStore::open_behind_log(path).unwrap())
-    });
+    conformance_on_files(DuckDbStore::open_behind_log);
 }
 
 fn records(n: usize) -> Vec<raftmetrics_core::Record> {
