@@ -597,9 +597,9 @@ impl Drop for DuckDbStore {
     fn drop(&mut self) {
         // A store behind a log saves what it committed when it closes (DuckDB's own
         // checkpoint at shutdown is off for it).
-        if let Some(saved) = &self.saved {
+        if self.saved.is_some() {
             let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = saved.checkpoint(&conn) {
+            if let Err(e) = self.checkpoint_locked(&conn) {
                 tracing::warn!(error = %e, "closing the store saved nothing: its log replays");
             }
         }
