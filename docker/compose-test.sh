@@ -58,6 +58,8 @@ cluster_ready() {
   health | jq -e --argjson n "$1" \
     '.worker_nodes.healthy == $n and .partitions_total > 0 and .partitions_available == .partitions_total'
 }
+# ready URL: the node at URL answers GET /ready with 200.
+ready() { curl -sf "${auth[@]}" "$1/ready" | jq -e '.status == "ready"'; }
 # workers_are TOTAL HEALTHY: the control node's worker counts.
 workers_are() {
   health | jq -e --argjson t "$1" --argjson h "$2" \
@@ -90,6 +92,8 @@ docker build -q --target prebuilt --build-arg RUNTIME_IMAGE="$runtime_image" \
 echo "== docker-compose up"
 dc up -d --no-build
 wait_for "control, worker1 and worker2 up, partitions placed" 90 cluster_ready 2
+wait_for "control ready (GET /ready)" 30 ready "$control"
+wait_for "worker1 ready (GET /ready)" 30 ready "http://127.0.0.1:$WORKER1_PORT"
 wait_for "control and worker containers healthy (HEALTHCHECK)" 60 containers_healthy
 [ "$(dc exec -T control id -u | tr -d '\r')" = 10001 ] || fail "the node does not run as uid 10001"
 

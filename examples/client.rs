@@ -53,6 +53,13 @@ async fn run(url: &str, token: &str, json: bool) -> Result<(), Error> {
     }
     let client = builder.build()?;
     println!("talking to {} ({:?})", client.base_url(), client.format());
+    // A cluster that is still starting (or has lost partitions' majorities) answers 503 on
+    // /ready, naming what is missing: wait until every partition has a leader.
+    let ready = client.wait_ready(Duration::from_secs(60)).await?;
+    println!(
+        "ready: {} of {} partitions led",
+        ready.partitions_led, ready.partitions_total
+    );
 
     // A few hundred points: one a minute over the last 40 minutes, per host.
     let start = Timestamp::now().as_micros() - POINTS_PER_HOST * 60_000_000;

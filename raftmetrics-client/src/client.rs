@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use raftmetrics_core::api::{
     AnalyticsResponse, BINCODE_MEDIA_TYPE, HealthResponse, IDEMPOTENCY_KEY_HEADER, InsertResponse,
-    JsonPoint,
+    JsonPoint, ReadyResponse,
 };
 use raftmetrics_core::{BatchId, Point, Query, QueryResult, Tags, Timestamp, codec};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -36,6 +36,8 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Largest buffer reserved up front from a `Content-Length`.
 const MAX_PREALLOCATION: usize = 16 * 1024 * 1024;
 const JSON_MEDIA_TYPE: &str = "application/json";
+/// How often [`Client::wait_ready`] asks.
+pub const READY_POLL: Duration = Duration::from_millis(200);
 
 /// A point that borrows its metric, tags and partition key, for producers that keep their
 /// series and send many points of each ([`Client::insert_refs`]): a batch of them is built
@@ -433,10 +435,49 @@ impl Client {
         Ok(Answer::from(response))
     }
 
-    /// The node's health: `GET /health`.
+    /// The node's health: `GET /health`. It answers whenever the node serves HTTP; its
+    /// `status` says whether the cluster is `healthy`, `degraded` or `starting`. To know
+    /// whether inserts and complete answers can be had now, ask [`Client::ready`].
     pub async fn health(&self) -> Result<HealthResponse> {
         let request = self.request(Method::GET, "health", &[])?;
         self.call(request, self.inner.format).await
+    }
+
+    /// Whether the node is ready: `GET /ready`. A node that is not ready answers
+    /// [`Error::Api`] with status 503, `details` naming the partitions without a leader
+    /// that answers (`missing_partitions`) and the other `problems`.
+    pub async fn ready(&self) -> Result<ReadyResponse> {
+        let request = self.request(Method::GET, "ready", &[])?;
+        self.call(request, self.inner.format).await
+    }
+
+    /// Asks [`Client::ready`] until the node is ready or `timeout` has passed, every
+    /// [`READY_POLL`]. A 503 or a connection failure is waited out; any other error (a
+    /// refused token, say) is returned at once. After `timeout`, [`Error::NotReady`] with
+    /// the last answer.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyResponse> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, self.ready()).await {
+                Ok(Ok(ready)) => return Ok(ready),
+                Ok(Err(e @ (Error::Transport(_) | Error::Api { status: 503, .. }))) => {
+                    last = Some(Box::new(e));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(READY_POLL.min(left)).await;
+        }
+        Err(Error::NotReady {
+            waited: timeout,
+            last,
+        })
     }
 
     fn request(

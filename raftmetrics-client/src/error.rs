@@ -54,6 +54,13 @@ pub enum Error {
         .coverage.missing_partitions
     )]
     Partial { coverage: Coverage },
+    /// [`crate::Client::wait_ready`] gave up: the node was not ready within `waited`;
+    /// `last` is the last answer (a 503 naming what is missing) or failure, if any came.
+    #[error("the node was not ready within {waited:?}{}", .last.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    NotReady {
+        waited: Duration,
+        last: Option<Box<Error>>,
+    },
 }
 
 fn raw_code_or<'a>(raw: &'a str, code: &ErrorCode) -> &'a str {
@@ -125,7 +132,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-            Error::Transport(_) => true,
+            Error::Transport(_) | Error::NotReady { .. } => true,
             _ => false,
         }
     }

@@ -107,12 +107,12 @@ mod error;
 pub use answer::Answer;
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT,
-    DEFAULT_URL, Format, PointRef,
+    DEFAULT_URL, Format, PointRef, READY_POLL,
 };
 pub use error::{Error, Result, TransportError, code_for_status, parse_code};
 
 pub use raftmetrics_core;
-pub use raftmetrics_core::api::{AnalyticsResponse, HealthResponse, InsertResponse};
+pub use raftmetrics_core::api::{AnalyticsResponse, HealthResponse, InsertResponse, ReadyResponse};
 pub use raftmetrics_core::{
     Agg, Consistency, Coverage, ErrorCode, FieldError, OrderBy, OrderKey, Point, Query,
     QueryResult, Tags, Timestamp,

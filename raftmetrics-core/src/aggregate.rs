@@ -75,8 +75,10 @@ impl PartialState {
             Agg::Min => any.then_some(self.min),
             Agg::Max => any.then_some(self.max),
             // The sketch answers a bucket's representative value; the true quantile lies
-            // within [min, max], so clamping only ever moves the answer closer to it. A state
-            // computed for percentiles alone may carry no min and max (±inf): no clamp then.
+            // within [min, max], so clamping only ever moves the answer closer to it. Stores
+            // compute min and max with every sketch (`Query::needs_extremes`), so the answer
+            // does not depend on the other aggregations asked; a state without them (±inf,
+            // which no store sends with a sketch) is not clamped.
             Agg::Percentile(_) => self
                 .sketch
                 .as_ref()?

@@ -149,7 +149,8 @@ pub struct ComputeResponse {
 /// Raft state in a health answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RaftHealth {
-    /// `leader` if the node leads any group it is in (control: its metadata group).
+    /// Worker: `leader` if it leads any partition, else `follower`. Control: the role of its
+    /// replica of the metadata group (`leader`, `follower`, `candidate`, `pre_candidate`).
     pub role: String,
     pub term: u64,
     pub last_log_index: u64,
@@ -160,6 +161,27 @@ pub struct RaftHealth {
     /// Groups this node leads / holds.
     pub leading: u32,
     pub replicas: u32,
+}
+
+/// `GET /ready` when the node is ready (HTTP 200). Before that the node answers 503 in the
+/// API's error format, its `details` naming what is missing (`missing_partitions`,
+/// `problems`).
+///
+/// A control node is ready once the partitions are placed and every partition has a leader
+/// on a worker that answers; a worker once it has the cluster view and every replica placed
+/// on it exists and knows a leader that answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyResponse {
+    /// Always `ready`.
+    pub status: String,
+    /// `control` or `worker`.
+    pub role: String,
+    pub node_id: u64,
+    /// Partitions that must have a leader: all of them on a control node, the ones placed on
+    /// it on a worker.
+    pub partitions_total: u32,
+    /// Of those, the ones whose leader answers (all of them, when ready).
+    pub partitions_led: u32,
 }
 
 /// Worker counts in the control node's health answer.
@@ -204,6 +226,15 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default)]
     pub details: serde_json::Value,
+}
+
+/// The RFC 3339 time `ms_ago` milliseconds before now (`raft_status.last_heartbeat`).
+pub fn heard_at(ms_ago: u64) -> String {
+    let ago = i64::try_from(ms_ago)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    crate::Timestamp::from_micros(crate::Timestamp::now().as_micros().saturating_sub(ago))
+        .to_rfc3339()
 }
 
 /// `2d 15h 30m` (the API reference's uptime format; seconds below a minute).

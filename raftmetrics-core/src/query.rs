@@ -571,6 +571,13 @@ impl Query {
         self.aggs.iter().any(|a| a.is_percentile())
     }
 
+    /// Whether a store computes the minimum and maximum: asked for, or a percentile is,
+    /// since a percentile is kept within `[min, max]` of its values
+    /// ([`crate::aggregate::PartialState::value`]) whatever else the query asks.
+    pub fn needs_extremes(&self) -> bool {
+        self.needs_sketch() || self.aggs.iter().any(|a| matches!(a, Agg::Min | Agg::Max))
+    }
+
     /// The metrics the query covers, each once, in the order named.
     pub fn metrics(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();

@@ -157,3 +157,118 @@ proptest! {
         prop_assert_eq!(all.get(Agg::Count), Some(3.0));
     }
 }
+
+/// Every row of a result: the overall aggregations, each group's, each bucket's (of the
+/// groups or of the whole), in the order they come.
+fn rows(r: &raftmetrics_core::QueryResult) -> Vec<Vec<raftmetrics_core::aggregate::AggValue>> {
+    let mut out = vec![r.aggregations.clone()];
+    for g in &r.groups {
+        out.push(g.aggregations.clone());
+        out.extend(g.buckets.iter().map(|b| b.aggregations.clone()));
+    }
+    out.extend(r.buckets.iter().map(|b| b.aggregations.clone()));
+    out
+}
+
+/// Points of metric `m` over two hours: host `h0..h3`, datacenter `d0`/`d1`, values from a
+/// small set (so constant series and ties are common) or anywhere.
+fn percentile_points() -> impl Strategy<Value = Vec<(u8, u8, u16, f64)>> {
+    let value = prop_oneof![
+        3 => prop::sample::select(vec![10.0, 10.0, 10.0, -2.5, 0.0, 7.25, 1e6]),
+        1 => -1e4..1e4f64,
+    ];
+    prop::collection::vec((0u8..4, 0u8..2, 0u16..7200, value), 1..80)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A percentile is the same number whatever else the query asks, in every group, bucket
+    /// and rolling window, and lies within the minimum and maximum of its row.
+    #[test]
+    fn percentiles_do_not_depend_on_the_other_aggregations(
+        points in percentile_points(),
+        shape in 0usize..4,
+        window in 0usize..3,
+        others in prop::sample::subsequence(vec!["avg", "min", "max", "sum", "count"], 0..=5),
+        percentiles in prop::sample::subsequence(vec!["p50", "p95", "p99"], 1..=3),
+    ) {
+        let engine = Engine::open_in_memory(EngineConfig::default()).unwrap();
+        let t0 = Timestamp::parse("2026-03-01T00:00:00Z").unwrap().as_micros();
+        engine.insert(points.iter().map(|&(h, d, s, v)| {
+            Point::new("m", v)
+                .at(Timestamp::from_micros(t0 + i64::from(s) * 1_000_000))
+                .tag("host", format!("h{h}"))
+                .tag("datacenter", format!("d{d}"))
+        }).collect()).unwrap();
+        let mut params = vec![("metric", "m".to_string())];
+        match shape {
+            1 => params.push(("group_by", "host".into())),
+            2 => params.push(("group_by", "datacenter".into())),
+            3 => params.push(("group_by", "datacenter,host".into())),
+            _ => {}
+        }
+        match window {
+            1 => params.push(("window", "10m".into())),
+            2 => {
+                params.push(("window", "30m".into()));
+                params.push(("rolling", "true".into()));
+            }
+            _ => {}
+        }
+        let ask = |aggs: &[&str]| {
+            let mut p = params.clone();
+            p.push(("agg", aggs.join(",")));
+            let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            engine.query(&Query::from_params(&p).unwrap()).unwrap()
+        };
+        let full = ask(&["avg", "min", "max", "sum", "count", "p50", "p95", "p99"]);
+        let asked: Vec<&str> = others.iter().chain(&percentiles).copied().collect();
+        let part = ask(&asked);
+        let alone = ask(&percentiles);
+        let (full_rows, part_rows, alone_rows) = (rows(&full), rows(&part), rows(&alone));
+        prop_assert_eq!(full_rows.len(), part_rows.len());
+        prop_assert_eq!(full_rows.len(), alone_rows.len());
+        for ((f, p), a) in full_rows.iter().zip(&part_rows).zip(&alone_rows) {
+            for name in &percentiles {
+                let agg: Agg = name.parse().unwrap();
+                let want = raftmetrics_core::aggregate::find(f, agg);
+                prop_assert_eq!(raftmetrics_core::aggregate::find(p, agg), want, "{} with {:?}", name, asked);
+                prop_assert_eq!(raftmetrics_core::aggregate::find(a, agg), want, "{} alone", name);
+            }
+            let get = |agg| raftmetrics_core::aggregate::find(f, agg);
+            if get(Agg::Count).unwrap_or(0.0) > 0.0 {
+                let chain = [Agg::Min, Agg::P50, Agg::P95, Agg::P99, Agg::Max].map(|a| get(a).unwrap());
+                prop_assert!(chain.windows(2).all(|w| w[0] <= w[1]), "min <= p50 <= p95 <= p99 <= max: {:?}", chain);
+            }
+        }
+    }
+}
+
+/// The constant series of three points answers its constant for every percentile, whatever
+/// else is asked (a percentile was once above the maximum when `max` alone came with it).
+#[test]
+fn a_constant_series_answers_its_constant() {
+    let engine = Engine::open_in_memory(EngineConfig::default()).unwrap();
+    engine
+        .insert(vec![
+            Point::new("m", 10.0),
+            Point::new("m", 10.0),
+            Point::new("m", 10.0),
+        ])
+        .unwrap();
+    for aggs in [
+        "p95",
+        "max,p95",
+        "min,p95",
+        "min,max,p95",
+        "avg,p50,p95,p99",
+        "count,p99",
+    ] {
+        let q = Query::from_params(&[("metric", "m"), ("agg", aggs)]).unwrap();
+        let r = engine.query(&q).unwrap();
+        for agg in q.aggs.iter().filter(|a| a.is_percentile()) {
+            assert_eq!(r.get(*agg), Some(10.0), "{agg} of agg={aggs}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! ```text
 //! raftmetrics-server control [--node-id 1] [--port 8080] [--worker-hosts h1:8081,h2:8082] ...
 //! raftmetrics-server worker  --id 1 --port 8081 [--control-host control:9080] ...
-//! raftmetrics-server dev     [--workers 2] [--port 8080] ...
+//! raftmetrics-server dev     [--workers 3] [--port 8080] ...
 //! ```
 //! Every option of `control` and `worker` (and the shared ones of `dev`) can also come from
 //! an environment variable ([`ENV_VARS`]: `NODE_ID`, `PORT`, `DB_PATH`, `WORKER_HOSTS`,
@@ -243,8 +243,9 @@ pub struct HttpArgs {
 /// Options of the dev role (a local cluster in one process).
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
-    /// Number of workers, 1..=64
-    #[arg(long, default_value_t = 2)]
+    /// Number of workers, 1..=64 (three, the smallest cluster that keeps writing when one
+    /// is lost)
+    #[arg(long, default_value_t = 3)]
     pub workers: u16,
     /// Replicas per partition [default: min(3, workers)] [env: REPLICATION_FACTOR]
     #[arg(long)]
@@ -1139,10 +1140,10 @@ mod tests {
         let Role::Dev(d) = cli.role else {
             panic!("not dev")
         };
-        assert_eq!((d.workers, d.port, d.replication_factor()), (2, 8080, 2));
+        assert_eq!((d.workers, d.port, d.replication_factor()), (3, 8080, 3));
         assert_eq!(
-            (d.worker_port(1), d.worker_port(2), d.worker_port(3)),
-            (Some(8081), Some(8082), None)
+            (d.worker_port(1), d.worker_port(3), d.worker_port(4)),
+            (Some(8081), Some(8083), None)
         );
         assert_eq!(d.rate_limits(), (1000, 5000));
         assert_eq!(d.data_dir(), Path::new("data/dev"));

@@ -489,7 +489,27 @@ impl Control {
         Ok(finalize(query, &self.sketch, &partial, coverage))
     }
 
-    fn health(&self) -> HealthResponse {
+    /// Whether the cluster can take inserts and give complete answers ([`crate::ready`]).
+    fn readiness(&self) -> crate::ready::Readiness {
+        let (_, leaders, registered) = self.liveness();
+        let placement = self
+            .placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.replicas.clone())
+            .unwrap_or_default();
+        crate::ready::control(
+            self.node_id,
+            self.partitions,
+            &placement,
+            &leaders,
+            registered,
+            self.min_workers,
+        )
+    }
+
+    async fn health(&self) -> HealthResponse {
         let (live, leaders, total) = self.liveness();
         let placed = self
             .placement
@@ -497,19 +517,12 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
         let available = leaders.len() as u32;
-        let (term, last_index, replicas, stored) = {
-            let registry = self.lock_registry();
-            let all = registry.values().flat_map(|e| e.replicas.iter());
-            let (t, l, n) = all.fold((0, 0, 0u32), |(t, l, n), s| {
-                (t.max(s.term), l.max(s.last_index), n + 1)
-            });
-            (
-                t,
-                l,
-                n,
-                registry.values().map(|e| e.storage_bytes).sum::<u64>(),
-            )
-        };
+        let stored = self
+            .lock_registry()
+            .values()
+            .map(|e| e.storage_bytes)
+            .sum::<u64>();
+        let metadata = self.metadata.status().await.ok();
         self.metrics
             .set_workers(live.len() as u64, (total - live.len()) as u64);
         let status = if !placed {
@@ -538,14 +551,28 @@ impl Control {
                 free_space: None,
                 total_bytes: stored,
             }),
+            // The metadata group's replica on this node.
             raft_status: RaftHealth {
-                role: "control".into(),
-                term,
-                last_log_index: last_index,
-                leader_id: None,
-                last_heartbeat: None,
-                leading: available,
-                replicas,
+                role: metadata
+                    .as_ref()
+                    .map_or("unknown", |s| role_name(s.role))
+                    .into(),
+                term: metadata.as_ref().map_or(0, |s| s.term),
+                last_log_index: metadata.as_ref().map_or(0, |s| s.last_index),
+                leader_id: metadata
+                    .as_ref()
+                    .filter(|s| s.leader_id != 0)
+                    .map(|s| format!("node-{}", s.leader_id)),
+                last_heartbeat: metadata
+                    .as_ref()
+                    .and_then(|s| s.last_heartbeat_ms_ago)
+                    .map(api::heard_at),
+                leading: u32::from(
+                    metadata
+                        .as_ref()
+                        .is_some_and(|s| s.role == RaftRole::Leader),
+                ),
+                replicas: u32::from(metadata.is_some()),
             },
         }
     }
@@ -577,6 +604,7 @@ fn routes(control: Arc<Control>) -> HttpRouter {
         .route("/aggregate", get(aggregate))
         .route("/analytics", get(analytics))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .with_state(control)
 }
 
@@ -640,11 +668,33 @@ async fn analytics(
 }
 
 async fn health(State(control): State<Arc<Control>>, headers: HeaderMap) -> Response {
-    respond(response_format(&headers, Format::Json), &control.health())
+    respond(
+        response_format(&headers, Format::Json),
+        &control.health().await,
+    )
+}
+
+async fn ready(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    control
+        .readiness()
+        .respond(response_format(&headers, Format::Json))
+}
+
+/// The name of a raft role in `/health`.
+pub fn role_name(role: RaftRole) -> &'static str {
+    match role {
+        RaftRole::Leader => "leader",
+        RaftRole::Follower => "follower",
+        RaftRole::Candidate => "candidate",
+        RaftRole::PreCandidate => "pre_candidate",
+    }
 }
 
 async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
-    let _ = control.health();
+    let _ = control.health().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

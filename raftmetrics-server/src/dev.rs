@@ -18,8 +18,10 @@
 //!
 //! The children's output is copied to this process's stdout/stderr line by line, each line
 //! prefixed with the node's name (`[worker-2] …`) and cut at [`MAX_LINE_BYTES`].
-//! `<DIR>/nodes.json` lists the nodes (role, id, pid, ports) for scripts. Once every node
-//! accepts TCP connections on its HTTP port, a banner shows the URLs. A node that exits
+//! Once every node accepts TCP connections on its HTTP port and the control node answers
+//! `GET /ready` with 200 (the partitions are placed and every one has a leader that
+//! answers, [`crate::ready`]), `<DIR>/nodes.json` lists the nodes (role, id, pid, ports) for
+//! scripts and a banner shows the URLs. A node that exits
 //! while the cluster runs is reported and not restarted (stopping nodes on purpose to watch
 //! the cluster cope is the point); Ctrl-C or SIGTERM sends SIGTERM to every live node,
 //! waits up to [`STOP_GRACE`], then kills the rest.
@@ -46,8 +48,11 @@ use tokio::time::Instant;
 use crate::config::{DevArgs, ENV_VARS, INTERNAL_PORT_OFFSET, NODE_ROLE_VAR, Secret};
 use crate::identity;
 
-/// How long [`run`] waits for every node to accept connections on its HTTP port.
+/// How long [`run`] waits for every node to accept connections on its HTTP port, and then
+/// again for the cluster to be ready.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often [`wait_ready`] asks the control node whether the cluster is ready.
+const READY_POLL: Duration = Duration::from_millis(100);
 /// How long nodes get to stop after SIGTERM before they are killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Longest line of a node's output that is copied; the rest of the line is dropped.
@@ -110,6 +115,9 @@ pub enum DevError {
         nodes: Vec<String>,
         timeout: Duration,
     },
+    /// The nodes run, but the control node did not answer `GET /ready` with 200 in time.
+    #[error("the cluster was not ready within {} s: {last}", .timeout.as_secs())]
+    NotReady { last: String, timeout: Duration },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> DevError {
@@ -426,7 +434,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), DevError>
         .map_err(io_error(format!("cannot write {}", path.display())))
 }
 
-/// The banner printed once every node is up.
+/// The banner printed once the cluster is ready.
 fn banner(
     args: &DevArgs,
     specs: &[&ChildSpec],
@@ -692,9 +700,46 @@ fn check_ports_free(specs: &[ChildSpec]) -> Result<(), DevError> {
     Ok(())
 }
 
+/// The first node that exited, as an error.
+fn exited(nodes: &mut [Node]) -> Option<DevError> {
+    nodes.iter_mut().find_map(|node| {
+        node.poll_exit().map(|status| DevError::EarlyExit {
+            node: node.spec.name(),
+            pid: node.pid,
+            status,
+        })
+    })
+}
+
+/// Waits until the control node (the first of `nodes`) answers `GET /ready` with 200 to
+/// `token`. Fails when a node exits first, or when `timeout` passes.
+async fn wait_ready(nodes: &mut [Node], token: &str, timeout: Duration) -> Result<(), DevError> {
+    let deadline = Instant::now() + timeout;
+    let port = nodes[0].spec.http_port;
+    loop {
+        if let Some(e) = exited(nodes) {
+            return Err(e);
+        }
+        let token = token.to_string();
+        let answer = tokio::task::spawn_blocking(move || {
+            crate::healthcheck::check_path(port, "/ready", Some(&token))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let last = match answer {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(DevError::NotReady { last, timeout });
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
 /// Waits until every node accepts a TCP connection on its HTTP port. Fails when a node
 /// exits first, or when `timeout` passes.
-async fn wait_ready(nodes: &mut [Node], timeout: Duration) -> Result<(), DevError> {
+async fn wait_listening(nodes: &mut [Node], timeout: Duration) -> Result<(), DevError> {
     let deadline = Instant::now() + timeout;
     let mut ready = vec![false; nodes.len()];
     loop {
@@ -880,7 +925,8 @@ enum Started {
     Interrupted(&'static str),
 }
 
-/// Spawns the nodes into `nodes`, writes `nodes.json` and waits until they are up.
+/// Spawns the nodes into `nodes`, waits until the cluster is ready, then writes
+/// `nodes.json`.
 async fn start(
     args: &DevArgs,
     specs: Vec<ChildSpec>,
@@ -892,15 +938,21 @@ async fn start(
     for spec in specs {
         nodes.push(Node::spawn(spec, secrets, output)?);
     }
+    let token = secrets.primary_token().expose().to_string();
+    let up = async {
+        wait_listening(nodes, STARTUP_TIMEOUT).await?;
+        wait_ready(nodes, &token, STARTUP_TIMEOUT).await
+    };
+    tokio::select! {
+        ready = up => ready?,
+        sig = signals.recv() => return Ok(Started::Interrupted(sig)),
+    }
     let dir = args.data_dir();
     let nodes_file = dir.join("nodes.json");
     let entries: Vec<(&ChildSpec, u32)> = nodes.iter().map(|n| (&n.spec, n.pid)).collect();
     let json = nodes_json(args, &dir.join("token"), &entries);
     write_atomic(&nodes_file, json.as_bytes(), 0o644)?;
-    tokio::select! {
-        ready = wait_ready(nodes, STARTUP_TIMEOUT) => ready.map(|()| Started::Up { nodes_file }),
-        sig = signals.recv() => Ok(Started::Interrupted(sig)),
-    }
+    Ok(Started::Up { nodes_file })
 }
 
 #[cfg(test)]
@@ -1281,7 +1333,7 @@ mod tests {
     async fn a_node_exiting_during_startup_is_named() {
         let mut output = Output::start();
         let mut nodes = vec![sh_node(7, "exit 2", &mut output)];
-        let err = wait_ready(&mut nodes, Duration::from_secs(5))
+        let err = wait_listening(&mut nodes, Duration::from_secs(5))
             .await
             .expect_err("early exit");
         assert!(
@@ -1301,7 +1353,7 @@ mod tests {
         let mut node = sh_node(1, "exec sleep 30", &mut output);
         node.spec.http_port = port;
         let mut nodes = vec![node];
-        wait_ready(&mut nodes, Duration::from_secs(5))
+        wait_listening(&mut nodes, Duration::from_secs(5))
             .await
             .expect("ready");
         drop(listener);
@@ -1312,10 +1364,78 @@ mod tests {
             .expect("addr")
             .port();
         nodes[0].spec.http_port = free;
-        let err = wait_ready(&mut nodes, Duration::from_millis(300))
+        let err = wait_listening(&mut nodes, Duration::from_millis(300))
             .await
             .expect_err("timeout");
         assert!(err.to_string().contains("worker-1"), "{err}");
+        shutdown(&mut nodes, Duration::from_secs(2)).await;
+        output.finish(Duration::from_secs(1)).await;
+    }
+
+    /// A server on `listener` answering `GET /ready` with 503 to the first `not_ready`
+    /// requests and 200 after; counts the requests that carried `token`.
+    fn serve_ready(
+        listener: std::net::TcpListener,
+        not_ready: usize,
+        token: &'static str,
+    ) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let mut with_token = 0;
+            for i in 0.. {
+                let Ok((mut s, _)) = listener.accept() else {
+                    break;
+                };
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                assert!(request.starts_with("GET /ready "), "{request}");
+                if request.contains(&format!("Authorization: Bearer {token}\r\n")) {
+                    with_token += 1;
+                }
+                let reply = if i < not_ready {
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                };
+                let _ = s.write_all(reply.as_bytes());
+                if i >= not_ready {
+                    break;
+                }
+            }
+            with_token
+        })
+    }
+
+    #[tokio::test]
+    async fn startup_waits_for_the_control_node_to_be_ready() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = serve_ready(listener, 3, "tok-ready");
+        let mut output = Output::start();
+        let mut node = sh_node(1, "exec sleep 30", &mut output);
+        node.spec.http_port = port;
+        let mut nodes = vec![node];
+        wait_ready(&mut nodes, "tok-ready", Duration::from_secs(10))
+            .await
+            .expect("ready after three 503s");
+        assert_eq!(
+            server.join().expect("server"),
+            4,
+            "every request had the token"
+        );
+
+        // Never ready: the error says so with the last answer.
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        nodes[0].spec.http_port = listener.local_addr().expect("addr").port();
+        let _server = serve_ready(listener, usize::MAX, "tok-ready");
+        let err = wait_ready(&mut nodes, "tok-ready", Duration::from_millis(500))
+            .await
+            .expect_err("not ready");
+        assert!(
+            matches!(&err, DevError::NotReady { last, .. } if last.contains("503")),
+            "{err}"
+        );
         shutdown(&mut nodes, Duration::from_secs(2)).await;
         output.finish(Duration::from_secs(1)).await;
     }

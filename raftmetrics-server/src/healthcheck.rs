@@ -30,6 +30,11 @@ pub fn run(args: &HealthcheckArgs) -> ExitCode {
 
 /// `Ok` when `GET /health` on `127.0.0.1:port` answers 200.
 pub fn check(port: u16, token: Option<&str>) -> Result<(), String> {
+    check_path(port, "/health", token)
+}
+
+/// `Ok` when `GET <path>` on `127.0.0.1:port` answers 200 within [`TIMEOUT`].
+pub fn check_path(port: u16, path: &str, token: Option<&str>) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -41,7 +46,7 @@ pub fn check(port: u16, token: Option<&str>) -> Result<(), String> {
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "GET /health HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}\
          Connection: close\r\n\r\n"
     );
     stream

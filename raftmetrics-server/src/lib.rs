@@ -25,6 +25,7 @@ pub mod identity;
 pub mod ingest;
 pub mod metadata;
 pub mod metrics;
+pub mod ready;
 pub mod router;
 pub mod rpc;
 pub mod wire;

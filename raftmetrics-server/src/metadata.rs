@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use raftmetrics_core::error::{Error, Result};
 use raftmetrics_core::model::{Record, Tags};
 use raftmetrics_core::raft::{
-    Envelope, NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, Role, Transport,
+    Envelope, NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role, Transport,
 };
 use raftmetrics_core::series::Series;
 use raftmetrics_core::{DuckDbStore, PartitionId, Store, Timestamp};
@@ -120,6 +120,17 @@ impl MetadataLog {
         Err(Error::Raft(
             "the metadata group elected no leader in time".into(),
         ))
+    }
+
+    /// The status of this node's replica of the metadata group (role, term, leader, log
+    /// indexes), as `/health` reports it.
+    pub async fn status(&self) -> Result<ReplicaStatus> {
+        self.handle
+            .status()
+            .await?
+            .into_iter()
+            .find(|s| s.group == METADATA_GROUP)
+            .ok_or_else(|| Error::Raft("this node holds no replica of the metadata group".into()))
     }
 
     /// The placement recorded in the group, if any.

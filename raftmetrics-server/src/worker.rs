@@ -34,7 +34,7 @@ use raftmetrics_core::raft::{
     NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role as RaftRole,
 };
 use raftmetrics_core::{
-    Agg, DuckDbStore, HashPartitioner, PartitionId, SketchConfig, Store, Timestamp, codec,
+    Agg, DuckDbStore, HashPartitioner, PartitionId, SketchConfig, Store, codec,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -59,6 +59,10 @@ use crate::wire::tcp_transport::{
 
 /// How often a worker registers with (heartbeats to) the control node.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// A follower whose leader has been silent for longer is not ready (`GET /ready`): twice
+/// the raft election timeout's lower bound, past which a new election has begun.
+pub const LEADER_SILENCE: Duration = Duration::from_secs(2);
 
 /// Default control node-to-node port when `--control-host` names none.
 pub const DEFAULT_CONTROL_INTERNAL_PORT: u16 = 9080;
@@ -554,12 +558,7 @@ impl Worker {
                 term,
                 last_log_index: last,
                 leader_id: leader.map(|s| format!("node-{}", s.leader_id)),
-                last_heartbeat: heard.map(|ms| {
-                    Timestamp::from_micros(
-                        Timestamp::now().as_micros() - i64::try_from(ms).unwrap_or(0) * 1000,
-                    )
-                    .to_rfc3339()
-                }),
+                last_heartbeat: heard.map(api::heard_at),
                 leading: leading as u32,
                 replicas: statuses.len() as u32,
             },
@@ -598,6 +597,7 @@ fn routes(worker: Arc<Worker>) -> HttpRouter {
         .route("/insert", post(insert))
         .route("/compute", post(compute))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(worker)
 }
@@ -668,6 +668,21 @@ async fn compute(
         computation_time_ms: started.elapsed().as_millis() as u64,
     };
     Ok(respond(response_format(&headers, Format::Json), &response))
+}
+
+async fn ready(
+    State(worker): State<Arc<Worker>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let statuses = worker.node.status().await?;
+    let view = worker.router.view();
+    Ok(crate::ready::worker(
+        worker.id,
+        view.as_ref().map(|v| v.placement.as_slice()),
+        &statuses,
+        LEADER_SILENCE,
+    )
+    .respond(response_format(&headers, Format::Json))?)
 }
 
 async fn health(State(worker): State<Arc<Worker>>, headers: HeaderMap) -> Response {

@@ -28,9 +28,11 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("control", "GET", "/aggregate"),
     ("control", "GET", "/analytics"),
     ("control", "GET", "/health"),
+    ("control", "GET", "/ready"),
     ("worker", "POST", "/insert"),
     ("worker", "POST", "/compute"),
     ("worker", "GET", "/health"),
+    ("worker", "GET", "/ready"),
     ("worker", "GET", "/metrics"),
 ];
 

@@ -31,12 +31,14 @@ async fn readme_walkthrough_works_as_written() {
     if !has("curl") || !has("jq") || !has("bash") {
         panic!("the README walkthrough needs bash, curl and jq on the PATH");
     }
-    let c = DevCluster::start(2, 2, 16, &[]).await;
+    // `dev`'s defaults: three workers, every partition on all three.
+    let c = DevCluster::start(3, 3, 16, &[]).await;
     let dir = c.dir.path().join("cluster");
     let script = walkthrough()
         .replace("localhost:8080", &format!("127.0.0.1:{}", c.port))
         .replace("localhost:8081", &format!("127.0.0.1:{}", c.port + 1))
         .replace("localhost:8082", &format!("127.0.0.1:{}", c.port + 2))
+        .replace("localhost:8083", &format!("127.0.0.1:{}", c.port + 3))
         .replace("data/dev", &dir.display().to_string());
     assert!(script.contains("curl"), "{script}");
     let full = format!(
@@ -54,15 +56,24 @@ async fn readme_walkthrough_works_as_written() {
         "walkthrough failed:\n{full}\n--- stdout\n{stdout}\n--- stderr\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every answer is JSON; the last one (after a worker was killed) still answers.
+    // Every answer is JSON: first the readiness, last the insert made after a worker was
+    // killed (acknowledged) and a complete answer that counts it.
     let answers: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("JSON answer"))
         .collect();
-    assert!(answers.len() >= 8, "{stdout}");
-    assert_eq!(answers[0]["success"], true);
-    let last = answers.last().unwrap();
-    assert_eq!(last["aggregations"]["count"], 1, "{stdout}");
-    assert_eq!(last["responding_nodes"], 1, "{stdout}");
+    assert!(answers.len() >= 10, "{stdout}");
+    assert_eq!(answers[0]["status"], "ready", "{stdout}");
+    assert_eq!(answers[1]["success"], true, "{stdout}");
+    let n = answers.len();
+    assert_eq!(
+        answers[n - 2]["success"],
+        true,
+        "insert after the kill: {stdout}"
+    );
+    let last = &answers[n - 1];
+    assert_eq!(last["aggregations"]["count"], 2, "{stdout}");
+    assert_eq!(last["is_partial"], false, "{stdout}");
+    assert_eq!(last["responding_nodes"], 2, "{stdout}");
 }

@@ -1117,23 +1117,18 @@ impl Store for DuckDbStore {
         };
         {
             // Only the aggregates the query needs; the others keep their neutral values.
-            let needs = |aggs: &[Agg]| query.aggs.iter().any(|a| aggs.contains(a));
+            // Minimum and maximum come with every percentile (`Query::needs_extremes`).
             let columns = format!(
-                "count(*), {}, {}, {}",
-                if needs(&[Agg::Sum, Agg::Avg]) {
+                "count(*), {}, {}",
+                if query.aggs.iter().any(|a| matches!(a, Agg::Sum | Agg::Avg)) {
                     "sum(p.value)"
                 } else {
                     "0::DOUBLE"
                 },
-                if needs(&[Agg::Min]) {
-                    "min(p.value)"
+                if query.needs_extremes() {
+                    "min(p.value), max(p.value)"
                 } else {
-                    "'inf'::DOUBLE"
-                },
-                if needs(&[Agg::Max]) {
-                    "max(p.value)"
-                } else {
-                    "'-inf'::DOUBLE"
+                    "'inf'::DOUBLE, '-inf'::DOUBLE"
                 },
             );
             let sql = AggregateSql::new(query, &source, &columns);

@@ -16,6 +16,7 @@
 //! | rate limited | 429 | RATE_LIMIT_EXCEEDED | `Retry-After`; `limit`, `window`, `reset_at` |
 //! | `Error::NotFound`, unknown route | 404 | NOT_FOUND | |
 //! | `Error::Raft`, `Error::NotLeader` | 503 | RAFT_ERROR | `Retry-After`; `retry_after`, leader hint |
+//! | `GET /ready` before the node is ready | 503 | RAFT_ERROR | `Retry-After`; `retry_after`, what is missing |
 //! | `Error::Storage` | 500 | STORAGE_ERROR | `storage_type`, `operation` |
 //! | `Error::Internal` | 500 | INTERNAL_ERROR | none: the detail goes to the log only |
 //! | request deadline passed | 504 | INTERNAL_ERROR | `timeout_ms` |
@@ -97,6 +98,13 @@ pub enum ApiErrorKind {
     /// The request did not finish within the server's deadline.
     #[error("request timed out after {after:?}")]
     Timeout { after: Duration },
+    /// The node is not ready to serve (`GET /ready`): `message` says why, `details` lists
+    /// what is missing.
+    #[error("{message}")]
+    NotReady {
+        message: String,
+        details: Map<String, Value>,
+    },
 }
 
 /// An error on its way to becoming an HTTP response (see the module docs for the mapping).
@@ -158,6 +166,15 @@ impl ApiError {
         ApiError(ApiErrorKind::Timeout { after })
     }
 
+    /// The node is not ready (503 RAFT_ERROR, with `Retry-After`); `details` says what is
+    /// missing.
+    pub fn not_ready(message: impl Into<String>, details: Map<String, Value>) -> Self {
+        ApiError(ApiErrorKind::NotReady {
+            message: bounded(&message.into(), MAX_TEXT_BYTES),
+            details,
+        })
+    }
+
     /// A bug or unexpected state; `detail` is logged, the client sees a generic message.
     pub fn internal(detail: impl Into<String>) -> Self {
         ApiError(ApiErrorKind::Core(Error::Internal(detail.into())))
@@ -179,6 +196,7 @@ impl ApiError {
             | ApiErrorKind::MethodNotAllowed { .. } => ErrorCode::InvalidRequest,
             ApiErrorKind::RouteNotFound { .. } => ErrorCode::NotFound,
             ApiErrorKind::Timeout { .. } => ErrorCode::InternalError,
+            ApiErrorKind::NotReady { .. } => ErrorCode::RaftError,
         }
     }
 
@@ -202,6 +220,7 @@ impl ApiError {
             ApiErrorKind::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiErrorKind::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiErrorKind::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiErrorKind::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -346,6 +365,18 @@ impl ApiError {
                 let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
                 details.insert("timeout_ms".into(), json!(ms));
                 format!("Request did not complete within {ms} ms; its outcome is unknown")
+            }
+            ApiErrorKind::NotReady {
+                message,
+                details: missing,
+            } => {
+                details.extend(missing.clone());
+                details.insert(
+                    "retry_after".into(),
+                    json!(format!("{RAFT_RETRY_AFTER_SECS}s")),
+                );
+                headers.push((header::RETRY_AFTER, RAFT_RETRY_AFTER_SECS.to_string()));
+                message.clone()
             }
         };
         (message, details, headers)

@@ -62,7 +62,7 @@ pub struct DevCluster {
 
 /// A base port such that the control and worker HTTP ports and their node-to-node ports
 /// (+1000) are all free.
-fn free_base(workers: u16) -> u16 {
+pub fn free_base(workers: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let seed = (std::process::id() % 200) as u16;
     loop {
