@@ -12,6 +12,8 @@
 //! - [`rpc`]: internal requests between nodes and the pooled client;
 //! - [`http`]: the error format, bearer auth, per-token rate limits, body codecs;
 //! - [`metrics`]: Prometheus metrics;
+//! - [`ready`]: readiness (`GET /ready`), decided by pure functions;
+//! - [`rebalance`]: the pure planner of replica moves and leader transfers;
 //! - [`wire`]: node-to-node frames and the raft transport over TCP;
 //! - [`error`]: the crate's error type.
 
@@ -26,6 +28,7 @@ pub mod ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod ready;
+pub mod rebalance;
 pub mod router;
 pub mod rpc;
 pub mod wire;
