@@ -57,6 +57,7 @@ pub async fn serve(
     let tokens = TokenSet::new(http.tokens())
         .map_err(|e| ServerError::Config(format!("auth tokens: {e}")))?;
     let stats = Arc::new(ListenerStats::default());
+    metrics.export_http_listener(Arc::clone(&stats));
     let app = public(
         routes,
         StackConfig {
