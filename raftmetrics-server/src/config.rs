@@ -37,6 +37,12 @@ pub const MAX_PARTITIONS: u32 = 65_536;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Default request deadline.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default limit for a request head to arrive, from its first byte (or from the accept).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default limit of a keep-alive connection waiting for its next request.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default cap of open connections on a node's HTTP port.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default requests per minute and token on a control node (the seed's figure).
 pub const DEFAULT_CONTROL_RATE_LIMIT: u32 = 1000;
 /// Default requests per minute and token on a worker node (the seed's figure).
@@ -67,6 +73,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("RATE_LIMIT_PER_MINUTE", "rate-limit-per-minute"),
     ("MAX_BODY_BYTES", "max-body-bytes"),
     ("REQUEST_TIMEOUT_MS", "request-timeout-ms"),
+    ("HEADER_READ_TIMEOUT_MS", "header-read-timeout-ms"),
+    ("IDLE_TIMEOUT_MS", "idle-timeout-ms"),
+    ("MAX_CONNECTIONS", "max-connections"),
     ("MIN_WORKERS", "min-workers"),
     ("BIND_HOST", "bind-host"),
     ("ADVERTISE_HOST", "advertise-host"),
@@ -74,6 +83,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 
 const MAX_BODY_LIMIT: usize = 1 << 30;
 const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+const MAX_CONNECTION_TIMEOUT_MS: u64 = 3_600_000;
+const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 const MAX_DEV_WORKERS: u16 = 64;
 const MAX_HOSTS: usize = 1024;
 const MAX_HOST_BYTES: usize = 255;
@@ -238,6 +249,19 @@ pub struct HttpArgs {
     /// Deadline of one request in milliseconds [env: REQUEST_TIMEOUT_MS]
     #[arg(long, default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
+    /// A connection that has begun a request head (or sent nothing since it connected) and
+    /// has not completed it in this many milliseconds is closed [env: HEADER_READ_TIMEOUT_MS]
+    #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS)]
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this many milliseconds is closed
+    /// [env: IDLE_TIMEOUT_MS]
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_MS)]
+    pub idle_timeout_ms: u64,
+    /// Open connections on the HTTP port; at the cap a new connection closes the one idle
+    /// the longest, or is refused when every connection has a request in flight
+    /// [env: MAX_CONNECTIONS]
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// Options of the dev role (a local cluster in one process).
@@ -404,6 +428,16 @@ impl HttpArgs {
     /// The request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// How long a request head may take to arrive.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// How long a keep-alive connection may wait for its next request.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 }
 
@@ -643,6 +677,22 @@ impl HttpArgs {
         if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&self.request_timeout_ms) {
             problems.push(format!(
                 "--request-timeout-ms / REQUEST_TIMEOUT_MS must be 1..={MAX_REQUEST_TIMEOUT_MS}"
+            ));
+        }
+        if !(1..=MAX_CONNECTION_TIMEOUT_MS).contains(&self.header_read_timeout_ms) {
+            problems.push(format!(
+                "--header-read-timeout-ms / HEADER_READ_TIMEOUT_MS must be \
+                 1..={MAX_CONNECTION_TIMEOUT_MS}"
+            ));
+        }
+        if !(1..=MAX_CONNECTION_TIMEOUT_MS).contains(&self.idle_timeout_ms) {
+            problems.push(format!(
+                "--idle-timeout-ms / IDLE_TIMEOUT_MS must be 1..={MAX_CONNECTION_TIMEOUT_MS}"
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.max_connections) {
+            problems.push(format!(
+                "--max-connections / MAX_CONNECTIONS must be 1..={MAX_CONNECTIONS_LIMIT}"
             ));
         }
         let mut tokens = Vec::new();
@@ -954,6 +1004,50 @@ mod tests {
             panic!("not control")
         };
         assert_eq!(c.port, 8080);
+    }
+
+    #[test]
+    fn connection_bounds_have_defaults_flags_variables_and_checks() {
+        let cli = parse(&["control"], &base_env()).expect("parse");
+        let http = cli.role.http();
+        assert_eq!(http.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(http.idle_timeout(), Duration::from_secs(60));
+        assert_eq!(http.max_connections, 1024);
+
+        let mut env = base_env();
+        env.extend([
+            ("HEADER_READ_TIMEOUT_MS", "2500"),
+            ("IDLE_TIMEOUT_MS", "7000"),
+            ("MAX_CONNECTIONS", "300"),
+        ]);
+        let cli = parse(&["worker", "--id", "1", "--max-connections=50"], &env).expect("parse");
+        let http = cli.role.http();
+        assert_eq!(http.header_read_timeout(), Duration::from_millis(2500));
+        assert_eq!(http.idle_timeout(), Duration::from_secs(7));
+        assert_eq!(http.max_connections, 50, "the flag wins");
+
+        let p = problems(parse(
+            &[
+                "control",
+                "--header-read-timeout-ms",
+                "0",
+                "--idle-timeout-ms",
+                "0",
+                "--max-connections",
+                "0",
+            ],
+            &base_env(),
+        ));
+        let all = p.join("\n");
+        for needle in [
+            "HEADER_READ_TIMEOUT_MS",
+            "IDLE_TIMEOUT_MS",
+            "MAX_CONNECTIONS",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        let p = problems(parse(&["dev", "--max-connections", "0"], &[]));
+        assert!(p[0].contains("MAX_CONNECTIONS"), "{p:?}");
     }
 
     #[test]

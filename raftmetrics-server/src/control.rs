@@ -178,7 +178,9 @@ pub async fn run(
             let _ = stop_rx.wait_for(|s| *s).await;
         },
         ServeConfig::default(),
-        Arc::new(ServeStats::default()),
+        control
+            .metrics
+            .export_node_listener(Arc::new(ServeStats::default())),
     ));
     let served = stack::serve(
         http,

@@ -188,6 +188,9 @@ pub fn plan(args: &DevArgs, exe: &Path) -> Result<Vec<ChildSpec>, DevError> {
             format!("--rate-limit-per-minute={limit}"),
             format!("--max-body-bytes={}", http.max_body_bytes),
             format!("--request-timeout-ms={}", http.request_timeout_ms),
+            format!("--header-read-timeout-ms={}", http.header_read_timeout_ms),
+            format!("--idle-timeout-ms={}", http.idle_timeout_ms),
+            format!("--max-connections={}", http.max_connections),
         ]
     };
 
@@ -1028,6 +1031,9 @@ mod tests {
                 "--rate-limit-per-minute=1000",
                 "--max-body-bytes=67108864",
                 "--request-timeout-ms=30000",
+                "--header-read-timeout-ms=10000",
+                "--idle-timeout-ms=60000",
+                "--max-connections=1024",
             ]
         );
         assert_eq!(
@@ -1044,6 +1050,9 @@ mod tests {
                 "--rate-limit-per-minute=5000",
                 "--max-body-bytes=67108864",
                 "--request-timeout-ms=30000",
+                "--header-read-timeout-ms=10000",
+                "--idle-timeout-ms=60000",
+                "--max-connections=1024",
             ]
         );
         let all = specs

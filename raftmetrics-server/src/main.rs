@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    raise_open_files_limit(cli.role.http().max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +60,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Raises the soft limit of open files to the hard limit, so that the HTTP connection cap
+/// (`max_connections`), not the descriptor limit, is what refuses connections; warns when
+/// even the hard limit leaves little room above the cap.
+fn raise_open_files_limit(max_connections: usize) {
+    match raftmetrics_server::http::listener::raise_open_files_limit() {
+        Ok((before, after)) => {
+            tracing::info!(
+                before,
+                after,
+                "open files limit (soft) raised to the hard limit"
+            );
+            let needed = (max_connections as u64).saturating_add(OPEN_FILES_MARGIN);
+            if after < needed {
+                tracing::warn!(
+                    limit = after,
+                    max_connections,
+                    "the open files limit is close to the HTTP connection cap: accept errors \
+                     may come before the cap; raise the hard limit (ulimit -Hn) or lower \
+                     --max-connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+/// Descriptors a node needs besides its HTTP connections: node-to-node connections (256
+/// authenticated, 64 in the handshake), the raft log, the store, the runtime.
+const OPEN_FILES_MARGIN: u64 = 512;
 
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {

@@ -34,6 +34,12 @@
 //! | `raft_leader`, `raft_term`, `raft_applied_index` | gauge | `partition` |
 //! | `raft_elections_total` | counter | |
 //! | `raft_state_changes_total` | counter | `to` = `leader`, `follower`, `candidate`, `precandidate` |
+//! | `connections_open` | gauge | `listener` = `http`, `node` |
+//! | `connections_accepted_total`, `connections_refused_total`, `connections_evicted_total` | counter | `listener` |
+//! | `connections_timed_out_total` | counter | `listener`, `timeout` = `header`, `idle` (`http`); `handshake`, `idle` (`node`) |
+//!
+//! The connection families appear for a listener once it is exported
+//! ([`Metrics::export_http_listener`], [`Metrics::export_node_listener`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +54,9 @@ use axum::response::{IntoResponse, Response};
 
 use raftmetrics_core::PartitionId;
 use raftmetrics_core::raft::{ReplicaStatus, Role};
+
+use crate::http::listener::ListenerStats;
+use crate::wire::tcp_transport::ServeStats;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -223,6 +232,25 @@ pub struct Metrics {
     http: Mutex<BTreeMap<String, RouteStats>>,
     rpc: Mutex<BTreeMap<String, Arc<Histogram>>>,
     raft: Mutex<BTreeMap<PartitionId, GroupState>>,
+    listeners: Mutex<Listeners>,
+}
+
+/// The listeners whose connection counters are exported.
+#[derive(Debug, Default)]
+struct Listeners {
+    http: Option<Arc<ListenerStats>>,
+    node: Option<Arc<ServeStats>>,
+}
+
+/// One listener's connection counters as the exposition shows them.
+struct ConnectionSample {
+    listener: &'static str,
+    open: u64,
+    accepted: u64,
+    refused: u64,
+    evicted: u64,
+    /// `(timeout label, connections closed by it)`.
+    timed_out: [(&'static str, u64); 2],
 }
 
 /// The Raft roles in the order of [`Metrics::state_changes`].
@@ -284,6 +312,7 @@ impl Metrics {
             http: Mutex::new(BTreeMap::new()),
             rpc: Mutex::new(BTreeMap::new()),
             raft: Mutex::new(BTreeMap::new()),
+            listeners: Mutex::new(Listeners::default()),
         }
     }
 
@@ -295,6 +324,20 @@ impl Metrics {
     /// The node id given to [`Metrics::new`].
     pub fn node_id(&self) -> u64 {
         self.identity.node_id
+    }
+
+    /// Exports the counters of the public HTTP listener as the `raftmetrics_connections_*`
+    /// families with `listener="http"`.
+    pub fn export_http_listener(&self, stats: Arc<ListenerStats>) {
+        lock(&self.listeners).http = Some(stats);
+    }
+
+    /// Exports the connection counters of the node-to-node listener as the
+    /// `raftmetrics_connections_*` families with `listener="node"`; answers `stats`, to be
+    /// handed to the listener.
+    pub fn export_node_listener(&self, stats: Arc<ServeStats>) -> Arc<ServeStats> {
+        lock(&self.listeners).node = Some(Arc::clone(&stats));
+        stats
     }
 
     /// Sets `raftmetrics_storage_bytes`: bytes this node's stores take on disk.
@@ -472,7 +515,91 @@ impl Metrics {
         self.render_http(&mut out);
         self.render_operations(&mut out);
         self.render_raft(&mut out);
+        self.render_connections(&mut out);
         out
+    }
+
+    fn render_connections(&self, out: &mut String) {
+        let mut samples = Vec::with_capacity(2);
+        {
+            let listeners = lock(&self.listeners);
+            if let Some(http) = &listeners.http {
+                let c = http.snapshot();
+                samples.push(ConnectionSample {
+                    listener: "http",
+                    open: c.open,
+                    accepted: c.accepted,
+                    refused: c.refused,
+                    evicted: c.evicted,
+                    timed_out: [("header", c.header_timeouts), ("idle", c.idle_timeouts)],
+                });
+            }
+            if let Some(node) = &listeners.node {
+                let c = node.snapshot();
+                samples.push(ConnectionSample {
+                    listener: "node",
+                    open: c.connections_open,
+                    accepted: c.connections_accepted,
+                    refused: c.connections_refused,
+                    evicted: c.connections_evicted,
+                    timed_out: [
+                        ("handshake", c.handshake_timeouts),
+                        ("idle", c.idle_timeouts),
+                    ],
+                });
+            }
+        }
+        type Value = fn(&ConnectionSample) -> u64;
+        let families: [(&str, &str, &str, Value); 4] = [
+            (
+                "raftmetrics_connections_open",
+                "gauge",
+                "Connections open now, by listener.",
+                |c| c.open,
+            ),
+            (
+                "raftmetrics_connections_accepted_total",
+                "counter",
+                "Connections accepted and served, by listener.",
+                |c| c.accepted,
+            ),
+            (
+                "raftmetrics_connections_refused_total",
+                "counter",
+                "Connections closed at once because the listener's cap was reached (http: every \
+                 connection had a request in flight; node: every authenticated slot was taken).",
+                |c| c.refused,
+            ),
+            (
+                "raftmetrics_connections_evicted_total",
+                "counter",
+                "Connections closed to make room for a new one (http: the longest idle; node: \
+                 the oldest still in the handshake).",
+                |c| c.evicted,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            family(out, name, kind, help);
+            for c in &samples {
+                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", c.listener, value(c));
+            }
+        }
+        family(
+            out,
+            "raftmetrics_connections_timed_out_total",
+            "counter",
+            "Connections closed by a timeout, by listener and timeout (header: a request head \
+             not complete in time; handshake: no valid hello in time; idle: nothing received).",
+        );
+        for c in &samples {
+            for (timeout, n) in c.timed_out {
+                let _ = writeln!(
+                    out,
+                    "raftmetrics_connections_timed_out_total{{listener=\"{}\",timeout=\"{timeout}\"}} {n}",
+                    c.listener
+                );
+            }
+        }
     }
 
     fn render_http(&self, out: &mut String) {
@@ -833,6 +960,11 @@ mod tests {
             "raftmetrics_raft_applied_index",
             "raftmetrics_raft_elections_total",
             "raftmetrics_raft_state_changes_total",
+            "raftmetrics_connections_open",
+            "raftmetrics_connections_accepted_total",
+            "raftmetrics_connections_refused_total",
+            "raftmetrics_connections_evicted_total",
+            "raftmetrics_connections_timed_out_total",
         ] {
             assert_eq!(
                 text.matches(&format!("# HELP {name} ")).count(),
@@ -885,6 +1017,8 @@ mod tests {
         );
         assert!(text.contains("# TYPE raftmetrics_raft_commit_seconds histogram"));
         assert!(text.contains("# TYPE raftmetrics_points_inserted_total counter"));
+        // Connection samples only for exported listeners.
+        assert!(!text.contains("listener=\""), "{text}");
         // Workers are only exposed once set (control node).
         assert!(!text.contains("raftmetrics_workers"));
         m.set_workers(2, 1);
@@ -897,6 +1031,70 @@ mod tests {
             sample(&text, "raftmetrics_workers{state=\"unhealthy\"}").as_deref(),
             Some("1")
         );
+        let http = Arc::new(ListenerStats::default());
+        http.open.store(3, Ordering::Relaxed);
+        http.accepted.store(3000, Ordering::Relaxed);
+        http.refused.store(2, Ordering::Relaxed);
+        http.evicted.store(1990, Ordering::Relaxed);
+        http.header_timeouts.store(1000, Ordering::Relaxed);
+        http.idle_timeouts.store(7, Ordering::Relaxed);
+        m.export_http_listener(Arc::clone(&http));
+        let node = m.export_node_listener(Arc::default());
+        node.connections_open.store(4, Ordering::Relaxed);
+        node.connections_accepted.store(70, Ordering::Relaxed);
+        node.connections_evicted.store(6, Ordering::Relaxed);
+        node.handshake_timeouts.store(5, Ordering::Relaxed);
+        node.idle_timeouts.store(1, Ordering::Relaxed);
+        let text = m.render();
+        let s = |series: &str| sample(&text, series);
+        for (series, value) in [
+            ("raftmetrics_connections_open{listener=\"http\"}", "3"),
+            (
+                "raftmetrics_connections_accepted_total{listener=\"http\"}",
+                "3000",
+            ),
+            (
+                "raftmetrics_connections_refused_total{listener=\"http\"}",
+                "2",
+            ),
+            (
+                "raftmetrics_connections_evicted_total{listener=\"http\"}",
+                "1990",
+            ),
+            (
+                "raftmetrics_connections_timed_out_total{listener=\"http\",timeout=\"header\"}",
+                "1000",
+            ),
+            (
+                "raftmetrics_connections_timed_out_total{listener=\"http\",timeout=\"idle\"}",
+                "7",
+            ),
+            ("raftmetrics_connections_open{listener=\"node\"}", "4"),
+            (
+                "raftmetrics_connections_accepted_total{listener=\"node\"}",
+                "70",
+            ),
+            (
+                "raftmetrics_connections_refused_total{listener=\"node\"}",
+                "0",
+            ),
+            (
+                "raftmetrics_connections_evicted_total{listener=\"node\"}",
+                "6",
+            ),
+            (
+                "raftmetrics_connections_timed_out_total{listener=\"node\",timeout=\"handshake\"}",
+                "5",
+            ),
+            (
+                "raftmetrics_connections_timed_out_total{listener=\"node\",timeout=\"idle\"}",
+                "1",
+            ),
+        ] {
+            assert_eq!(s(series).as_deref(), Some(value), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE raftmetrics_connections_open gauge"));
+        assert!(text.contains("# TYPE raftmetrics_connections_evicted_total counter"));
         // Every non-comment line is `series value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').expect("sample line");

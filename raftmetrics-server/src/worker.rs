@@ -182,7 +182,9 @@ pub async fn run(
         endpoints,
         stopped(stop_rx.clone()),
         ServeConfig::default(),
-        Arc::new(ServeStats::default()),
+        worker
+            .metrics
+            .export_node_listener(Arc::new(ServeStats::default())),
     ));
     let heartbeat_task = tokio::spawn(heartbeat_loop(Arc::clone(&worker), stop_rx.clone()));
     // A raft node that stopped (after a storage failure it cannot survive, such as a full

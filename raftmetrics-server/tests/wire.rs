@@ -190,6 +190,14 @@ async fn closed_without_answer(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// Whether `stream` is still open: nothing and no EOF arrives for a while.
+async fn still_open(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf))
+        .await
+        .is_err()
+}
+
 fn encoded(m: &Message) -> Vec<u8> {
     use protobuf::Message as _;
     m.write_to_bytes().unwrap()
@@ -576,44 +584,163 @@ async fn full_queue_drops_without_blocking() {
     drop(stuck);
 }
 
+/// Connects, reads the challenge and answers it as node `id`: whether the server welcomed it.
+async fn authenticate(addr: SocketAddr, id: NodeId) -> (TcpStream, bool) {
+    let (mut stream, nonce) = raw_connect(addr).await;
+    write_frame(&mut stream, &auth().hello(id, &nonce))
+        .await
+        .unwrap();
+    let welcomed = matches!(
+        read_frame_limited(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await,
+        Ok(WireMessage::Welcome { .. })
+    );
+    (stream, welcomed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limit_and_handshake_timeout_hold() {
+async fn handshake_and_authenticated_bounds_hold_apart() {
     let server = Server::start(
         bind(localhost()),
         auth(),
         2,
         ServeConfig {
             max_connections: 2,
+            max_handshaking: 2,
             handshake_timeout: Duration::from_millis(300),
             ..ServeConfig::default()
         },
     );
-    // Two silent connections take the two slots.
+    // Two silent connections fill the handshake bound; a third closes the oldest of them and
+    // gets its challenge.
     let (mut s1, _) = raw_connect(server.addr).await;
     let (mut s2, _) = raw_connect(server.addr).await;
-    // A third is closed at once, without a challenge.
-    let mut s3 = TcpStream::connect(server.addr).await.unwrap();
-    assert!(closed_without_answer(&mut s3).await);
-    assert_eq!(server.stats().connections_refused, 1);
-    // The silent ones are closed when the handshake times out...
+    let (mut s3, _) = raw_connect(server.addr).await;
     assert!(closed_without_answer(&mut s1).await);
+    assert_eq!(server.stats().connections_evicted, 1);
+    // The others are closed when the handshake times out.
     assert!(closed_without_answer(&mut s2).await);
+    assert!(closed_without_answer(&mut s3).await);
     wait_until("timed-out handshakes", || {
-        server.stats().handshake_failures == 2
+        let s = server.stats();
+        s.handshake_failures == 2 && s.handshake_timeouts == 2 && s.connections_handshaking == 0
     })
     .await;
-    // ...which frees the slots.
-    let (mut s4, nonce) = raw_connect(server.addr).await;
-    write_frame(&mut s4, &auth().hello(1, &nonce))
-        .await
-        .unwrap();
-    assert!(matches!(
-        read_frame_limited(&mut s4, MAX_HANDSHAKE_FRAME_BYTES).await,
-        Ok(WireMessage::Welcome { node_id: 2 })
-    ));
+
+    // Two authenticated connections fill the authenticated slots; a third proves the secret
+    // but is not welcomed.
+    let (a1, ok1) = authenticate(server.addr, 1).await;
+    let (mut a2, ok2) = authenticate(server.addr, 3).await;
+    assert!(ok1 && ok2);
+    let (mut a3, ok3) = authenticate(server.addr, 4).await;
+    assert!(!ok3);
+    assert!(closed_without_answer(&mut a3).await);
+    assert_eq!(server.stats().connections_refused, 1);
+    // Silent connections beyond the handshake bound never touch the authenticated ones.
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        silent.push(raw_connect(server.addr).await.0);
+    }
+    wait_until("evictions", || server.stats().connections_evicted == 5).await;
+    assert!(
+        still_open(&mut a2).await,
+        "an authenticated connection was closed"
+    );
+    // A closed authenticated connection frees its slot.
+    drop(a1);
+    let mut welcomed = false;
+    let start = Instant::now();
+    while !welcomed {
+        assert!(start.elapsed() < WAIT, "no slot freed");
+        welcomed = authenticate(server.addr, 1).await.1;
+    }
+    let stats = Arc::clone(&server.stats);
     server.stop().await;
-    // Stopping the server closes its connections.
-    assert!(closed_without_answer(&mut s4).await);
+    assert_eq!(
+        stats.snapshot().connections_open,
+        0,
+        "stopping closes every connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_never_lock_out_a_peer() {
+    // Silent connections are held long: the handshake timeout does not free anything here.
+    let server = Server::start(
+        bind(localhost()),
+        auth(),
+        2,
+        ServeConfig {
+            handshake_timeout: Duration::from_secs(60),
+            ..ServeConfig::default()
+        },
+    );
+    let defaults = ServeConfig::default();
+    let flood = defaults.max_connections + defaults.max_handshaking + 200;
+    let mut silent = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    wait_until("the flood accepted", || {
+        server.stats().connections_accepted == flood as u64
+    })
+    .await;
+    assert_eq!(
+        server.stats().connections_evicted,
+        (flood - defaults.max_handshaking) as u64
+    );
+    wait_until("evicted connections closed", || {
+        let s = server.stats();
+        s.connections_handshaking == defaults.max_handshaking as u64
+            && s.connections_open == defaults.max_handshaking as u64
+    })
+    .await;
+
+    // More silent connections keep arriving, paced, while a real peer connects.
+    let addr = server.addr;
+    let (stop_flood, mut flood_stopped) = oneshot::channel::<()>();
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let more = {
+        let opened = Arc::clone(&opened);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while flood_stopped.try_recv().is_err() && held.len() < 2000 {
+                if let Ok(s) = TcpStream::connect(addr).await {
+                    held.push(s);
+                    opened.store(held.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            held
+        })
+    };
+    wait_until("the second flood under way", || {
+        opened.load(std::sync::atomic::Ordering::Relaxed) >= 100
+    })
+    .await;
+    let transport = TcpTransport::new(1, auth(), fast_transport()).unwrap();
+    transport.set_peer(2, server.addr);
+    for i in 1..=3 {
+        transport.send(2, vec![envelope(0, append(1, 2, i))]);
+        wait_until("a message from the peer", || server.count() == i as usize).await;
+    }
+    let _ = stop_flood.send(());
+    let held = more.await.unwrap();
+    assert_eq!(transport.stats().connections_established, 1);
+    let s = server.stats();
+    assert_eq!(s.handshakes_passed, 1, "{s:?}");
+    assert_eq!(s.connections_refused, 0);
+    // Every silent connection beyond the bound was closed; the peer's stays.
+    wait_until("the second flood's evictions", || {
+        let s = server.stats();
+        s.connections_open == defaults.max_handshaking as u64 + 1
+            && s.connections_evicted == s.connections_accepted - 1 - defaults.max_handshaking as u64
+    })
+    .await;
+    assert!(held.len() >= 100, "the second flood ran");
+    drop(transport);
+    drop(silent);
+    drop(held);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

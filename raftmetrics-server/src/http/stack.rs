@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::{TokenSet, require_bearer};
 use super::error::{ApiError, fallback_method_not_allowed, fallback_not_found, panic_response};
+use super::listener::{self, Bounds, ListenerStats};
 use super::rate_limit::{RateLimiter, limit_per_token};
 use crate::metrics::{Metrics, track_requests};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -42,7 +43,8 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
         .layer(from_fn_with_state(config.metrics, track_requests))
 }
 
-/// Serves `routes` behind the public layers on `listener` until `shutdown` completes.
+/// Serves `routes` behind the public layers on `listener` until `shutdown` completes, within
+/// the connection bounds of `http` (`super::listener`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Router,
@@ -54,6 +56,8 @@ pub async fn serve(
     use crate::error::ServerError;
     let tokens = TokenSet::new(http.tokens())
         .map_err(|e| ServerError::Config(format!("auth tokens: {e}")))?;
+    let stats = Arc::new(ListenerStats::default());
+    metrics.export_http_listener(Arc::clone(&stats));
     let app = public(
         routes,
         StackConfig {
@@ -65,8 +69,7 @@ pub async fn serve(
             metrics,
         },
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    listener::serve(listener, app, Bounds::from(http), stats, shutdown)
         .await
         .map_err(ServerError::io("serve HTTP"))
 }

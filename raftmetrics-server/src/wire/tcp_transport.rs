@@ -21,16 +21,23 @@
 //!
 //! # Receiving
 //!
-//! [`serve`] accepts connections (at most [`ServeConfig::max_connections`] at once; more are
-//! closed at once), sends the challenge, verifies the hello within
+//! [`serve`] accepts connections, sends the challenge, verifies the hello within
 //! [`ServeConfig::handshake_timeout`] and from then on reads `Raft` frames (closing a
-//! connection silent for [`ServeConfig::idle_timeout`]). A frame for another node id is
-//! dropped; so is every raft message that does not decode, is not addressed to this node
-//! (`to`), or does not come from the authenticated peer (`from`). The rest is handed to the
-//! `deliver` callback (in practice `NodeHandle::step`, which never blocks) as one
-//! `Vec<Envelope>` per frame. Everything dropped is counted in [`ServeStats`].
+//! connection silent for [`ServeConfig::idle_timeout`]). Connections still in the handshake
+//! and authenticated ones are bounded apart: at most [`ServeConfig::max_handshaking`]
+//! connections are in the handshake (at the bound a new connection closes the oldest of
+//! them), and at most [`ServeConfig::max_connections`] are authenticated (past it, a
+//! connection that passes the handshake is closed at once). A connection counts against
+//! `max_connections` only once authenticated, and only a connection still in the handshake
+//! is ever closed for a new one, so connections from anyone without the cluster secret can
+//! never take the slots of the peers.
+//!
+//! A frame for another node id is dropped; so is every raft message that does not decode, is
+//! not addressed to this node (`to`), or does not come from the authenticated peer (`from`).
+//! The rest is handed to the `deliver` callback (in practice `NodeHandle::step`, which never
+//! blocks) as one `Vec<Envelope>` per frame. Everything dropped is counted in [`ServeStats`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,7 +52,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, trace, warn};
@@ -93,7 +100,7 @@ macro_rules! counters {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $live {
-            $( $field: AtomicU64, )*
+            $( pub(crate) $field: AtomicU64, )*
         }
 
         #[doc = concat!("The values of a [`", stringify!($live), "`] at one moment.")]
@@ -144,14 +151,24 @@ counters! {
 counters! {
     /// Counters of a [`serve`] loop, updated as it runs.
     ServeStats => ServeCounters {
-        /// Connections accepted (under the connection limit).
+        /// Connections accepted (each one starts a handshake).
         connections_accepted,
-        /// Connections closed at once because the limit was reached.
+        /// Connections that passed the handshake and were closed at once because
+        /// [`ServeConfig::max_connections`] authenticated connections were open.
         connections_refused,
+        /// Connections still in the handshake closed to make room for a new one
+        /// ([`ServeConfig::max_handshaking`]).
+        connections_evicted,
+        /// Connections open now, in the handshake or authenticated (a gauge).
+        connections_open,
+        /// Connections in the handshake now (a gauge).
+        connections_handshaking,
         /// Errors of `accept` itself (e.g. out of file descriptors).
         accept_errors,
         /// Connections closed because the handshake failed or timed out.
         handshake_failures,
+        /// Of the `handshake_failures`, those that timed out.
+        handshake_timeouts,
         /// Authenticated connections (handshake passed).
         handshakes_passed,
         /// Frames read after the handshake (keepalives included).
@@ -174,6 +191,22 @@ counters! {
 
 fn bump(counter: &AtomicU64) {
     add(counter, 1);
+}
+
+/// Counts one in a gauge of [`ServeStats`] while it lives.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn enter(gauge: &'a AtomicU64) -> Self {
+        bump(gauge);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -220,8 +253,12 @@ impl Default for TransportConfig {
 /// Settings of [`serve`].
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// Connections served at once (at least 1); more are closed as soon as accepted.
+    /// Authenticated connections served at once (at least 1); a connection that passes the
+    /// handshake beyond them is closed at once. Connections in the handshake do not count.
     pub max_connections: usize,
+    /// Connections in the handshake at once (at least 1); at the bound, a new connection
+    /// closes the oldest of them. Authenticated connections are never closed for a new one.
+    pub max_handshaking: usize,
     /// Limit from accept to a verified hello.
     pub handshake_timeout: Duration,
     /// An authenticated connection that sends no frame for this long is closed.
@@ -232,6 +269,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             max_connections: 256,
+            max_handshaking: 64,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
         }
@@ -565,7 +603,9 @@ pub(crate) async fn client_handshake(
             got: other.kind(),
         }),
         Err(WireError::Closed) => Err(WireError::Handshake(
-            "peer closed the connection after the hello (wrong cluster id or secret?)".into(),
+            "peer closed the connection after the hello (wrong cluster id or secret, or the \
+             peer's connection limit?)"
+                .into(),
         )),
         Err(e) => Err(e),
     }
@@ -797,8 +837,9 @@ pub async fn serve(
 /// the raft messages it carries to `local` are handed to `deliver`. See the
 /// [module documentation](self) for what is dropped; `stats` counts it.
 ///
-/// Fails at once for node id 0, `max_connections` 0, or when the OS random number
-/// generator cannot be read (nonces come from it); accept errors are logged and retried.
+/// Fails at once for node id 0, `max_connections` or `max_handshaking` 0, or when the OS
+/// random number generator cannot be read (nonces come from it); accept errors are logged and
+/// retried.
 pub async fn serve_with(
     listener: TcpListener,
     auth: ClusterAuth,
@@ -853,21 +894,23 @@ pub async fn serve_node(
     if local == 0 {
         return Err(WireError::Config("node id 0 is reserved".into()));
     }
-    if config.max_connections == 0 {
+    if config.max_connections == 0 || config.max_handshaking == 0 {
         return Err(WireError::Config(
-            "max_connections must be at least 1".into(),
+            "max_connections and max_handshaking must be at least 1".into(),
         ));
     }
     random_nonce()?;
-    let limit = Arc::new(Semaphore::new(config.max_connections));
     let ctx = Arc::new(ServeCtx {
         auth,
         local,
         deliver,
         rpc,
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        handshaking: Mutex::new(BTreeMap::new()),
         config,
         stats,
     });
+    let mut next_id = 0u64;
     let mut connections = JoinSet::new();
     let local_addr = listener.local_addr().ok();
     info!(node = local, addr = ?local_addr, "accepting raft connections");
@@ -885,15 +928,16 @@ pub async fn serve_node(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                        bump(&ctx.stats.connections_refused);
-                        warn!(%remote, max = ctx.config.max_connections,
-                            "connection limit reached; closing new connection");
-                        drop(stream);
-                        continue;
-                    };
+                    next_id += 1;
+                    let evicted = ctx.start_handshake(next_id);
                     bump(&ctx.stats.connections_accepted);
-                    connections.spawn(serve_connection(Arc::clone(&ctx), stream, remote, permit));
+                    connections.spawn(serve_connection(
+                        Arc::clone(&ctx),
+                        stream,
+                        remote,
+                        next_id,
+                        evicted,
+                    ));
                 }
                 Err(e) => {
                     bump(&ctx.stats.accept_errors);
@@ -913,27 +957,84 @@ struct ServeCtx {
     local: NodeId,
     deliver: Deliver,
     rpc: Option<RpcHandler>,
+    /// One permit per authenticated connection.
+    slots: Arc<Semaphore>,
+    /// Connections in the handshake by number (accept order); dropping a sender closes its
+    /// connection.
+    handshaking: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
     config: ServeConfig,
     stats: Arc<ServeStats>,
+}
+
+impl ServeCtx {
+    /// Registers connection `id` as in the handshake, first closing the oldest ones in the
+    /// handshake at the bound. The answer completes when `id` is closed for a newer one.
+    fn start_handshake(&self, id: u64) -> oneshot::Receiver<()> {
+        let mut pending = self
+            .handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while pending.len() >= self.config.max_handshaking {
+            let Some((_, oldest)) = pending.pop_first() else {
+                break;
+            };
+            drop(oldest);
+            bump(&self.stats.connections_evicted);
+        }
+        let (tx, rx) = oneshot::channel();
+        pending.insert(id, tx);
+        rx
+    }
+
+    /// Connection `id` left the handshake.
+    fn end_handshake(&self, id: u64) {
+        self.handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
 }
 
 async fn serve_connection(
     ctx: Arc<ServeCtx>,
     mut stream: TcpStream,
     remote: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    id: u64,
+    evicted: oneshot::Receiver<()>,
 ) {
     let stats = &ctx.stats;
+    let _open = Gauge::enter(&stats.connections_open);
+    let handshaking = Gauge::enter(&stats.connections_handshaking);
     let handshake = with_timeout(
         "handshake",
         ctx.config.handshake_timeout,
         accept_handshake(&ctx, &mut stream),
-    )
-    .await;
-    let peer = match handshake {
-        Ok(peer) => peer,
-        Err(e) => {
+    );
+    let handshake = tokio::select! {
+        biased;
+        passed = handshake => Some(passed),
+        _ = evicted => None,
+    };
+    ctx.end_handshake(id);
+    drop(handshaking);
+    let (peer, _slot) = match handshake {
+        Some(Ok(Accepted::Peer(peer, slot))) => (peer, slot),
+        Some(Ok(Accepted::Full(peer))) => {
+            bump(&stats.handshakes_passed);
+            bump(&stats.connections_refused);
+            warn!(%remote, peer, max = ctx.config.max_connections,
+                "authenticated connection limit reached; closing the new connection");
+            return;
+        }
+        None => {
+            debug!(%remote, "closing a connection still in the handshake for a newer one");
+            return;
+        }
+        Some(Err(e)) => {
             bump(&stats.handshake_failures);
+            if matches!(e, WireError::Timeout(_)) {
+                bump(&stats.handshake_timeouts);
+            }
             warn!(%remote, error = %e, "raft connection refused at handshake");
             return;
         }
@@ -1000,8 +1101,17 @@ async fn serve_connection(
     }
 }
 
-/// The accepting side of the handshake; returns the authenticated peer's node id.
-async fn accept_handshake(ctx: &ServeCtx, stream: &mut TcpStream) -> Result<NodeId, WireError> {
+/// How a handshake that proved the cluster secret ended.
+enum Accepted {
+    /// Welcomed, in one of the authenticated slots.
+    Peer(NodeId, OwnedSemaphorePermit),
+    /// Every authenticated slot was taken: not welcomed.
+    Full(NodeId),
+}
+
+/// The accepting side of the handshake: the peer is welcomed once it proved the secret and
+/// an authenticated slot is free.
+async fn accept_handshake(ctx: &ServeCtx, stream: &mut TcpStream) -> Result<Accepted, WireError> {
     stream.set_nodelay(true)?;
     let nonce = random_nonce()?;
     write_frame(stream, &WireMessage::Challenge { nonce }).await?;
@@ -1017,8 +1127,11 @@ async fn accept_handshake(ctx: &ServeCtx, stream: &mut TcpStream) -> Result<Node
                     "node {node_id} of cluster {shown:?} failed the proof"
                 )));
             }
+            let Ok(slot) = Arc::clone(&ctx.slots).try_acquire_owned() else {
+                return Ok(Accepted::Full(node_id));
+            };
             write_frame(stream, &WireMessage::Welcome { node_id: ctx.local }).await?;
-            Ok(node_id)
+            Ok(Accepted::Peer(node_id, slot))
         }
         other => Err(WireError::Unexpected {
             expected: "hello",
