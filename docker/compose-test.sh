@@ -2,8 +2,8 @@
 # The Docker Compose cluster, tested for real: builds the image around a release binary,
 # starts docker-compose.yml (control, worker1, worker2), inserts through the control node and
 # through a worker, queries, kills worker2 (SIGKILL) and checks that the answer is still
-# complete (replication factor 2), restarts it and writes again, scales to a third worker
-# and sees it registered, then tears everything down.
+# complete (replication factor 2), restarts it and writes again, scales to a third worker,
+# waits until the rebalance gives it its share and writes again, then tears everything down.
 #
 #   cargo build --release --bin raftmetrics-server
 #   docker/compose-test.sh [path/to/raftmetrics-server]
@@ -123,6 +123,15 @@ wait_for "three workers registered" 60 workers_are 3 3
 id="$(dc exec -T worker cat /data/node-id | tr -d '\r\n')"
 [[ "$id" =~ ^[0-9]+$ ]] || fail "the new worker kept no id: '$id'"
 echo "ok: the new worker registered with id $id"
+# holds_share ID: the worker holds at least a third of the replicas less one, and no move
+# is in flight (16 partitions x 2 replicas over 3 workers: 10 or 11 each).
+holds_share() {
+  curl -sf "${auth[@]}" "$control/admin/workers" | jq -e --argjson id "$1" \
+    '(.moves | length) == 0 and ([.workers[] | select(.id == $id) | .replicas][0] >= 10)'
+}
+wait_for "the third worker holds its share of the replicas" 180 holds_share "$id"
 count_is 301 >/dev/null || fail "the answer changed after scaling"
+wait_for "100 more points acknowledged after the rebalance" 30 insert 300 400
+wait_for "count 401, complete" 30 count_is 401
 
 echo "compose test passed"

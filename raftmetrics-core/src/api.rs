@@ -212,6 +212,13 @@ pub struct HealthResponse {
     pub worker_nodes: Option<WorkerCounts>,
     /// Control node only: partitions with a known, live leader.
     pub partitions_available: Option<u32>,
+    /// Control node only: the placement's epoch (raised by every change of where replicas
+    /// live).
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// Control node only: replica moves in flight.
+    #[serde(default)]
+    pub moves_in_flight: Option<u32>,
     pub partitions_total: u32,
     /// Worker only.
     pub storage: Option<StorageHealth>,

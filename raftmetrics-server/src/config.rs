@@ -77,6 +77,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("IDLE_TIMEOUT_MS", "idle-timeout-ms"),
     ("MAX_CONNECTIONS", "max-connections"),
     ("MIN_WORKERS", "min-workers"),
+    ("DEAD_WORKER_TIMEOUT", "dead-worker-timeout"),
+    ("MAX_MOVES", "max-moves"),
+    ("MAX_MOVES_PER_WORKER", "max-moves-per-worker"),
     ("BIND_HOST", "bind-host"),
     ("ADVERTISE_HOST", "advertise-host"),
 ];
@@ -180,6 +183,9 @@ pub struct ControlArgs {
     /// [default: max(number of WORKER_HOSTS, replication factor, 1)] [env: MIN_WORKERS]
     #[arg(long)]
     pub min_workers: Option<u32>,
+    /// How replicas move.
+    #[command(flatten)]
+    pub moves: MoveArgs,
     /// Options every node has.
     #[command(flatten)]
     pub node: NodeArgs,
@@ -264,6 +270,61 @@ pub struct HttpArgs {
     pub max_connections: usize,
 }
 
+/// How the control node moves replicas (rebalancing, draining, replacing dead workers).
+#[derive(Args, Debug, Clone)]
+pub struct MoveArgs {
+    /// A worker not heard from for this long is declared dead and its replicas are
+    /// re-created on other workers: a number and a unit, s, m or h (30s, 5m, 1h)
+    /// [env: DEAD_WORKER_TIMEOUT]
+    #[arg(long, default_value = "5m")]
+    pub dead_worker_timeout: String,
+    /// Replica moves running at once in the cluster [env: MAX_MOVES]
+    #[arg(long, default_value_t = 2)]
+    pub max_moves: usize,
+    /// Replica moves a worker takes part in at once, as source or target
+    /// [env: MAX_MOVES_PER_WORKER]
+    #[arg(long, default_value_t = 1)]
+    pub max_moves_per_worker: usize,
+}
+
+impl MoveArgs {
+    /// The dead-worker timeout (checked by parsing).
+    pub fn dead_worker_timeout(&self) -> Duration {
+        raftmetrics_core::time::parse_duration_micros(&self.dead_worker_timeout)
+            .map(|us| Duration::from_micros(us.unsigned_abs()))
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    fn finish(&self, problems: &mut Vec<String>) {
+        match raftmetrics_core::time::parse_duration_micros(&self.dead_worker_timeout) {
+            Ok(us) if us >= 2_000_000 => {}
+            Ok(_) => problems.push(
+                "--dead-worker-timeout / DEAD_WORKER_TIMEOUT must be at least 2s (the liveness \
+                 window)"
+                    .into(),
+            ),
+            Err(e) => problems.push(format!("--dead-worker-timeout / DEAD_WORKER_TIMEOUT {e}")),
+        }
+        if !(1..=64).contains(&self.max_moves) {
+            problems.push("--max-moves / MAX_MOVES must be 1..=64".into());
+        }
+        if !(1..=64).contains(&self.max_moves_per_worker) {
+            problems.push("--max-moves-per-worker / MAX_MOVES_PER_WORKER must be 1..=64".into());
+        }
+    }
+
+    /// The mover's configuration.
+    pub fn mover_config(&self) -> crate::mover::MoverConfig {
+        crate::mover::MoverConfig {
+            limits: crate::rebalance::MoveLimits {
+                max_in_flight: self.max_moves,
+                max_per_worker: self.max_moves_per_worker,
+            },
+            dead_worker_timeout: self.dead_worker_timeout(),
+        }
+    }
+}
+
 /// Options of the dev role (a local cluster in one process).
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
@@ -290,6 +351,9 @@ pub struct DevArgs {
     /// Node-to-node secret (optional in dev) [env: CLUSTER_SECRET]
     #[arg(long)]
     pub cluster_secret: Option<Secret>,
+    /// How the control node moves replicas.
+    #[command(flatten)]
+    pub moves: MoveArgs,
     /// Public HTTP options.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -595,7 +659,13 @@ impl ControlArgs {
         check_replication(self.replication_factor, None, problems);
         check_partitions(self.partitions, problems);
         check_rate_limit(self.rate_limit_per_minute, problems);
+        self.moves.finish(problems);
         self.node.finish(self.port, true, problems);
+    }
+
+    /// The mover's configuration.
+    pub fn mover_config(&self) -> crate::mover::MoverConfig {
+        self.moves.mover_config()
     }
 }
 
@@ -656,6 +726,7 @@ impl DevArgs {
             check_rate_limit(limit, problems);
         }
         check_path("--data-dir / DATA_DIR", self.data_dir.as_deref(), problems);
+        self.moves.finish(problems);
         check_secret(self.cluster_secret.as_ref(), false, problems);
         self.http.finish_tokens(false, problems);
     }

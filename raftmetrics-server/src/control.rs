@@ -15,7 +15,7 @@
 //! are asked of another replica that answered while time remains; what is still missing is
 //! reported in the answer's coverage.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,8 +37,9 @@ use raftmetrics_core::query::{Consistency, Query};
 use raftmetrics_core::raft::{NodeId, ReplicaStatus, Role as RaftRole};
 use raftmetrics_core::{Agg, HashPartitioner, PartitionId, SketchConfig, codec};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::cluster_state::{ClusterState, Command, MoveRecord};
 use crate::config::{ControlArgs, default_replication_factor};
 use crate::error::ServerError;
 use crate::http::body::{Format, respond, response_format};
@@ -46,11 +47,15 @@ use crate::http::error::ApiError;
 use crate::http::render::aggregate_document;
 use crate::http::stack;
 use crate::ingest::Ingest;
-use crate::metadata::{MetadataLog, Placement};
+use crate::metadata::MetadataLog;
 use crate::metrics::{Metrics, Outcome};
+use crate::mover::{Action, Mover, Observed, next_action};
+use crate::rebalance::{
+    WorkerState, is_balanced, plan_leader_transfers, plan_moves, replica_counts,
+};
 use crate::router::Router;
 use crate::rpc::{
-    CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Registration, RemoteError, Request,
+    CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Membership, Registration, RemoteError, Request,
     Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
 };
 use crate::wire::frame::ClusterAuth;
@@ -62,6 +67,9 @@ pub const LIVENESS: Duration = Duration::from_millis(2_000);
 
 /// Deadline of each worker's part of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(3_000);
+
+/// Deadline of one move action (a membership change or leader transfer) on a worker.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most workers the registry keeps.
 const MAX_WORKERS: usize = 1024;
@@ -82,10 +90,11 @@ pub struct Control {
     replication_factor: Option<u32>,
     min_workers: usize,
     registry: Mutex<BTreeMap<NodeId, WorkerEntry>>,
-    placement: Mutex<Option<Placement>>,
     /// Serializes placing, so two registrations cannot both place.
     placing: tokio::sync::Mutex<()>,
     metadata: MetadataLog,
+    /// Replica moves and leader transfers ([`crate::mover`]).
+    mover: crate::mover::Mover,
     router: Arc<Router>,
     rpc: Arc<RpcClient>,
     partitioner: HashPartitioner,
@@ -111,14 +120,12 @@ pub async fn run(
         .ok_or_else(|| ServerError::Config("CLUSTER_SECRET is required".into()))?;
     let auth = ClusterAuth::new(CLUSTER_ID, secret.expose())?;
     let metadata = MetadataLog::open(&data_dir.join("metadata")).await?;
-    let placement = metadata.placement()?;
-    if let Some(p) = &placement
-        && p.partitions() != args.partitions
-    {
+    let state = metadata.state();
+    if state.is_placed() && state.placement.len() != args.partitions as usize {
         return Err(ServerError::Config(format!(
             "this cluster was created with {} partitions, but PARTITIONS is {}; the partition \
              count is fixed when a cluster is created",
-            p.partitions(),
+            state.placement.len(),
             args.partitions
         )));
     }
@@ -134,9 +141,9 @@ pub async fn run(
         replication_factor: args.replication_factor,
         min_workers: args.min_workers() as usize,
         registry: Mutex::new(BTreeMap::new()),
-        placement: Mutex::new(placement),
         placing: tokio::sync::Mutex::new(()),
         metadata,
+        mover: crate::mover::Mover::new(args.mover_config()),
         router: Arc::new(Router::new(None, Arc::clone(&rpc))),
         rpc,
         partitioner: HashPartitioner::new(args.partitions)?,
@@ -164,6 +171,7 @@ pub async fn run(
     );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mover_task = tokio::spawn(mover_loop(Arc::clone(&control), stop_rx.clone()));
     let endpoints = Endpoints {
         auth,
         local: CONTROL_WIRE_ID,
@@ -194,7 +202,21 @@ pub async fn run(
     info!("control node stopping");
     let _ = stop_tx.send(true);
     let _ = internal_task.await;
+    let _ = mover_task.await;
     served
+}
+
+/// Runs [`Control::tick`] every [`crate::mover::TICK`] until `stop`.
+async fn mover_loop(control: Arc<Control>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(crate::mover::TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        control.tick().await;
+    }
 }
 
 /// Partition `p` on the sorted workers `p, p+1, ..., p+rf-1` (modulo their number).
@@ -209,6 +231,19 @@ pub fn place(workers: &[NodeId], partitions: u32, replication_factor: u32) -> Ve
                 .collect()
         })
         .collect()
+}
+
+/// The status of `partition` on its leader: a live worker reporting leadership, the highest
+/// term first.
+fn leader_status<'a>(
+    statuses: &'a HashMap<(PartitionId, NodeId), ReplicaStatus>,
+    partition: PartitionId,
+    live: &BTreeSet<NodeId>,
+) -> Option<&'a ReplicaStatus> {
+    live.iter()
+        .filter_map(|w| statuses.get(&(partition, *w)))
+        .filter(|s| s.role == RaftRole::Leader)
+        .max_by_key(|s| s.term)
 }
 
 impl Control {
@@ -250,6 +285,7 @@ impl Control {
             registry.keys().copied().collect()
         };
         self.maybe_place(&workers).await?;
+        self.admit(id).await;
         let view = self.view();
         let addrs: HashMap<NodeId, SocketAddr> = self
             .lock_registry()
@@ -264,12 +300,7 @@ impl Control {
     /// group before anyone learns it.
     async fn maybe_place(&self, workers: &[NodeId]) -> Result<(), Error> {
         let _placing = self.placing.lock().await;
-        let placed = self
-            .placement
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if placed || workers.len() < self.min_workers {
+        if self.metadata.state().is_placed() || workers.len() < self.min_workers {
             return Ok(());
         }
         let rf = self
@@ -278,29 +309,307 @@ impl Control {
         if rf as usize > workers.len() {
             return Ok(());
         }
-        let placement = Placement {
-            replicas: place(workers, self.partitions, rf),
-        };
-        self.metadata.record(&placement).await?;
+        self.metadata
+            .commit(Command::Place {
+                replication_factor: rf,
+                voters: place(workers, self.partitions, rf),
+            })
+            .await?;
         info!(workers = ?workers, replication_factor = rf, "partitions placed");
-        *self.placement.lock().unwrap_or_else(|p| p.into_inner()) = Some(placement);
         Ok(())
     }
 
+    /// Records a worker that registers after the placement as active: a newcomer joins
+    /// (and gets its share by rebalancing), a dead worker that came back is active again
+    /// (it dropped the replicas placed elsewhere meanwhile).
+    async fn admit(&self, worker: NodeId) {
+        let state = self.metadata.state();
+        if !state.is_placed() {
+            return;
+        }
+        let command = match state.worker_state(worker) {
+            None => Command::Join { worker },
+            Some(WorkerState::Dead) => Command::SetWorkerState {
+                worker,
+                state: WorkerState::Active,
+            },
+            Some(_) => return,
+        };
+        match self.metadata.commit(command.clone()).await {
+            Ok(_) => info!(worker, ?command, "worker admitted"),
+            Err(e) => warn!(worker, error = %e, "cannot record a worker"),
+        }
+    }
+
+    /// The cluster view of the committed state and the registered workers.
     fn view(&self) -> ClusterView {
-        let placement = self.placement.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.metadata.state();
         ClusterView {
+            epoch: state.epoch,
             partitions: self.partitions,
-            replication_factor: placement.as_ref().map_or(0, Placement::replication_factor),
-            placement: placement
-                .as_ref()
-                .map(|p| p.replicas.clone())
-                .unwrap_or_default(),
+            replication_factor: state.replication_factor,
+            placement: state.placement.iter().map(|r| r.voters.clone()).collect(),
+            learners: state.placement.iter().map(|r| r.learners.clone()).collect(),
+            founders: state.founders.clone(),
             workers: self
                 .lock_registry()
                 .values()
                 .map(|e| e.info.clone())
                 .collect(),
+        }
+    }
+
+    /// Tells the router about the committed state (after a change, before the next
+    /// heartbeat does).
+    fn refresh_view(&self) {
+        let addrs: HashMap<NodeId, SocketAddr> = self
+            .lock_registry()
+            .iter()
+            .map(|(id, e)| (*id, e.addr))
+            .collect();
+        self.router.set_view(self.view(), &addrs);
+    }
+
+    /// One round of the elastic cluster: declare dead and drained workers, drive every move
+    /// in flight one step ([`crate::mover::next_action`]), start the moves the planner asks
+    /// for ([`crate::rebalance::plan_moves`]), and spread leaders once nothing moves.
+    async fn tick(&self) {
+        let state = self.metadata.state();
+        if !state.is_placed() {
+            return;
+        }
+        self.declare_workers(&state).await;
+        let state = self.metadata.state();
+        let (live, statuses) = self.reports();
+        let in_flight: BTreeSet<u64> = state.moves.keys().copied().collect();
+        self.mover.retain(&in_flight);
+        for record in state.moves.values() {
+            let p = record.spec.partition;
+            let leader = leader_status(&statuses, p, &live);
+            let target = statuses
+                .get(&(p, record.spec.to))
+                .filter(|_| live.contains(&record.spec.to));
+            let joint = leader.is_some_and(|l| !l.voters_outgoing.is_empty());
+            let observed = Observed {
+                leader,
+                target,
+                target_state: state.worker_state(record.spec.to),
+                live: live.clone(),
+                joint_for: self.mover.joint_for(p, joint),
+            };
+            let action = next_action(record, &observed);
+            self.act(record, action).await;
+        }
+        // New moves, within the limits.
+        let state = self.metadata.state();
+        let workers = state.worker_states();
+        let plan = plan_moves(
+            &state.placement,
+            &workers,
+            &state.move_specs(),
+            state.replication_factor as usize,
+            &self.mover.config.limits,
+        );
+        for spec in plan {
+            match self
+                .metadata
+                .commit(Command::StartMove { spec: spec.clone() })
+                .await
+            {
+                Ok(_) => {
+                    Mover::count(&self.mover.started);
+                    info!(partition = spec.partition, from = spec.from, to = spec.to,
+                        reason = ?spec.reason, "replica move started");
+                }
+                Err(e) => warn!(?spec, error = %e, "cannot start a replica move"),
+            }
+        }
+        let state = self.metadata.state();
+        self.refresh_view();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics.set_moves(
+            state.moves.len() as u64,
+            (
+                count(&self.mover.started),
+                count(&self.mover.finished),
+                count(&self.mover.failed),
+            ),
+            &replica_counts(&state.placement, &state.worker_states()),
+        );
+        // Leaders, once every move is done, for a while after a rebalance, one paced
+        // round at a time.
+        if state.moves.is_empty()
+            && is_balanced(&state.placement, &state.worker_states())
+            && self.mover.may_spread()
+        {
+            let leaders: BTreeMap<PartitionId, NodeId> = (0..state.placement.len() as u32)
+                .filter_map(|p| leader_status(&statuses, p, &live).map(|s| (p, s.node)))
+                .collect();
+            for (p, to) in plan_leader_transfers(&state.placement, &leaders, &workers, 2) {
+                let Some(&from) = leaders.get(&p) else {
+                    continue;
+                };
+                let request = Request::TransferLeader { partition: p, to };
+                if let Err(e) = self.ask(from, &request).await {
+                    debug!(partition = p, from, to, error = %e, "leader transfer not done");
+                }
+            }
+        }
+    }
+
+    /// Declares workers dead (not heard from for the dead-worker timeout) and drained
+    /// (draining, with nothing left on them).
+    async fn declare_workers(&self, state: &ClusterState) {
+        let timeout = self.mover.config.dead_worker_timeout;
+        let silent: HashMap<NodeId, Duration> = {
+            let registry = self.lock_registry();
+            state
+                .workers
+                .keys()
+                .map(|w| {
+                    let last = registry.get(w).map_or(self.started, |e| e.last_seen);
+                    (*w, last.elapsed())
+                })
+                .collect()
+        };
+        for (worker, record) in &state.workers {
+            let next = match record.state {
+                WorkerState::Active | WorkerState::Draining if silent[worker] > timeout => {
+                    WorkerState::Dead
+                }
+                WorkerState::Draining
+                    if state.replicas_on(*worker) == 0
+                        && !state
+                            .moves
+                            .values()
+                            .any(|m| m.spec.from == *worker || m.spec.to == *worker) =>
+                {
+                    WorkerState::Drained
+                }
+                _ => continue,
+            };
+            let command = Command::SetWorkerState {
+                worker: *worker,
+                state: next,
+            };
+            match self.metadata.commit(command).await {
+                Ok(_) => info!(worker, state = ?next, "worker state changed"),
+                Err(e) => warn!(worker, error = %e, "cannot record a worker's state"),
+            }
+        }
+    }
+
+    /// Live workers, and every live worker's replica statuses by (partition, worker).
+    fn reports(
+        &self,
+    ) -> (
+        BTreeSet<NodeId>,
+        HashMap<(PartitionId, NodeId), ReplicaStatus>,
+    ) {
+        let registry = self.lock_registry();
+        let mut live = BTreeSet::new();
+        let mut statuses = HashMap::new();
+        for (id, e) in registry.iter() {
+            if e.last_seen.elapsed() > LIVENESS {
+                continue;
+            }
+            live.insert(*id);
+            for st in &e.replicas {
+                statuses.insert((st.group, *id), st.clone());
+            }
+        }
+        (live, statuses)
+    }
+
+    /// Carries out `action` for the move `record`.
+    async fn act(&self, record: &MoveRecord, action: Action) {
+        let p = record.spec.partition;
+        let (to, from) = (record.spec.to, record.spec.from);
+        let membership = |change| Request::ChangeMembership {
+            partition: p,
+            change,
+        };
+        let (leader, request) = match &action {
+            Action::Wait => return,
+            Action::Advance(step) => {
+                let command = Command::Advance {
+                    id: record.id,
+                    step: *step,
+                };
+                if let Err(e) = self.metadata.commit(command).await {
+                    warn!(id = record.id, error = %e, "cannot record a move's step");
+                }
+                return;
+            }
+            Action::Finish => {
+                match self
+                    .metadata
+                    .commit(Command::FinishMove { id: record.id })
+                    .await
+                {
+                    Ok(_) => {
+                        Mover::count(&self.mover.finished);
+                        self.mover.moved();
+                        info!(partition = p, from, to, "replica move finished");
+                    }
+                    Err(e) => warn!(id = record.id, error = %e, "cannot finish a move"),
+                }
+                return;
+            }
+            Action::Abort(reason) => {
+                let command = Command::AbortMove {
+                    id: record.id,
+                    reason: reason.clone(),
+                };
+                match self.metadata.commit(command).await {
+                    Ok(_) => {
+                        Mover::count(&self.mover.failed);
+                        warn!(partition = p, from, to, reason, "replica move rolled back");
+                    }
+                    Err(e) => warn!(id = record.id, error = %e, "cannot roll a move back"),
+                }
+                return;
+            }
+            Action::Compact { leader } => (*leader, Request::Compact { partition: p }),
+            Action::AddLearner { leader } => (*leader, membership(Membership::AddLearner(to))),
+            Action::Replace { leader } => (
+                *leader,
+                membership(Membership::Replace {
+                    add: to,
+                    remove: from,
+                }),
+            ),
+            Action::LeaveJoint { leader } => (*leader, membership(Membership::LeaveJoint)),
+            Action::RemoveLearner { leader } => (*leader, membership(Membership::Remove(to))),
+            Action::TransferLeader { leader, to } => (
+                *leader,
+                Request::TransferLeader {
+                    partition: p,
+                    to: *to,
+                },
+            ),
+        };
+        if !self.mover.should_send(record.id, &action) {
+            return;
+        }
+        match self.ask(leader, &request).await {
+            Ok(()) => debug!(partition = p, ?action, "move action done"),
+            Err(e) => debug!(partition = p, ?action, error = %e, "move action not done yet"),
+        }
+    }
+
+    /// Sends `request` to `worker` and waits for [`RpcResponse::Done`].
+    async fn ask(&self, worker: NodeId, request: &Request) -> Result<(), String> {
+        let addr = self
+            .lock_registry()
+            .get(&worker)
+            .map(|e| e.addr)
+            .ok_or_else(|| format!("worker {worker} is not registered"))?;
+        match self.rpc.call(worker, addr, request, ACTION_TIMEOUT).await {
+            Ok(RpcResponse::Done) => Ok(()),
+            Ok(RpcResponse::Error(e)) => Err(e.message),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -352,7 +661,15 @@ impl Control {
     /// Partial aggregates of `query` from the workers, and which part of the data answered.
     async fn fan_out(&self, query: &Query) -> (PartialAggregate, Coverage) {
         let (live, leaders, total) = self.liveness();
-        let placement = self.router.view().map(|v| v.placement).unwrap_or_default();
+        let view = self.router.view();
+        let placement = view
+            .as_ref()
+            .map(|v| v.placement.clone())
+            .unwrap_or_default();
+        // A reported leader counts when it holds the partition as a voter or as the target
+        // of a move being promoted; a query reads each partition from exactly one replica.
+        let holds =
+            |p: PartitionId, w: NodeId| view.as_ref().is_some_and(|v| v.holders(p).any(|h| h == w));
         let strong = query.consistency == Consistency::Strong;
         let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
         let mut merged = PartialAggregate::default();
@@ -370,7 +687,7 @@ impl Control {
             live.keys().map(|id| (*id, Vec::new())).collect();
         for (p, replicas) in placement.iter().enumerate() {
             let p = p as PartitionId;
-            let leader = leaders.get(&p).filter(|l| replicas.contains(l));
+            let leader = leaders.get(&p).filter(|l| holds(p, **l));
             let freshest = || {
                 replicas
                     .iter()
@@ -491,16 +808,89 @@ impl Control {
         Ok(finalize(query, &self.sketch, &partial, coverage))
     }
 
+    /// One worker as `GET /admin/workers` lists it.
+    fn worker_document(&self, id: NodeId) -> serde_json::Value {
+        let state = self.metadata.state();
+        let registry = self.lock_registry();
+        let entry = registry.get(&id);
+        let leaders = entry.map_or(0, |e| {
+            e.replicas
+                .iter()
+                .filter(|s| s.role == RaftRole::Leader)
+                .count()
+        });
+        let ago = entry.map(|e| e.last_seen.elapsed());
+        let status = match state.worker_state(id) {
+            Some(WorkerState::Active) => "active",
+            Some(WorkerState::Draining) => "draining",
+            Some(WorkerState::Drained) => "drained",
+            Some(WorkerState::Dead) => "dead",
+            None => "unplaced",
+        };
+        serde_json::json!({
+            "id": id,
+            "http_addr": entry.map(|e| e.info.http_addr.clone()),
+            "internal_addr": entry.map(|e| e.info.internal_addr.clone()),
+            "state": status,
+            "live": ago.is_some_and(|a| a <= LIVENESS),
+            "last_heartbeat": ago.map(|a| api::heard_at(u64::try_from(a.as_millis()).unwrap_or(u64::MAX))),
+            "replicas": state.replicas_on(id),
+            "leaders": leaders,
+            "moves": state.moves.values()
+                .filter(|m| m.spec.from == id || m.spec.to == id)
+                .map(|m| m.id)
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    /// `GET /admin/workers`.
+    fn workers_document(&self) -> serde_json::Value {
+        let state = self.metadata.state();
+        // Partitions whose leader reports a joint configuration (a move being promoted).
+        let (live, statuses) = self.reports();
+        let joint: Vec<PartitionId> = (0..state.placement.len() as PartitionId)
+            .filter(|p| {
+                leader_status(&statuses, *p, &live).is_some_and(|s| !s.voters_outgoing.is_empty())
+            })
+            .collect();
+        let mut ids: BTreeSet<NodeId> = state.workers.keys().copied().collect();
+        ids.extend(self.lock_registry().keys().copied());
+        let moves: Vec<serde_json::Value> = state
+            .moves
+            .values()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id,
+                    "partition": m.spec.partition,
+                    "from": m.spec.from,
+                    "to": m.spec.to,
+                    "reason": format!("{:?}", m.spec.reason).to_lowercase(),
+                    "step": format!("{:?}", m.step).to_lowercase(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "epoch": state.epoch,
+            "replication_factor": state.replication_factor,
+            "workers": ids.into_iter().map(|id| self.worker_document(id)).collect::<Vec<_>>(),
+            "moves": moves,
+            "placement": state.placement.iter().map(|r| r.voters.clone()).collect::<Vec<_>>(),
+            "learners": state.placement.iter().map(|r| r.learners.clone()).collect::<Vec<_>>(),
+            "joint": joint,
+        })
+    }
+
     /// Whether the cluster can take inserts and give complete answers ([`crate::ready`]).
     fn readiness(&self) -> crate::ready::Readiness {
         let (_, leaders, registered) = self.liveness();
-        let placement = self
+        // A leader may be the target of a move being promoted: voters and learners count.
+        let placement: Vec<Vec<NodeId>> = self
+            .metadata
+            .state()
             .placement
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|p| p.replicas.clone())
-            .unwrap_or_default();
+            .iter()
+            .map(|r| r.voters.iter().chain(&r.learners).copied().collect())
+            .collect();
         crate::ready::control(
             self.node_id,
             self.partitions,
@@ -513,11 +903,8 @@ impl Control {
 
     async fn health(&self) -> HealthResponse {
         let (live, leaders, total) = self.liveness();
-        let placed = self
-            .placement
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
+        let state = self.metadata.state();
+        let placed = state.is_placed();
         let available = leaders.len() as u32;
         let stored = self
             .lock_registry()
@@ -546,6 +933,8 @@ impl Control {
                 healthy: live.len() as u32,
             }),
             partitions_available: Some(available),
+            epoch: Some(state.epoch),
+            moves_in_flight: Some(state.moves.len() as u32),
             partitions_total: self.partitions,
             // The workers' storage, summed over replicas.
             storage: Some(StorageHealth {
@@ -607,6 +996,9 @@ fn routes(control: Arc<Control>) -> HttpRouter {
         .route("/analytics", get(analytics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/admin/workers", get(admin_workers))
+        .route("/admin/workers/{id}", axum::routing::delete(admin_forget))
+        .route("/admin/workers/{id}/drain", post(admin_drain))
         .with_state(control)
 }
 
@@ -683,6 +1075,74 @@ async fn ready(
     control
         .readiness()
         .respond(response_format(&headers, Format::Json))
+}
+
+/// `GET /admin/workers`: every worker the cluster knows, with its state, its last
+/// heartbeat, the replicas and leaderships it holds, and the moves in flight.
+async fn admin_workers(State(control): State<Arc<Control>>) -> Response {
+    axum::Json(control.workers_document()).into_response()
+}
+
+fn worker_id(raw: &str) -> Result<NodeId, ApiError> {
+    raw.parse::<NodeId>()
+        .ok()
+        .filter(|id| (1..=MAX_WORKER_ID).contains(id))
+        .ok_or_else(|| {
+            ApiError::from(Error::InvalidRequest(format!(
+                "worker id must be a number in 1..={MAX_WORKER_ID}"
+            )))
+        })
+}
+
+/// `POST /admin/workers/{id}/drain`: moves every replica off the worker (its state goes
+/// `draining`, then `drained`). Refused when the other active workers could not hold every
+/// partition's replicas.
+async fn admin_drain(
+    State(control): State<Arc<Control>>,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let id = worker_id(&raw)?;
+    let state = control.metadata.state();
+    let Some(current) = state.worker_state(id) else {
+        return Err(Error::NotFound(format!("worker {id}")).into());
+    };
+    crate::rebalance::can_drain(
+        &state.placement,
+        &state.worker_states(),
+        state.replication_factor as usize,
+        id,
+    )
+    .map_err(Error::InvalidRequest)?;
+    if current == WorkerState::Active {
+        control
+            .metadata
+            .commit(Command::SetWorkerState {
+                worker: id,
+                state: WorkerState::Draining,
+            })
+            .await?;
+        info!(worker = id, "worker draining");
+    }
+    Ok(axum::Json(control.worker_document(id)).into_response())
+}
+
+/// `DELETE /admin/workers/{id}`: forgets a drained or dead worker that holds no replica.
+async fn admin_forget(
+    State(control): State<Arc<Control>>,
+    axum::extract::Path(raw): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let id = worker_id(&raw)?;
+    if control.metadata.state().worker_state(id).is_none() {
+        return Err(Error::NotFound(format!("worker {id}")).into());
+    }
+    control
+        .metadata
+        .commit(Command::Forget { worker: id })
+        .await?;
+    control.lock_registry().remove(&id);
+    control.rpc.forget(id);
+    info!(worker = id, "worker forgotten");
+    Ok(axum::Json(serde_json::json!({"removed": id})).into_response())
 }
 
 /// The name of a raft role in `/health`.

@@ -205,6 +205,9 @@ pub fn plan(args: &DevArgs, exe: &Path) -> Result<Vec<ChildSpec>, DevError> {
         format!("--partitions={}", args.partitions).into(),
         format!("--replication-factor={}", args.replication_factor()).into(),
         format!("--min-workers={}", args.workers).into(),
+        format!("--dead-worker-timeout={}", args.moves.dead_worker_timeout).into(),
+        format!("--max-moves={}", args.moves.max_moves).into(),
+        format!("--max-moves-per-worker={}", args.moves.max_moves_per_worker).into(),
     ];
     control_args.extend(common(control_limit).into_iter().map(OsString::from));
     let mut specs = vec![ChildSpec {
@@ -1026,6 +1029,9 @@ mod tests {
                 "--partitions=16",
                 "--replication-factor=3",
                 "--min-workers=3",
+                "--dead-worker-timeout=5m",
+                "--max-moves=2",
+                "--max-moves-per-worker=1",
                 "--bind-host=127.0.0.1",
                 "--advertise-host=127.0.0.1",
                 "--rate-limit-per-minute=1000",

@@ -13,10 +13,13 @@
 //! - [`http`]: the error format, bearer auth, per-token rate limits, body codecs;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`ready`]: readiness (`GET /ready`), decided by pure functions;
+//! - [`cluster_state`], [`metadata`]: the cluster metadata and the Raft group that keeps it;
 //! - [`rebalance`]: the pure planner of replica moves and leader transfers;
+//! - [`mover`]: the next step of each replica move;
 //! - [`wire`]: node-to-node frames and the raft transport over TCP;
 //! - [`error`]: the crate's error type.
 
+pub mod cluster_state;
 pub mod config;
 pub mod control;
 pub mod dev;
@@ -27,6 +30,7 @@ pub mod identity;
 pub mod ingest;
 pub mod metadata;
 pub mod metrics;
+pub mod mover;
 pub mod ready;
 pub mod rebalance;
 pub mod router;

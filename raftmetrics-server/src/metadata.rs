@@ -1,19 +1,22 @@
-//! The control node's cluster metadata (the placement of partition replicas), kept in a Raft
-//! group of its own.
+//! The control node's cluster metadata ([`ClusterState`]: the versioned placement, the
+//! workers' states, the moves in flight), kept in a Raft group of its own.
 //!
 //! The group runs on the core's [`RaftNode`] with its own raft-engine log and DuckDB store in
 //! the control node's data directory, separate from any partition. Today the group has one
-//! voter (the control node), so a placement is durable once its entry is committed and
-//! applied; adding control nodes as voters (with a transport between them) is what control
-//! node failover will build on.
+//! voter (the control node), so a change is durable once its entry is committed and applied;
+//! adding control nodes as voters (with a transport between them) is what control node
+//! failover will build on.
 //!
-//! The placement is stored as one record per replica: metric [`PLACEMENT_METRIC`], tags
-//! `partition`, `replica` (its position) and `worker`. It is written once, in one entry, so
-//! it is either absent or whole.
+//! Every change is a [`Command`], one log entry of one record: metric [`COMMAND_METRIC`], tag
+//! `seq` (its position, from 1) and tag `command` (the command in JSON). The state is the fold
+//! of the commands in `seq` order ([`ClusterState::fold`]), so it is rebuilt the same on every
+//! opening. A data directory written before commands existed holds the placement as records
+//! of metric [`PLACEMENT_METRIC`] (tags `partition`, `replica`, `worker`, written once); it is
+//! read as the first command, a [`Command::Place`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raftmetrics_core::error::{Error, Result};
@@ -24,33 +27,22 @@ use raftmetrics_core::raft::{
 use raftmetrics_core::series::Series;
 use raftmetrics_core::{DuckDbStore, PartitionId, Store, Timestamp};
 
+use crate::cluster_state::{ClusterState, Command};
+
 /// The metadata group's id (in the control node's own log, not a partition).
 pub const METADATA_GROUP: PartitionId = 0;
 
 /// The control node's id in the metadata group.
 pub const CONTROL_RAFT_ID: NodeId = 1;
 
-/// Metric of placement records.
+/// Metric of command records.
+pub const COMMAND_METRIC: &str = "meta_command";
+
+/// Metric of the placement records of data directories written before commands.
 pub const PLACEMENT_METRIC: &str = "placement";
 
 /// How long opening waits for the group to elect its leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(15);
-
-/// The placement: `replicas[p]` holds partition `p`'s workers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    pub replicas: Vec<Vec<NodeId>>,
-}
-
-impl Placement {
-    pub fn partitions(&self) -> u32 {
-        self.replicas.len() as u32
-    }
-
-    pub fn replication_factor(&self) -> u32 {
-        self.replicas.first().map_or(0, |r| r.len() as u32)
-    }
-}
 
 /// A single-voter group has no one to talk to.
 struct NoPeers;
@@ -64,6 +56,10 @@ pub struct MetadataLog {
     node: Option<RaftNode>,
     handle: NodeHandle,
     store: Arc<DuckDbStore>,
+    /// The state after every command committed so far, and how many there are.
+    state: Mutex<(ClusterState, u64)>,
+    /// Serializes commits, so the state here follows the log's order.
+    committing: tokio::sync::Mutex<()>,
 }
 
 impl MetadataLog {
@@ -96,8 +92,13 @@ impl MetadataLog {
             node: Some(node),
             handle,
             store,
+            state: Mutex::new((ClusterState::default(), 0)),
+            committing: tokio::sync::Mutex::new(()),
         };
         meta.wait_leader().await?;
+        let commands = meta.commands()?;
+        let count = commands.len() as u64;
+        *meta.lock_state() = (ClusterState::fold(&commands), count);
         Ok(meta)
     }
 
@@ -133,9 +134,82 @@ impl MetadataLog {
             .ok_or_else(|| Error::Raft("this node holds no replica of the metadata group".into()))
     }
 
-    /// The placement recorded in the group, if any.
-    pub fn placement(&self) -> Result<Option<Placement>> {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, (ClusterState, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster state after every command committed so far.
+    pub fn state(&self) -> ClusterState {
+        self.lock_state().0.clone()
+    }
+
+    /// Commits `command` (one log entry, committed and applied before this returns) and
+    /// answers the state after it. A command the state refuses (see [`ClusterState::apply`])
+    /// is not proposed: the error says why.
+    pub async fn commit(&self, command: Command) -> Result<ClusterState> {
+        let _one_at_a_time = self.committing.lock().await;
+        let (mut next, count) = self.lock_state().clone();
+        next.apply(&command).map_err(Error::InvalidRequest)?;
+        let seq = count + 1;
+        let json = serde_json::to_string(&command)
+            .map_err(|e| Error::Internal(format!("encode a metadata command: {e}")))?;
+        let tags: Tags = [
+            ("seq".to_string(), seq.to_string()),
+            ("command".to_string(), json),
+        ]
+        .into_iter()
+        .collect();
+        let series = Series::new(COMMAND_METRIC, tags, Some(COMMAND_METRIC.into()));
+        let record = Record::new(
+            Arc::new(series),
+            Timestamp::from_micros(seq as i64),
+            seq as f64,
+        );
+        if let Err(e) = self.handle.propose(METADATA_GROUP, vec![record]).await {
+            // The outcome may be unknown: what the store holds decides.
+            let commands = self.commands()?;
+            let count = commands.len() as u64;
+            *self.lock_state() = (ClusterState::fold(&commands), count);
+            return Err(e);
+        }
+        *self.lock_state() = (next.clone(), seq);
+        Ok(next)
+    }
+
+    /// Every command in the group's store, in order (a placement of an older data directory
+    /// first, as a [`Command::Place`]).
+    fn commands(&self) -> Result<Vec<Command>> {
         let snap = self.store.export_partition(METADATA_GROUP)?;
+        let mut commands: BTreeMap<(u64, u64), Command> = BTreeMap::new();
+        for s in snap.series.iter().filter(|s| s.metric == COMMAND_METRIC) {
+            let seq: u64 = s
+                .tags
+                .get("seq")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Internal("metadata command without a seq".into()))?;
+            let command = s
+                .tags
+                .get("command")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .ok_or_else(|| Error::Internal(format!("metadata command {seq} cannot be read")))?;
+            commands.insert((seq, s.id), command);
+        }
+        let mut out = Vec::with_capacity(commands.len() + 1);
+        if let Some(voters) = self.legacy_placement(&snap)? {
+            out.push(Command::Place {
+                replication_factor: voters.first().map_or(0, |r| r.len() as u32),
+                voters,
+            });
+        }
+        out.extend(commands.into_values());
+        Ok(out)
+    }
+
+    /// The placement records of a data directory written before commands, if any.
+    fn legacy_placement(
+        &self,
+        snap: &raftmetrics_core::store::PartitionSnapshot,
+    ) -> Result<Option<Vec<Vec<NodeId>>>> {
         let series: BTreeMap<u64, &Tags> = snap
             .series
             .iter()
@@ -178,31 +252,7 @@ impl MetadataLog {
             }
             row.push(worker);
         }
-        Ok(Some(Placement { replicas }))
-    }
-
-    /// Records `placement` (one log entry, committed and applied before this returns).
-    pub async fn record(&self, placement: &Placement) -> Result<()> {
-        let mut records = Vec::new();
-        for (p, workers) in placement.replicas.iter().enumerate() {
-            for (i, w) in workers.iter().enumerate() {
-                let tags: Tags = [
-                    ("partition".to_string(), p.to_string()),
-                    ("replica".to_string(), i.to_string()),
-                    ("worker".to_string(), w.to_string()),
-                ]
-                .into_iter()
-                .collect();
-                let series = Series::new(PLACEMENT_METRIC, tags, Some(PLACEMENT_METRIC.into()));
-                records.push(Record::new(
-                    Arc::new(series),
-                    Timestamp::from_micros(0),
-                    0.0,
-                ));
-            }
-        }
-        self.handle.propose(METADATA_GROUP, records).await?;
-        Ok(())
+        Ok(Some(replicas))
     }
 }
 
@@ -217,22 +267,88 @@ impl Drop for MetadataLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rebalance::{MoveReason, MoveSpec, WorkerState};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn placement_survives_a_restart_of_the_group() {
+    async fn the_state_survives_a_restart_of_the_group() {
         let dir = tempfile::tempdir().unwrap();
-        let placement = Placement {
-            replicas: vec![vec![1, 2], vec![2, 3], vec![3, 1]],
+        let voters = vec![vec![1, 2], vec![2, 3], vec![3, 1]];
+        let expected = {
+            let meta = MetadataLog::open(dir.path()).await.unwrap();
+            assert!(!meta.state().is_placed());
+            meta.commit(Command::Place {
+                replication_factor: 2,
+                voters: voters.clone(),
+            })
+            .await
+            .unwrap();
+            meta.commit(Command::Join { worker: 4 }).await.unwrap();
+            // Refused by the state: nothing is proposed.
+            assert!(meta.commit(Command::Join { worker: 4 }).await.is_err());
+            let spec = MoveSpec {
+                partition: 1,
+                from: 3,
+                to: 4,
+                reason: MoveReason::Balance,
+            };
+            meta.commit(Command::StartMove { spec }).await.unwrap();
+            let state = meta
+                .commit(Command::SetWorkerState {
+                    worker: 1,
+                    state: WorkerState::Draining,
+                })
+                .await
+                .unwrap();
+            assert_eq!(state.epoch, 2);
+            assert_eq!(state.placement[1].learners, vec![4]);
+            state
         };
+        let meta = MetadataLog::open(dir.path()).await.unwrap();
+        assert_eq!(meta.state(), expected);
+        // Commands go on after the restart in the same order.
+        let state = meta.commit(Command::FinishMove { id: 0 }).await.unwrap();
+        assert_eq!(state.placement[1].voters, vec![2, 4]);
+        drop(meta);
+        let meta = MetadataLog::open(dir.path()).await.unwrap();
+        assert_eq!(meta.state().placement[1].voters, vec![2, 4]);
+        assert_eq!(meta.state().epoch, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_placement_written_before_commands_is_read_as_the_first() {
+        let dir = tempfile::tempdir().unwrap();
         {
             let meta = MetadataLog::open(dir.path()).await.unwrap();
-            assert_eq!(meta.placement().unwrap(), None);
-            meta.record(&placement).await.unwrap();
-            assert_eq!(meta.placement().unwrap(), Some(placement.clone()));
+            // The records an older version wrote: one per replica, in one entry.
+            let mut records = Vec::new();
+            for (p, workers) in [[1u64, 2], [2, 1]].iter().enumerate() {
+                for (i, w) in workers.iter().enumerate() {
+                    let tags: Tags = [
+                        ("partition".to_string(), p.to_string()),
+                        ("replica".to_string(), i.to_string()),
+                        ("worker".to_string(), w.to_string()),
+                    ]
+                    .into_iter()
+                    .collect();
+                    let series = Series::new(PLACEMENT_METRIC, tags, Some(PLACEMENT_METRIC.into()));
+                    records.push(Record::new(
+                        Arc::new(series),
+                        Timestamp::from_micros(0),
+                        0.0,
+                    ));
+                }
+            }
+            meta.handle.propose(METADATA_GROUP, records).await.unwrap();
         }
         let meta = MetadataLog::open(dir.path()).await.unwrap();
-        let got = meta.placement().unwrap().unwrap();
-        assert_eq!(got, placement);
-        assert_eq!((got.partitions(), got.replication_factor()), (3, 2));
+        let state = meta.state();
+        assert_eq!(state.replication_factor, 2);
+        assert_eq!(state.placement[1].voters, vec![2, 1]);
+        assert_eq!(state.epoch, 1);
+        // A new command comes after it.
+        meta.commit(Command::Join { worker: 3 }).await.unwrap();
+        drop(meta);
+        let meta = MetadataLog::open(dir.path()).await.unwrap();
+        assert_eq!(meta.state().workers.len(), 3);
     }
 }

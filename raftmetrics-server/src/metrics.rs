@@ -233,6 +233,18 @@ pub struct Metrics {
     rpc: Mutex<BTreeMap<String, Arc<Histogram>>>,
     raft: Mutex<BTreeMap<PartitionId, GroupState>>,
     listeners: Mutex<Listeners>,
+    /// The control node's replica moves (exposed once set).
+    moves: Mutex<Option<Moves>>,
+}
+
+/// What the control node reports of replica moves.
+#[derive(Clone, Debug, Default)]
+struct Moves {
+    in_flight: u64,
+    started: u64,
+    finished: u64,
+    failed: u64,
+    replicas: BTreeMap<u64, usize>,
 }
 
 /// The listeners whose connection counters are exported.
@@ -313,6 +325,7 @@ impl Metrics {
             rpc: Mutex::new(BTreeMap::new()),
             raft: Mutex::new(BTreeMap::new()),
             listeners: Mutex::new(Listeners::default()),
+            moves: Mutex::new(None),
         }
     }
 
@@ -389,6 +402,62 @@ impl Metrics {
         self.workers_healthy.store(healthy, Ordering::Relaxed);
         self.workers_unhealthy.store(unhealthy, Ordering::Relaxed);
         self.workers_set.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets the control node's move families: `raftmetrics_moves_in_flight`,
+    /// `raftmetrics_moves_total{result}` (`started`, `finished`, `failed`: rolled back) and
+    /// `raftmetrics_worker_replicas{worker}` (replicas placed per worker).
+    pub fn set_moves(
+        &self,
+        in_flight: u64,
+        (started, finished, failed): (u64, u64, u64),
+        replicas: &BTreeMap<u64, usize>,
+    ) {
+        *lock(&self.moves) = Some(Moves {
+            in_flight,
+            started,
+            finished,
+            failed,
+            replicas: replicas.clone(),
+        });
+    }
+
+    fn render_moves(&self, out: &mut String) {
+        let Some(m) = lock(&self.moves).clone() else {
+            return;
+        };
+        family(
+            out,
+            "raftmetrics_moves_in_flight",
+            "gauge",
+            "Replica moves in flight (control node).",
+        );
+        let _ = writeln!(out, "raftmetrics_moves_in_flight {}", m.in_flight);
+        family(
+            out,
+            "raftmetrics_moves_total",
+            "counter",
+            "Replica moves started, finished and failed (rolled back) since the control node started.",
+        );
+        for (result, n) in [
+            ("started", m.started),
+            ("finished", m.finished),
+            ("failed", m.failed),
+        ] {
+            let _ = writeln!(out, "raftmetrics_moves_total{{result=\"{result}\"}} {n}");
+        }
+        family(
+            out,
+            "raftmetrics_worker_replicas",
+            "gauge",
+            "Partition replicas placed on each worker (voters and learners).",
+        );
+        for (worker, n) in &m.replicas {
+            let _ = writeln!(
+                out,
+                "raftmetrics_worker_replicas{{worker=\"{worker}\"}} {n}"
+            );
+        }
     }
 
     /// Counts one Raft proposal in `raftmetrics_raft_proposals_total{result}`.
@@ -516,6 +585,7 @@ impl Metrics {
         self.render_operations(&mut out);
         self.render_raft(&mut out);
         self.render_connections(&mut out);
+        self.render_moves(&mut out);
         out
     }
 
@@ -911,6 +981,7 @@ mod tests {
             last_index: applied,
             voters: vec![1, 2, 3],
             learners: Vec::new(),
+            voters_outgoing: Vec::new(),
             last_heartbeat_ms_ago: None,
             snapshots_installed: 0,
         }

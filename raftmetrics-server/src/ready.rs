@@ -189,6 +189,7 @@ mod tests {
             last_index: 5,
             voters: vec![1, 2, 3],
             learners: vec![],
+            voters_outgoing: vec![],
             last_heartbeat_ms_ago: heard,
             snapshots_installed: 0,
         }

@@ -101,13 +101,29 @@ impl Router {
         self.read().view.clone()
     }
 
-    /// Replicas of `partition`, in placement order.
+    /// Replicas of `partition` a write may go to: its voters in placement order, then the
+    /// target of a move in flight (which may lead once it is promoted, before the placement
+    /// says so; as a learner it answers with a leader hint).
     pub fn replicas(&self, partition: PartitionId) -> Vec<NodeId> {
         self.read()
             .view
             .as_ref()
-            .and_then(|v| v.placement.get(partition as usize).cloned())
+            .map(|v| v.holders(partition).collect())
             .unwrap_or_default()
+    }
+
+    /// Installs `view` unless it is older than the one held (a lower epoch).
+    pub fn offer_view(&self, view: ClusterView, addrs: &HashMap<NodeId, SocketAddr>) -> bool {
+        if self
+            .read()
+            .view
+            .as_ref()
+            .is_some_and(|v| v.epoch > view.epoch)
+        {
+            return false;
+        }
+        self.set_view(view, addrs);
+        true
     }
 
     pub fn peer(&self, node: NodeId) -> Option<Peer> {

@@ -49,12 +49,48 @@ pub struct WorkerInfo {
 /// What the control node tells workers: where every partition's replicas live.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
+    /// The placement's version ([`crate::cluster_state::ClusterState::epoch`]); a node
+    /// ignores a view older than the one it holds.
+    pub epoch: u64,
     pub partitions: u32,
     pub replication_factor: u32,
-    /// `placement[p]`: the workers holding a replica of partition `p` (empty until enough
+    /// `placement[p]`: the workers holding a voter of partition `p` (empty until enough
     /// workers registered).
     pub placement: Vec<Vec<NodeId>>,
+    /// `learners[p]`: the target of partition `p`'s move in flight, while it catches up.
+    pub learners: Vec<Vec<NodeId>>,
+    /// `founders[p]`: the voters partition `p` was created with, while no move has touched
+    /// it; only these create their replica with the group's voters, every other replica
+    /// starts empty and catches up from the leader.
+    pub founders: Vec<Vec<NodeId>>,
     pub workers: Vec<WorkerInfo>,
+}
+
+impl ClusterView {
+    /// Voters and learners of `partition`: the replicas a worker keeps.
+    pub fn holders(&self, partition: PartitionId) -> impl Iterator<Item = NodeId> + '_ {
+        let at = partition as usize;
+        self.placement
+            .get(at)
+            .into_iter()
+            .chain(self.learners.get(at))
+            .flatten()
+            .copied()
+    }
+}
+
+/// A membership change the control node asks of a partition's leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Membership {
+    /// Add a learner (an empty replica that catches up by snapshot, then log).
+    AddLearner(NodeId),
+    /// One joint-consensus change: `add` becomes a voter and `remove` leaves (raft leaves
+    /// the joint configuration by itself once it is committed).
+    Replace { add: NodeId, remove: NodeId },
+    /// Remove a replica (a learner whose move was rolled back).
+    Remove(NodeId),
+    /// Leave a joint configuration (when the automatic leave did not happen).
+    LeaveJoint,
 }
 
 /// A worker's registration, repeated as its heartbeat.
@@ -89,6 +125,17 @@ pub enum Request {
         query: Query,
         strong: bool,
     },
+    /// Control → the leader of `partition`: propose a membership change; answered with
+    /// [`Response::Done`] once applied there.
+    ChangeMembership {
+        partition: PartitionId,
+        change: Membership,
+    },
+    /// Control → the leader of `partition`: hand leadership to `to`.
+    TransferLeader { partition: PartitionId, to: NodeId },
+    /// Control → the leader of `partition`: save the store and compact the partition's log
+    /// (before a replica is added, so that it is sent a snapshot).
+    Compact { partition: PartitionId },
 }
 
 /// Most shares in one [`Request::WriteMany`].
@@ -118,6 +165,8 @@ pub enum Response {
         partial: PartialAggregate,
         missing: Vec<PartitionId>,
     },
+    /// A [`Request::ChangeMembership`] or [`Request::TransferLeader`] was carried out.
+    Done,
     Error(RemoteError),
 }
 

@@ -32,6 +32,7 @@ use raftmetrics_core::model::Limits;
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{
     NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role as RaftRole,
+    add_learner, leave_joint, remove_node, replace_voter,
 };
 use raftmetrics_core::{
     Agg, DuckDbStore, HashPartitioner, PartitionId, SketchConfig, Store, codec,
@@ -49,7 +50,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::rpc::{
-    CONTROL_WIRE_ID, ClusterView, MAX_SHARES, Registration, RemoteError, Request,
+    CONTROL_WIRE_ID, ClusterView, MAX_SHARES, Membership, Registration, RemoteError, Request,
     Response as RpcResponse, RpcClient, RpcConfig, Share, WorkerInfo, encode_response, resolve,
 };
 use crate::wire::frame::ClusterAuth;
@@ -89,6 +90,8 @@ pub struct Worker {
     groups: Mutex<HashSet<PartitionId>>,
     /// When the control node last answered.
     control_seen: Mutex<Option<Instant>>,
+    /// The epoch of the newest cluster view applied.
+    epoch: Mutex<u64>,
     request_timeout: Duration,
 }
 
@@ -161,6 +164,7 @@ pub async fn run(
         data_dir,
         groups: Mutex::new(recovered),
         control_seen: Mutex::new(None),
+        epoch: Mutex::new(0),
         request_timeout: args.node.http.request_timeout(),
     });
     info!(id, db = %db_path.display(), http = %worker.info.http_addr,
@@ -290,6 +294,9 @@ async fn heartbeat_loop(worker: Arc<Worker>, mut stop: tokio::sync::watch::Recei
 impl Worker {
     async fn heartbeat(&self) -> Result<(), String> {
         let statuses = self.node.status().await.map_err(|e| e.to_string())?;
+        // The replicas this node has now (a replica removed from its group drops itself).
+        *self.groups.lock().unwrap_or_else(|p| p.into_inner()) =
+            statuses.iter().map(|s| s.group).collect();
         self.router.learn(&statuses);
         self.metrics.observe_raft(&statuses);
         let storage_bytes = self.store.storage_bytes().unwrap_or(0);
@@ -316,8 +323,21 @@ impl Worker {
         }
     }
 
-    /// Connects to the view's workers and creates the replicas placed here.
+    /// Connects to the view's workers, creates the replicas placed here and drops the ones
+    /// placed here no longer. A view older than the newest one applied is ignored.
     async fn apply_view(&self, view: ClusterView) {
+        {
+            let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+            if view.epoch < *epoch {
+                debug!(
+                    epoch = view.epoch,
+                    newest = *epoch,
+                    "ignoring an older cluster view"
+                );
+                return;
+            }
+            *epoch = view.epoch;
+        }
         let mut addrs: HashMap<NodeId, SocketAddr> = HashMap::new();
         for w in &view.workers {
             match resolve(&w.internal_addr).await {
@@ -330,13 +350,29 @@ impl Worker {
                 Err(e) => warn!(worker = w.id, error = %e, "cannot resolve a worker"),
             }
         }
-        let mine: Vec<(PartitionId, Vec<NodeId>)> = view
-            .placement
-            .iter()
-            .enumerate()
-            .filter(|(_, voters)| voters.contains(&self.id))
-            .map(|(p, voters)| (p as PartitionId, voters.clone()))
+        let placed = !view.placement.is_empty();
+        let mine: Vec<(PartitionId, Vec<NodeId>)> = (0..view.placement.len() as PartitionId)
+            .filter(|p| view.holders(*p).any(|w| w == self.id))
+            .map(|p| {
+                let founders = view.founders.get(p as usize).cloned().unwrap_or_default();
+                // Only a founder starts the group with its voters; any other replica starts
+                // empty and is brought up to date by the leader (snapshot, then log).
+                let voters = if founders.contains(&self.id) {
+                    founders
+                } else {
+                    Vec::new()
+                };
+                (p, voters)
+            })
             .collect();
+        let gone: Vec<PartitionId> = if placed {
+            self.held()
+                .into_iter()
+                .filter(|p| !view.holders(*p).any(|w| w == self.id))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.router.set_view(view, &addrs);
         for (partition, voters) in mine {
             let exists = self
@@ -357,6 +393,28 @@ impl Worker {
                 }
                 Err(e) => warn!(partition, error = %e, "cannot create partition replica"),
             }
+        }
+        // Replicas moved away (the group removed this node before the placement said so):
+        // their log and rows go.
+        for partition in gone {
+            match self.node.remove_group(partition).await {
+                Ok(()) => {
+                    info!(
+                        partition,
+                        "dropped a partition replica placed elsewhere now"
+                    );
+                }
+                // It dropped itself when it applied its removal.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => {
+                    warn!(partition, error = %e, "cannot drop a partition replica");
+                    continue;
+                }
+            }
+            self.groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&partition);
         }
     }
 
@@ -444,10 +502,53 @@ impl Worker {
                 Ok((partial, missing)) => RpcResponse::Computed { partial, missing },
                 Err(e) => RpcResponse::Error(RemoteError::from(&e)),
             },
+            Request::ChangeMembership { partition, change } => {
+                let cc = match change {
+                    Membership::AddLearner(n) => add_learner(n),
+                    Membership::Replace { add, remove } => replace_voter(add, remove),
+                    Membership::Remove(n) => remove_node(n),
+                    Membership::LeaveJoint => leave_joint(),
+                };
+                match self.node.change_membership(partition, cc).await {
+                    Ok(_) => {
+                        info!(partition, ?change, "membership changed");
+                        RpcResponse::Done
+                    }
+                    Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+                }
+            }
+            Request::Compact { partition } => match self.compact(partition).await {
+                Ok(first) => {
+                    info!(
+                        partition,
+                        first_index = first,
+                        "log compacted for a new replica"
+                    );
+                    RpcResponse::Done
+                }
+                Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+            },
+            Request::TransferLeader { partition, to } => {
+                match self.node.transfer_leader(partition, to).await {
+                    Ok(()) => RpcResponse::Done,
+                    Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+                }
+            }
             Request::Register(_) => RpcResponse::Error(RemoteError::from(&Error::InvalidRequest(
                 "registration goes to the control node".into(),
             ))),
         }
+    }
+
+    /// Saves the store and compacts `partition`'s log as far as it saved; answers the log's
+    /// new first index.
+    async fn compact(&self, partition: PartitionId) -> Result<u64, Error> {
+        self.node.caught_up(partition).await?;
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.checkpoint())
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint task: {e}")))??;
+        self.node.compact(partition).await
     }
 
     /// Partial aggregates over the asked partitions this worker can answer for.
@@ -549,6 +650,8 @@ impl Worker {
             uptime_secs: uptime,
             worker_nodes: None,
             partitions_available: None,
+            epoch: None,
+            moves_in_flight: None,
             partitions_total: self.router.view().map_or(0, |v| v.partitions),
             storage: Some(StorageHealth {
                 total_size: api::format_bytes(total),
@@ -678,13 +781,13 @@ async fn ready(
 ) -> Result<Response, ApiError> {
     let statuses = worker.node.status().await?;
     let view = worker.router.view();
-    Ok(crate::ready::worker(
+    crate::ready::worker(
         worker.id,
         view.as_ref().map(|v| v.placement.as_slice()),
         &statuses,
         LEADER_SILENCE,
     )
-    .respond(response_format(&headers, Format::Json))?)
+    .respond(response_format(&headers, Format::Json))
 }
 
 async fn health(State(worker): State<Arc<Worker>>, headers: HeaderMap) -> Response {

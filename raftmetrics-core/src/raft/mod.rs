@@ -21,7 +21,8 @@ pub use chunk::{Frame, Reassembler, SnapshotChunk};
 pub use entry::{LogEntry, decode_entry, encode_entry};
 pub use log::{GroupStorage, RaftLog, WriteBatch};
 pub use node::{
-    NodeConfig, NodeHandle, RaftNode, ReplicaStatus, Role, add_learner, add_voter, remove_node,
+    NodeConfig, NodeHandle, RaftNode, ReplicaStatus, Role, add_learner, add_voter, leave_joint,
+    remove_node, replace_voter,
 };
 pub use sim_network::{FaultConfig, SimNetwork};
 pub use transport::{Envelope, NodeId, Transport};

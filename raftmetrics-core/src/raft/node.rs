@@ -143,6 +143,10 @@ pub struct ReplicaStatus {
     pub last_index: u64,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// The voters of the configuration being left, while the group is in a joint
+    /// configuration (empty otherwise).
+    #[serde(default)]
+    pub voters_outgoing: Vec<NodeId>,
     /// Milliseconds since the leader was last heard from (0 on the leader itself).
     pub last_heartbeat_ms_ago: Option<u64>,
     /// Snapshots this replica installed since the node started.
@@ -370,6 +374,23 @@ pub fn add_voter(node: NodeId) -> ConfChangeV2 {
 
 pub fn remove_node(node: NodeId) -> ConfChangeV2 {
     single_change(raft::eraftpb::ConfChangeType::RemoveNode, node)
+}
+
+/// One joint-consensus change: `add` becomes a voter and `remove` leaves the group. The
+/// group enters the joint configuration (old and new voters both need a majority) and
+/// leaves it by itself once that is committed (raft-rs's automatic leave).
+pub fn replace_voter(add: NodeId, remove: NodeId) -> ConfChangeV2 {
+    let mut cc = add_voter(add);
+    let mut out = raft::eraftpb::ConfChangeSingle::default();
+    out.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode);
+    out.node_id = remove;
+    cc.mut_changes().push(out);
+    cc
+}
+
+/// Leaves a joint configuration (the empty change).
+pub fn leave_joint() -> ConfChangeV2 {
+    ConfChangeV2::default()
 }
 
 fn single_change(kind: raft::eraftpb::ConfChangeType, node: NodeId) -> ConfChangeV2 {
@@ -897,6 +918,7 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             voters: conf.voters.clone(),
             learners: conf.learners.clone(),
+            voters_outgoing: conf.voters_outgoing.clone(),
             last_heartbeat_ms_ago: if leader {
                 Some(0)
             } else {

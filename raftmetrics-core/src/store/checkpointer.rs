@@ -101,6 +101,18 @@ impl Saved {
     /// index committed before it began. An index committed while it runs may be saved too,
     /// but is only recorded by the next one.
     pub fn checkpoint(&self, conn: &Connection) -> duckdb::Result<()> {
+        self.checkpoint_with(conn, "CHECKPOINT")
+    }
+
+    /// [`Saved::checkpoint`] that waits for the write transactions of other connections
+    /// to finish instead of being refused by them (`FORCE CHECKPOINT`): for the saves that
+    /// must happen before their caller returns (a partition dropped or imported, the store
+    /// closed), which hold the writer lock, so no new write begins meanwhile.
+    pub fn checkpoint_waiting(&self, conn: &Connection) -> duckdb::Result<()> {
+        self.checkpoint_with(conn, "FORCE CHECKPOINT")
+    }
+
+    fn checkpoint_with(&self, conn: &Connection, statement: &str) -> duckdb::Result<()> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
         let committed = self
             .applied
@@ -108,7 +120,7 @@ impl Saved {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let rows = self.unsaved();
-        conn.execute_batch("CHECKPOINT")?;
+        conn.execute_batch(statement)?;
         *self.durable.write().unwrap_or_else(|p| p.into_inner()) = committed;
         self.unsaved.fetch_sub(rows, Ordering::SeqCst);
         Ok(())

@@ -395,10 +395,14 @@ impl DuckDbStore {
     }
 
     /// [`DuckDbStore::checkpoint`], under the writer lock.
+    /// Saves now, under the writer lock (`conn` is the writer): a checkpoint that waits for
+    /// other connections' write transactions rather than being refused by them, since its
+    /// callers (an import, a drop, closing, [`DuckDbStore::checkpoint`]) must not fail for
+    /// a write that merely happened to be in progress elsewhere.
     fn checkpoint_locked(&self, conn: &Connection) -> Result<()> {
         match &self.saved {
-            Some(saved) => saved.checkpoint(conn),
-            None => conn.execute_batch("CHECKPOINT"),
+            Some(saved) => saved.checkpoint_waiting(conn),
+            None => conn.execute_batch("FORCE CHECKPOINT"),
         }
         .map_err(storage("checkpoint"))
     }

@@ -46,18 +46,45 @@ pub fn batch(metric: &str, n: u64) -> Vec<Point> {
 pub struct Writer {
     stop: Arc<AtomicBool>,
     task: JoinHandle<Vec<Outcome>>,
+    /// Live counts of points sent (the batch in flight included) and acknowledged.
+    pub progress: Arc<Progress>,
+}
+
+/// What a [`Writer`] has done so far, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Points of every batch sent or being sent.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Points of every acknowledged batch.
+    pub acked: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// (acknowledged, sent) now.
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.acked.load(Ordering::SeqCst),
+            self.sent.load(Ordering::SeqCst),
+        )
+    }
 }
 
 impl Writer {
     pub fn start(c: Arc<DevCluster>, metric: &'static str, pause: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
         let task = {
             let stop = Arc::clone(&stop);
+            let progress = Arc::clone(&progress);
             tokio::spawn(async move {
                 let mut log = Vec::new();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    progress.sent.fetch_add(BATCH, Ordering::SeqCst);
                     let acked_by = send(&c, metric, n).await;
+                    if acked_by.is_some() {
+                        progress.acked.fetch_add(BATCH, Ordering::SeqCst);
+                    }
                     if acked_by.is_none() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -72,7 +99,11 @@ impl Writer {
                 log
             })
         };
-        Writer { stop, task }
+        Writer {
+            stop,
+            task,
+            progress,
+        }
     }
 
     /// Stops after the batch in flight and returns every outcome.
