@@ -4,11 +4,14 @@
 //! The `dev` process starts the control node and the workers as processes of their own and
 //! lists them (with their pids) in `<data dir>/nodes.json`. Dropping a [`LocalCluster`] stops
 //! them all: SIGTERM to `dev` (which stops its nodes), then SIGKILL to whatever is left.
+//!
+//! A cluster started with a cluster secret can take more workers started by hand
+//! ([`LocalCluster::start_worker`]), as an operator scales a cluster out.
 
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -37,14 +40,34 @@ pub struct ClusterSpec {
     pub workers: u16,
     pub replication_factor: u32,
     pub partitions: u32,
+    /// The node-to-node secret, so that workers can be started by hand; `dev` draws one of
+    /// its own when `None`.
+    pub cluster_secret: Option<String>,
+    /// Workers that may be started by hand later: their ports are checked free too.
+    pub spare_workers: u16,
 }
 
 /// A running local cluster; stopped when dropped.
 pub struct LocalCluster {
     dev: Child,
     dir: tempfile::TempDir,
+    /// The control node's HTTP port; worker `i` listens on `port + i`, and every node's
+    /// node-to-node port is its HTTP port + 1000.
+    port: u16,
+    cluster_secret: Option<String>,
+    server_bin: PathBuf,
     pub url: String,
     pub token: String,
+}
+
+/// A worker started by hand with [`LocalCluster::start_worker`]; stopped when dropped
+/// (SIGTERM, then SIGKILL after a grace period).
+pub struct HandWorker {
+    child: Child,
+    pub id: u16,
+    /// Its data directory.
+    pub dir: PathBuf,
+    log: PathBuf,
 }
 
 /// The server binary next to this executable (`target/release/raftmetrics-server` when both
@@ -76,13 +99,23 @@ fn free_base_port(workers: u16) -> Result<u16> {
 
 /// A random token (`bench_` + 32 hex digits) from the kernel's generator.
 fn random_token() -> Result<String> {
+    Ok(format!("bench_{}", random_hex()?))
+}
+
+/// A random cluster secret (`bench-secret-` + 32 hex digits), for
+/// [`ClusterSpec::cluster_secret`].
+pub fn random_secret() -> Result<String> {
+    Ok(format!("bench-secret-{}", random_hex()?))
+}
+
+/// 16 random bytes from the kernel's generator, as 32 hex digits.
+fn random_hex() -> Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(BenchError::io("read /dev/urandom"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("bench_{hex}"))
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl LocalCluster {
@@ -95,14 +128,18 @@ impl LocalCluster {
             .prefix("raftmetrics-bench-")
             .tempdir()
             .map_err(BenchError::io("create a temporary data directory"))?;
-        let port = free_base_port(spec.workers)?;
+        let port = free_base_port(spec.workers + spec.spare_workers)?;
         let token = random_token()?;
         let log_path = dir.path().join("cluster.log");
         let log = File::create(&log_path).map_err(BenchError::io("create cluster.log"))?;
         let log_err = log
             .try_clone()
             .map_err(BenchError::io("open cluster.log"))?;
-        let dev = Command::new(&spec.server_bin)
+        let mut dev = Command::new(&spec.server_bin);
+        if let Some(secret) = &spec.cluster_secret {
+            dev.env("CLUSTER_SECRET", secret);
+        }
+        let dev = dev
             .arg("dev")
             .args(["--workers", &spec.workers.to_string()])
             .args(["--replication-factor", &spec.replication_factor.to_string()])
@@ -130,6 +167,9 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             dev,
             dir,
+            port,
+            cluster_secret: spec.cluster_secret.clone(),
+            server_bin: spec.server_bin.clone(),
             url: format!("http://127.0.0.1:{port}"),
             token,
         };
@@ -143,6 +183,56 @@ impl LocalCluster {
             .token(&self.token)
             .format(format)
             .build()?)
+    }
+
+    /// Starts worker `id` by hand, as an operator scaling the cluster out would: its own
+    /// ports (those `dev` would give worker `id`) and data directory, pointed at the control
+    /// node with the cluster's secret and token. It registers on its own; the control node
+    /// then moves replicas to it.
+    pub fn start_worker(&self, id: u16) -> Result<HandWorker> {
+        let Some(secret) = &self.cluster_secret else {
+            return Err(BenchError::Config(
+                "a worker can be started by hand only in a cluster started with a secret".into(),
+            ));
+        };
+        let server_bin = &self.server_bin;
+        let port = self.port + id;
+        let dir = self.dir.path().join(format!("hand-worker-{id}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(BenchError::io(format!("create {}", dir.display())))?;
+        let log_path = self.dir.path().join(format!("hand-worker-{id}.log"));
+        let log = File::create(&log_path).map_err(BenchError::io("create a worker log"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(BenchError::io("open a worker log"))?;
+        let child = Command::new(server_bin)
+            .arg("worker")
+            .arg(format!("--node-id={id}"))
+            .arg(format!("--port={port}"))
+            .arg(format!("--internal-port={}", port + 1000))
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg("--bind-host=127.0.0.1")
+            .arg("--advertise-host=127.0.0.1")
+            .arg(format!("--rate-limit-per-minute={RATE_LIMIT_PER_MINUTE}"))
+            .env_clear()
+            .env("CONTROL_HOST", format!("127.0.0.1:{}", self.port + 1000))
+            .env("CLUSTER_SECRET", secret)
+            .env("AUTH_TOKENS", &self.token)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(BenchError::io(format!("start {}", server_bin.display())))?;
+        Ok(HandWorker {
+            child,
+            id,
+            dir,
+            log: log_path,
+        })
     }
 
     fn nodes_path(&self) -> PathBuf {
@@ -189,10 +279,42 @@ impl LocalCluster {
 
     /// The last lines of the cluster's output.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("cluster.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        log_tail(&self.dir.path().join("cluster.log"))
     }
+}
+
+impl HandWorker {
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last lines of its output.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+}
+
+impl Drop for HandWorker {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < STOP_GRACE {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last lines of a log file.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 /// The `pid` of every node listed in a dev cluster's `nodes.json`.

@@ -9,10 +9,14 @@
 //! acknowledgement. With a rate, batch `k` is due at `start + k × batch / rate` (open loop)
 //! and its latency runs from when it was due, so time spent waiting for a free connection
 //! counts too.
+//!
+//! A [`Stop`] ends a run early (no batch is taken after it; those queued still go), and
+//! [`LoadReport::window`] measures the part of a run that fell within a time window, so one
+//! steady load can be measured before and during an event.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use raftmetrics_client::{Client, Format, PointRef};
@@ -47,16 +51,63 @@ pub struct Span {
     pub count: u64,
 }
 
+/// Ends a run early when set: no batch is taken after it (those queued still go).
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What a load run measured.
 #[derive(Clone, Debug)]
 pub struct LoadReport {
     pub points: u64,
     pub elapsed: Duration,
+    /// When the run's clock started (an open loop's batch 0 was due).
+    pub started: Instant,
     /// Acknowledgement latency of every request in microseconds, ascending.
     latencies_micros: Vec<u64>,
-    /// Every request as (when it was due or sent, from the start; its latency), in
-    /// microseconds, in the order they were sent.
-    timeline_micros: Vec<(u64, u64)>,
+    /// Every request as (when it was due or sent, from the start; its latency; its points),
+    /// times in microseconds, in the order they were sent.
+    timeline_micros: Vec<(u64, u64, u64)>,
+}
+
+/// The part of a run within a time window: requests due (or sent) in it, and points
+/// acknowledged in it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub seconds: f64,
+    /// Requests due in the window.
+    pub requests: u64,
+    /// Points whose acknowledgement came within the window.
+    pub points: u64,
+    /// Acknowledgement latencies of the requests due in the window.
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Window {
+    /// Points acknowledged per second of the window.
+    pub fn points_per_second(&self) -> f64 {
+        self.points as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// The `q` quantile (nearest rank) of ascending microseconds.
+fn nearest_rank(sorted_micros: &[u64], q: f64) -> Duration {
+    let n = sorted_micros.len();
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+    Duration::from_micros(sorted_micros[rank])
 }
 
 impl LoadReport {
@@ -67,12 +118,31 @@ impl LoadReport {
 
     /// The `q` quantile (nearest rank) of the acknowledgement latency.
     pub fn latency(&self, q: f64) -> Duration {
-        let n = self.latencies_micros.len();
-        if n == 0 {
-            return Duration::ZERO;
+        nearest_rank(&self.latencies_micros, q)
+    }
+
+    /// The requests of `from..to` (times from [`LoadReport::started`]): the latencies of
+    /// those due in it, and the rate of the points acknowledged in it.
+    pub fn window(&self, from: Duration, to: Duration) -> Window {
+        let (from, to) = (from.as_micros() as u64, to.as_micros() as u64);
+        let mut latencies = Vec::new();
+        let mut points = 0;
+        for &(sent, latency, n) in &self.timeline_micros {
+            if (from..to).contains(&sent) {
+                latencies.push(latency);
+            }
+            if (from..to).contains(&(sent + latency)) {
+                points += n;
+            }
         }
-        let rank = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
-        Duration::from_micros(self.latencies_micros[rank])
+        latencies.sort_unstable();
+        Window {
+            seconds: to.saturating_sub(from) as f64 / 1e6,
+            requests: latencies.len() as u64,
+            points,
+            p50: nearest_rank(&latencies, 0.5),
+            p99: nearest_rank(&latencies, 0.99),
+        }
     }
 
     /// Writes every request's send time and latency, one `sent_ms,latency_ms` line each, in
@@ -80,7 +150,7 @@ impl LoadReport {
     /// spread out (queueing).
     pub fn write_timeline(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         writeln!(out, "sent_ms,latency_ms")?;
-        for &(sent, latency) in &self.timeline_micros {
+        for &(sent, latency, _) in &self.timeline_micros {
             writeln!(out, "{:.3},{:.3}", sent as f64 / 1e3, latency as f64 / 1e3)?;
         }
         Ok(())
@@ -101,6 +171,18 @@ pub async fn run(
     dataset: Arc<Dataset>,
     span: Span,
     spec: &LoadSpec,
+) -> Result<LoadReport> {
+    run_until(url, token, dataset, span, spec, &Stop::default()).await
+}
+
+/// [`run`], ended early by `stop`: the batches taken before it are sent and acknowledged.
+pub async fn run_until(
+    url: &str,
+    token: &str,
+    dataset: Arc<Dataset>,
+    span: Span,
+    spec: &LoadSpec,
+    stop: &Stop,
 ) -> Result<LoadReport> {
     if spec.connections == 0 || spec.batch == 0 {
         return Err(BenchError::Config(
@@ -126,10 +208,14 @@ pub async fn run(
     // while to reach: the clock (and an open loop's schedule) starts once it has.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let generated = Arc::clone(&dataset);
+    let stop = stop.clone();
     let producer = std::thread::spawn(move || {
         let mut samples = generated.samples(span.first, span.count);
         let _ = ready_tx.send(());
         for seq in 0.. {
+            if stop.is_stopped() {
+                break;
+            }
             let chunk = samples.take_batch(batch);
             if chunk.is_empty()
                 || tx
@@ -178,7 +264,7 @@ pub async fn run(
                     job.samples.iter().map(|s| dataset.point_ref(s)).collect();
                 client.insert_refs(&points).await?;
                 let sent_at = sent.saturating_duration_since(start).as_micros() as u64;
-                timeline.push((sent_at, sent.elapsed().as_micros() as u64));
+                timeline.push((sent_at, sent.elapsed().as_micros() as u64, n));
                 acked.fetch_add(n, Ordering::Relaxed);
             }
             Ok::<_, BenchError>(timeline)
@@ -216,11 +302,12 @@ pub async fn run(
     let points = acked.load(Ordering::Relaxed);
     print_progress(&spec.label, points, total, elapsed, true);
     timeline_micros.sort_unstable();
-    let mut latencies_micros: Vec<u64> = timeline_micros.iter().map(|&(_, l)| l).collect();
+    let mut latencies_micros: Vec<u64> = timeline_micros.iter().map(|&(_, l, _)| l).collect();
     latencies_micros.sort_unstable();
     Ok(LoadReport {
         points,
         elapsed,
+        started: start,
         latencies_micros,
         timeline_micros,
     })
@@ -288,6 +375,7 @@ mod tests {
         let report = LoadReport {
             points: 1_000,
             elapsed: Duration::from_secs(2),
+            started: Instant::now(),
             latencies_micros: (1..=100).collect(),
             timeline_micros: Vec::new(),
         };
@@ -303,8 +391,13 @@ mod tests {
         let report = LoadReport {
             points: 3_000,
             elapsed: Duration::from_secs(1),
+            started: Instant::now(),
             latencies_micros: vec![900, 2_000, 45_500],
-            timeline_micros: vec![(0, 2_000), (25_000, 45_500), (50_000, 900)],
+            timeline_micros: vec![
+                (0, 2_000, 1_000),
+                (25_000, 45_500, 1_000),
+                (50_000, 900, 1_000),
+            ],
         };
         let mut out = Vec::new();
         report.write_timeline(&mut out).unwrap();
@@ -312,5 +405,38 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "sent_ms,latency_ms\n0.000,2.000\n25.000,45.500\n50.000,0.900\n"
         );
+    }
+
+    #[test]
+    fn a_window_takes_the_latencies_of_requests_due_in_it_and_the_points_acked_in_it() {
+        let report = LoadReport {
+            points: 4_000,
+            elapsed: Duration::from_secs(4),
+            started: Instant::now(),
+            latencies_micros: Vec::new(),
+            // Due at 0.5 s, 1.5 s (acked at 2.1 s), 2.5 s and 3.5 s.
+            timeline_micros: vec![
+                (500_000, 10_000, 1_000),
+                (1_500_000, 600_000, 1_000),
+                (2_500_000, 30_000, 500),
+                (3_500_000, 20_000, 1_000),
+            ],
+        };
+        let first = report.window(Duration::ZERO, Duration::from_secs(2));
+        assert_eq!(first.requests, 2);
+        assert_eq!(
+            first.points, 1_000,
+            "the second request was acknowledged after 2 s"
+        );
+        assert_eq!(first.p50, Duration::from_millis(10));
+        assert_eq!(first.p99, Duration::from_millis(600));
+        assert_eq!(first.points_per_second(), 500.0);
+        let second = report.window(Duration::from_secs(2), Duration::from_secs(4));
+        assert_eq!(second.requests, 2);
+        assert_eq!(second.points, 2_500);
+        assert_eq!(second.p99, Duration::from_millis(30));
+        let empty = report.window(Duration::from_secs(9), Duration::from_secs(10));
+        assert_eq!((empty.requests, empty.points), (0, 0));
+        assert_eq!(empty.p99, Duration::ZERO);
     }
 }

@@ -6,6 +6,7 @@
 //! raftmetrics-bench generate --points 1000   # the data, as JSON lines
 //! raftmetrics-bench ingest --url URL --token T --connections 8 --batch 10000
 //! raftmetrics-bench query --url URL --token T
+//! raftmetrics-bench rebalance --points 1000000 --rate 30000   # 3 -> 4 workers under load
 //! ```
 //!
 //! See `docs/benchmarks.md` for what is measured and the results.
@@ -16,6 +17,7 @@ mod error;
 mod generator;
 mod load;
 mod queries;
+mod rebalance;
 mod reference;
 mod report;
 mod suite;
@@ -119,6 +121,45 @@ enum Command {
         /// Skip the replication factor 3 cluster.
         #[arg(long)]
         skip_rf3: bool,
+    },
+    /// Scales a local cluster out from 3 to 4 workers (replication factor 3) under a steady
+    /// open-loop ingest, and compares its rate and acknowledgement latency during the
+    /// replica moves with a baseline before them. The load options are those of the
+    /// preload of the dataset's points.
+    Rebalance {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Points per second offered by the steady load.
+        #[arg(long, default_value_t = 50_000.0)]
+        rate: f64,
+        /// Connections of the steady load.
+        #[arg(long, default_value_t = 4)]
+        steady_connections: usize,
+        /// Points per request of the steady load.
+        #[arg(long, default_value_t = 1_000)]
+        steady_batch: usize,
+        /// Seconds of steady load before the baseline window.
+        #[arg(long, default_value_t = 3)]
+        warmup_secs: u64,
+        /// Seconds of the baseline window (3 workers, no move).
+        #[arg(long, default_value_t = 20)]
+        baseline_secs: u64,
+        /// Longest wait, in seconds, for the 4th worker to get its share.
+        #[arg(long, default_value_t = 300)]
+        rebalance_limit_secs: u64,
+        /// Most points the steady load offers.
+        #[arg(long, default_value_t = 20_000_000)]
+        max_steady_points: u64,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// The server binary [default: raftmetrics-server next to this executable].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Write every steady request's send time and latency to this CSV file.
+        #[arg(long)]
+        latency_log: Option<PathBuf>,
     },
 }
 
@@ -337,6 +378,52 @@ async fn run(command: Command) -> Result<bool> {
             let report = suite::run_all(&options).await?;
             report.print();
             Ok(report.answers_agree())
+        }
+        Command::Rebalance {
+            data,
+            load,
+            rate,
+            steady_connections,
+            steady_batch,
+            warmup_secs,
+            baseline_secs,
+            rebalance_limit_secs,
+            max_steady_points,
+            partitions,
+            server_bin,
+            latency_log,
+        } => {
+            let (dataset, intervals) = data.dataset()?;
+            let server_bin = match server_bin {
+                Some(p) => p,
+                None => cluster::default_server_bin()?,
+            };
+            if baseline_secs == 0 || steady_connections == 0 || steady_batch == 0 {
+                return Err(BenchError::Config(
+                    "--baseline-secs, --steady-connections and --steady-batch must be at least 1"
+                        .into(),
+                ));
+            }
+            let options = rebalance::RebalanceOptions {
+                dataset,
+                intervals,
+                preload_connections: load.connections,
+                preload_batch: load.batch,
+                preload_format: load.format.into(),
+                rate,
+                connections: steady_connections,
+                batch: steady_batch,
+                warmup: Duration::from_secs(warmup_secs),
+                baseline: Duration::from_secs(baseline_secs),
+                rebalance_limit: Duration::from_secs(rebalance_limit_secs),
+                max_steady_points,
+                partitions,
+                server_bin,
+                latency_log,
+            };
+            let report = rebalance::run(&options).await?;
+            report.print();
+            Ok(report.consistent())
         }
     }
 }

@@ -76,27 +76,35 @@ pub async fn measure_load(
 async fn settle(url: &str, token: &str, acknowledged: u64) -> Result<Duration> {
     let started = std::time::Instant::now();
     let client = Client::builder(url).token(token).build()?;
-    let query = Query::from_params(&[
-        ("metric", FIELDS.join(",")),
-        ("agg", "count".to_string()),
-        ("consistency", "strong".to_string()),
-    ])
-    .map_err(|e| BenchError::Config(format!("the settle query: {e}")))?;
-    let answer = client.aggregate(&query).await?;
-    if !answer.is_complete() {
+    let Some(stored) = strong_count(&client).await? else {
         return Err(BenchError::Cluster(
             "a strong count of every point was answered partially".into(),
         ));
-    }
+    };
     let elapsed = started.elapsed();
-    let (result, _) = answer.into_parts();
-    let stored = result.get(Agg::Count).unwrap_or(0.0) as u64;
     if stored < acknowledged {
         return Err(BenchError::Cluster(format!(
             "{acknowledged} points acknowledged, but a strong count finds {stored}"
         )));
     }
     Ok(elapsed)
+}
+
+/// A strong count of every point of the dataset's ten fields; `None` when the answer was
+/// partial (some partition had no replica answering).
+pub async fn strong_count(client: &Client) -> Result<Option<u64>> {
+    let query = Query::from_params(&[
+        ("metric", FIELDS.join(",")),
+        ("agg", "count".to_string()),
+        ("consistency", "strong".to_string()),
+    ])
+    .map_err(|e| BenchError::Config(format!("the count query: {e}")))?;
+    let answer = client.aggregate(&query).await?;
+    if !answer.is_complete() {
+        return Ok(None);
+    }
+    let (result, _) = answer.into_parts();
+    Ok(Some(result.get(Agg::Count).unwrap_or(0.0) as u64))
 }
 
 /// An ingest table row of a load run.
@@ -353,6 +361,8 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
         workers: o.workers,
         replication_factor: 1,
         partitions: o.partitions,
+        cluster_secret: None,
+        spare_workers: 0,
     })
     .await?;
     let pids = cluster.pids()?;
@@ -423,6 +433,8 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
             workers: o.workers.max(3),
             replication_factor: 3,
             partitions: o.partitions,
+            cluster_secret: None,
+            spare_workers: 0,
         })
         .await?;
         let pids = cluster.pids()?;
