@@ -112,20 +112,6 @@ impl Router {
             .unwrap_or_default()
     }
 
-    /// Installs `view` unless it is older than the one held (a lower epoch).
-    pub fn offer_view(&self, view: ClusterView, addrs: &HashMap<NodeId, SocketAddr>) -> bool {
-        if self
-            .read()
-            .view
-            .as_ref()
-            .is_some_and(|v| v.epoch > view.epoch)
-        {
-            return false;
-        }
-        self.set_view(view, addrs);
-        true
-    }
-
     pub fn peer(&self, node: NodeId) -> Option<Peer> {
         self.read().peers.get(&node).cloned()
     }

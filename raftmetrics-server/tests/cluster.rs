@@ -416,16 +416,7 @@ async fn seed_flow_errors_limits_and_partial_answers_with_two_workers() {
     let (s, wh) = c.get_json(&c.worker_url(1, "/health")).await;
     assert_eq!(s, 200, "{wh}");
     assert!(wh["storage"]["total_size"].is_string());
-    let text = c
-        .http
-        .get(c.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.metrics_text().await;
     assert!(text.contains("raftmetrics_http_requests_total"), "{text}");
     let text = c
         .http

@@ -55,6 +55,19 @@ fn start_worker(c: &DevCluster, id: u16) -> HandWorker {
     HandWorker(child)
 }
 
+/// A `dev` cluster whose secret is known (so a worker can be started by hand) and whose
+/// rate limit the test's writers stay under, with `extra` flags.
+async fn cluster(workers: u16, rf: u32, partitions: u32, extra: &[&str]) -> Arc<DevCluster> {
+    let mut args = vec![
+        "--cluster-secret",
+        SECRET,
+        "--rate-limit-per-minute",
+        "100000",
+    ];
+    args.extend_from_slice(extra);
+    Arc::new(DevCluster::start(workers, rf, partitions, &args).await)
+}
+
 async fn admin(c: &DevCluster) -> Value {
     let (s, doc) = c.get_json(&c.url("/admin/workers")).await;
     assert_eq!(s, 200, "{doc}");
@@ -205,22 +218,7 @@ fn placement(doc: &Value) -> Vec<BTreeSet<u64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_joins_under_load_then_one_is_drained() {
-    let c = Arc::new(
-        DevCluster::start(
-            3,
-            3,
-            16,
-            &[
-                "--cluster-secret",
-                SECRET,
-                "--max-moves",
-                "2",
-                "--rate-limit-per-minute",
-                "100000",
-            ],
-        )
-        .await,
-    );
+    let c = cluster(3, 3, 16, &["--max-moves", "2"]).await;
     let metric = "elastic_join";
     let writer = Writer::start(Arc::clone(&c), metric, Duration::from_millis(20));
     let watch = CountWatch::start(Arc::clone(&c), metric, Arc::clone(&writer.progress));
@@ -250,18 +248,7 @@ async fn a_worker_joins_under_load_then_one_is_drained() {
     let (s, health) = c.get_json(&c.url("/health")).await;
     assert_eq!(s, 200);
     assert_eq!(health["moves_in_flight"], 0, "{health}");
-    let (_, metrics) = c.get_json(&c.url("/metrics")).await;
-    let _ = metrics;
-    let text = c
-        .http
-        .get(c.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.metrics_text().await;
     assert!(
         text.contains("raftmetrics_moves_total{result=\"finished\"}"),
         "{text}"
@@ -331,22 +318,7 @@ async fn a_worker_joins_under_load_then_one_is_drained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_replicas_are_recreated_so_a_second_loss_keeps_the_majority() {
-    let c = Arc::new(
-        DevCluster::start(
-            4,
-            3,
-            16,
-            &[
-                "--cluster-secret",
-                SECRET,
-                "--dead-worker-timeout",
-                "4s",
-                "--rate-limit-per-minute",
-                "100000",
-            ],
-        )
-        .await,
-    );
+    let c = cluster(4, 3, 16, &["--dead-worker-timeout", "4s"]).await;
     let metric = "elastic_replace";
     let before = admin(&c).await;
     let original = placement(&before);
@@ -431,20 +403,7 @@ async fn a_dead_workers_replicas_are_recreated_so_a_second_loss_keeps_the_majori
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_of_one_replica_moves_with_its_data() {
-    let c = Arc::new(
-        DevCluster::start(
-            2,
-            1,
-            8,
-            &[
-                "--cluster-secret",
-                SECRET,
-                "--rate-limit-per-minute",
-                "100000",
-            ],
-        )
-        .await,
-    );
+    let c = cluster(2, 1, 8, &[]).await;
     let metric = "elastic_rf1";
     let writer = Writer::start(Arc::clone(&c), metric, Duration::from_millis(20));
     let watch = CountWatch::start(Arc::clone(&c), metric, Arc::clone(&writer.progress));
@@ -476,22 +435,7 @@ async fn a_partition_of_one_replica_moves_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_interrupted_by_kills_finish_or_roll_back() {
-    let c = Arc::new(
-        DevCluster::start(
-            3,
-            3,
-            16,
-            &[
-                "--cluster-secret",
-                SECRET,
-                "--dead-worker-timeout",
-                "4s",
-                "--rate-limit-per-minute",
-                "100000",
-            ],
-        )
-        .await,
-    );
+    let c = cluster(3, 3, 16, &["--dead-worker-timeout", "4s"]).await;
     let metric = "elastic_interrupted";
     let writer = Writer::start(Arc::clone(&c), metric, Duration::from_millis(20));
     let mut w4 = Some(start_worker(&c, 4));

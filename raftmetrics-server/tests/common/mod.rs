@@ -408,6 +408,19 @@ impl DevCluster {
             .expect("worker id")
     }
 
+    /// The control node's Prometheus text (`GET /metrics`).
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn get_json(&self, url: &str) -> (u16, Value) {
         let resp = self
             .http
