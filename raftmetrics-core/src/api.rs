@@ -161,6 +161,31 @@ pub struct RaftHealth {
     /// Groups this node leads / holds.
     pub leading: u32,
     pub replicas: u32,
+    /// Control: the metadata group's commit index on this node.
+    #[serde(default)]
+    pub commit_index: Option<u64>,
+}
+
+/// A control node's view of the control plane (the metadata Raft group of the control
+/// nodes), in `/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneHealth {
+    /// Control nodes in the cluster (voters of the metadata group).
+    pub control_nodes: u32,
+    /// The metadata group's leader (a control node id), when one is known.
+    pub leader: Option<u64>,
+    /// Whether this node leads the metadata group (and so decides placement and moves).
+    pub deciding: bool,
+    /// Whether placement changes (rebalancing, drains, dead workers) can be made now: a
+    /// leader is known. Inserts and queries go on without it, from the committed placement.
+    pub placement_changes: bool,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// The placement epoch this node serves from, and the newest one workers report.
+    pub epoch: u64,
+    pub newest_worker_epoch: u64,
+    /// What is wrong, when something is.
+    pub problem: Option<String>,
 }
 
 /// `GET /ready` when the node is ready (HTTP 200). Before that the node answers 503 in the
@@ -223,6 +248,9 @@ pub struct HealthResponse {
     /// Worker only.
     pub storage: Option<StorageHealth>,
     pub raft_status: RaftHealth,
+    /// Control node: the control plane (the metadata group of the control nodes).
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneHealth>,
 }
 
 /// The JSON error body every endpoint answers with on failure.

@@ -28,6 +28,7 @@ use clap::error::{ContextKind, ContextValue};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::http::auth::{MAX_TOKENS, check_token};
+use crate::rpc::MAX_CONTROL_NODES;
 
 /// Virtual partitions when not configured.
 pub const DEFAULT_PARTITIONS: u32 = 16;
@@ -65,6 +66,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("DATA_DIR", "data-dir"),
     ("WORKER_HOSTS", "worker-hosts"),
     ("CONTROL_HOST", "control-host"),
+    ("CONTROL_PEERS", "control-peers"),
     ("REPLICATION_FACTOR", "replication-factor"),
     ("PARTITIONS", "partitions"),
     ("AUTH_TOKENS", "auth-tokens"),
@@ -183,6 +185,12 @@ pub struct ControlArgs {
     /// [default: max(number of WORKER_HOSTS, replication factor, 1)] [env: MIN_WORKERS]
     #[arg(long)]
     pub min_workers: Option<u32>,
+    /// Node-to-node addresses (host:port) of every control node, comma-separated, in node-id
+    /// order: the i-th is control node i, and this node is the one of --node-id. 1, 3 or 5
+    /// of them make the metadata Raft group's voters [default: this node alone]
+    /// [env: CONTROL_PEERS]
+    #[arg(long, value_delimiter = ',')]
+    pub control_peers: Vec<String>,
     /// How replicas move.
     #[command(flatten)]
     pub moves: MoveArgs,
@@ -201,9 +209,11 @@ pub struct WorkerArgs {
     /// HTTP port of the public API [env: PORT]
     #[arg(long, default_value_t = 8081)]
     pub port: u16,
-    /// Control node to register with, host:port [env: CONTROL_HOST]
-    #[arg(long)]
-    pub control_host: Option<String>,
+    /// Control nodes to register with, comma-separated host:port of their node-to-node
+    /// listeners (every control node of the cluster) [default: 127.0.0.1:9080]
+    /// [env: CONTROL_HOST]
+    #[arg(long, value_delimiter = ',')]
+    pub control_host: Vec<String>,
     /// DuckDB file [default: <data-dir>/store.duckdb] [env: DB_PATH]
     #[arg(long)]
     pub db_path: Option<PathBuf>,
@@ -341,9 +351,13 @@ pub struct DevArgs {
     /// Directory of all nodes' files [default: data/dev] [env: DATA_DIR]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// HTTP port of the control node; worker i listens on port + i [env: PORT]
+    /// HTTP port of the first control node; worker i listens on port + i, control node
+    /// j > 1 on port + workers + j - 1 [env: PORT]
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Number of control nodes: 1, 3 or 5 (one metadata Raft group of that many voters)
+    #[arg(long, default_value_t = 1)]
+    pub control_nodes: u16,
     /// Requests per minute per token on every node [default: 1000 control, 5000 workers]
     /// [env: RATE_LIMIT_PER_MINUTE]
     #[arg(long)]
@@ -527,6 +541,19 @@ impl DevArgs {
             .flatten()
     }
 
+    /// HTTP port of control node `j` (1-based): `port` for the first, `port + workers + j -
+    /// 1` for the others; `None` when out of range.
+    pub fn control_port(&self, j: u16) -> Option<u16> {
+        match j {
+            1 => Some(self.port),
+            j if (2..=self.control_nodes).contains(&j) => self
+                .port
+                .checked_add(self.workers)
+                .and_then(|p| p.checked_add(j - 1)),
+            _ => None,
+        }
+    }
+
     /// Requests per minute per token: `(control, worker)`.
     pub fn rate_limits(&self) -> (u32, u32) {
         match self.rate_limit_per_minute {
@@ -659,8 +686,18 @@ impl ControlArgs {
         check_replication(self.replication_factor, None, problems);
         check_partitions(self.partitions, problems);
         check_rate_limit(self.rate_limit_per_minute, problems);
+        check_control_peers(self.node_id, &mut self.control_peers, problems);
         self.moves.finish(problems);
         self.node.finish(self.port, true, problems);
+    }
+
+    /// The metadata group's members: `(control node id, node-to-node address)`, this node
+    /// included; empty for a control node alone.
+    pub fn peers(&self) -> Vec<(u64, String)> {
+        if self.control_peers.len() <= 1 {
+            return Vec::new();
+        }
+        (1u64..).zip(self.control_peers.iter().cloned()).collect()
     }
 
     /// The mover's configuration.
@@ -681,8 +718,16 @@ impl WorkerArgs {
             None => {}
         }
         check_port("--port / PORT", self.port, problems);
-        if let Some(host) = &mut self.control_host {
-            check_host("--control-host / CONTROL_HOST", host, problems);
+        if self.control_host.len() > MAX_CONTROL_NODES as usize {
+            problems.push(format!(
+                "--control-host / CONTROL_HOST: at most {MAX_CONTROL_NODES} control nodes"
+            ));
+        } else {
+            check_hosts(
+                "--control-host / CONTROL_HOST",
+                &mut self.control_host,
+                problems,
+            );
         }
         check_path("--db-path / DB_PATH", self.db_path.as_deref(), problems);
         check_rate_limit(self.rate_limit_per_minute, problems);
@@ -718,6 +763,14 @@ impl DevArgs {
             problems.push(format!(
                 "--port {} + {} workers runs past port 65535",
                 self.port, self.workers
+            ));
+        }
+        if !matches!(self.control_nodes, 1 | 3 | 5) {
+            problems.push("--control-nodes must be 1, 3 or 5".into());
+        } else if self.control_port(self.control_nodes).is_none() {
+            problems.push(format!(
+                "--port {} + {} workers + {} control nodes runs past port 65535",
+                self.port, self.workers, self.control_nodes
             ));
         }
         check_replication(self.replication_factor, Some(self.workers), problems);
@@ -910,6 +963,33 @@ fn check_hosts(what: &str, hosts: &mut [String], problems: &mut Vec<String>) {
     }
 }
 
+/// Checks `--control-peers`: none, or 1, 3 or 5 addresses, distinct, one of them this node's.
+fn check_control_peers(node_id: u64, peers: &mut [String], problems: &mut Vec<String>) {
+    let what = "--control-peers / CONTROL_PEERS";
+    if peers.is_empty() {
+        return;
+    }
+    if !matches!(peers.len(), 1 | 3 | 5) {
+        problems.push(format!(
+            "{what} must list 1, 3 or 5 control nodes (a majority of an even number is no \
+             more available than of one fewer), not {}",
+            peers.len()
+        ));
+        return;
+    }
+    check_hosts(what, peers, problems);
+    if node_id == 0 || node_id > peers.len() as u64 {
+        problems.push(format!(
+            "--node-id / NODE_ID of a control node must be 1..={} (its place in {what})",
+            peers.len()
+        ));
+    }
+    let distinct: HashSet<&String> = peers.iter().collect();
+    if distinct.len() != peers.len() {
+        problems.push(format!("{what} names an address twice"));
+    }
+}
+
 /// Checks (and trims) one `host[:port]`.
 fn check_host(what: &str, host: &mut String, problems: &mut Vec<String>) {
     *host = host.trim().to_string();
@@ -1037,7 +1117,7 @@ mod tests {
             ("INTERNAL_PORT", "19000"),
             ("DB_PATH", "/tmp/w3.duckdb"),
             ("DATA_DIR", "/tmp/w3"),
-            ("CONTROL_HOST", "control:8080"),
+            ("CONTROL_HOST", "control:8080, control2:9080"),
             ("WORKER_HOSTS", "w1:8081, w2:8082"),
             ("RATE_LIMIT_PER_MINUTE", "77"),
             ("MAX_BODY_BYTES", "1024"),
@@ -1054,7 +1134,7 @@ mod tests {
         assert_eq!(w.internal_port(), 19000);
         assert_eq!(w.db_path(), Path::new("/tmp/w3.duckdb"));
         assert_eq!(w.data_dir(), Path::new("/tmp/w3"));
-        assert_eq!(w.control_host.as_deref(), Some("control:8080"));
+        assert_eq!(w.control_host, vec!["control:8080", "control2:9080"]);
         assert_eq!(w.rate_limit_per_minute, 77);
         assert_eq!(w.node.http.max_body_bytes, 1024);
         assert_eq!(w.node.http.request_timeout_ms, 500);
@@ -1356,5 +1436,63 @@ mod tests {
             [0, 1, 2, 3, 10].map(default_replication_factor),
             [1, 1, 2, 3, 3]
         );
+    }
+
+    #[test]
+    fn control_peers_are_one_three_or_five_distinct_with_this_node_among_them() {
+        let env = base_env();
+        let cli = parse(
+            &[
+                "control",
+                "--node-id=2",
+                "--control-peers=c1:9080, c2:9080,c3:9080",
+            ],
+            &env,
+        )
+        .expect("parse");
+        let Role::Control(c) = cli.role else {
+            panic!("not a control node")
+        };
+        assert_eq!(
+            c.peers(),
+            vec![
+                (1, "c1:9080".to_string()),
+                (2, "c2:9080".to_string()),
+                (3, "c3:9080".to_string())
+            ]
+        );
+        for (args, needle) in [
+            (vec!["control", "--control-peers=a:1,b:1"], "1, 3 or 5"),
+            (
+                vec!["control", "--node-id=4", "--control-peers=a:1,b:1,c:1"],
+                "1..=3",
+            ),
+            (vec!["control", "--control-peers=a:1,a:1,c:1"], "twice"),
+        ] {
+            let err = parse(&args, &env).expect_err("refused").to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        let alone = parse(&["control"], &env).expect("parse");
+        let Role::Control(c) = alone.role else {
+            panic!("not a control node")
+        };
+        assert!(c.peers().is_empty());
+    }
+
+    #[test]
+    fn dev_control_nodes_come_after_the_workers() {
+        let cli = parse(&["dev", "--control-nodes=3"], &[]).expect("parse");
+        let Role::Dev(d) = cli.role else {
+            panic!("not dev")
+        };
+        assert_eq!(
+            (1..=4).map(|j| d.control_port(j)).collect::<Vec<_>>(),
+            vec![Some(8080), Some(8084), Some(8085), None]
+        );
+        assert_eq!(d.control_port(0), None);
+        let err = parse(&["dev", "--control-nodes=2"], &[])
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("1, 3 or 5"), "{err}");
     }
 }

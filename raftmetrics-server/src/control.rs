@@ -1,6 +1,14 @@
 //! The control role: the public API, the worker registry, the placement of partitions,
 //! write routing and query fan-out.
 //!
+//! A cluster has 1, 3 or 5 control nodes, the voters of the metadata Raft group
+//! ([`crate::metadata`], ADR 021). Every control node serves the public API from the
+//! committed placement it holds; only the metadata group's leader decides (places, admits
+//! workers, declares them dead or drained, drives moves), and only after confirming its
+//! leadership with a majority each round. Admin writes on another control node are forwarded
+//! to the leader. A control node whose placement is older than the epoch workers report
+//! answers inserts and queries with 503 rather than route them by a replaced placement.
+//!
 //! Workers register over node-to-node TCP and repeat the registration as a heartbeat (with
 //! the status of their replicas). Once [`ControlArgs::min_workers`] workers registered, the
 //! control node places every partition on `replication_factor` workers (partition `p` on
@@ -47,7 +55,7 @@ use crate::http::error::ApiError;
 use crate::http::render::aggregate_document;
 use crate::http::stack;
 use crate::ingest::Ingest;
-use crate::metadata::MetadataLog;
+use crate::metadata::{Membership as MetadataMembership, MetadataLog, MetadataTransport};
 use crate::metrics::{Metrics, Outcome};
 use crate::mover::{Action, Mover, Observed, next_action};
 use crate::rebalance::{
@@ -55,11 +63,14 @@ use crate::rebalance::{
 };
 use crate::router::Router;
 use crate::rpc::{
-    CONTROL_WIRE_ID, ClusterView, MAX_WORKER_ID, Membership, Registration, RemoteError, Request,
-    Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, encode_response, resolve,
+    AdminRequest, ClusterView, MAX_WORKER_ID, Membership, Registration, RemoteError, Request,
+    Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, control_wire_id, encode_response,
+    resolve,
 };
 use crate::wire::frame::ClusterAuth;
-use crate::wire::tcp_transport::{Endpoints, RpcHandler, ServeConfig, ServeStats, serve_node};
+use crate::wire::tcp_transport::{
+    Endpoints, RpcHandler, ServeConfig, ServeStats, TcpTransport, TransportConfig, serve_node,
+};
 use crate::worker::CLUSTER_ID;
 
 /// A worker not heard from for this long is considered down.
@@ -73,6 +84,13 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most workers the registry keeps.
 const MAX_WORKERS: usize = 1024;
+
+/// Deadline of an admin write forwarded to the metadata leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the other control nodes' addresses are resolved again (a container's address
+/// may change when it restarts).
+const PEER_RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 struct WorkerEntry {
     info: WorkerInfo,
@@ -93,6 +111,16 @@ pub struct Control {
     /// Serializes placing, so two registrations cannot both place.
     placing: tokio::sync::Mutex<()>,
     metadata: MetadataLog,
+    /// The other control nodes: (control node id, node-to-node address); empty alone.
+    peers: Vec<(NodeId, String)>,
+    /// The metadata group's transport between control nodes (none alone).
+    meta_transport: Option<Arc<MetadataTransport>>,
+    /// When the peers' addresses were last resolved.
+    peers_resolved: Mutex<Option<Instant>>,
+    /// Whether the last round confirmed this node's leadership of the metadata group.
+    leading: std::sync::atomic::AtomicBool,
+    /// The newest placement epoch a worker reported in its heartbeat.
+    newest_worker_epoch: std::sync::atomic::AtomicU64,
     /// Replica moves and leader transfers ([`crate::mover`]).
     mover: crate::mover::Mover,
     router: Arc<Router>,
@@ -119,7 +147,24 @@ pub async fn run(
         .cluster_secret()
         .ok_or_else(|| ServerError::Config("CLUSTER_SECRET is required".into()))?;
     let auth = ClusterAuth::new(CLUSTER_ID, secret.expose())?;
-    let metadata = MetadataLog::open(&data_dir.join("metadata")).await?;
+    let peers = args.peers();
+    // Alone, a control node is voter 1 of its own group whatever its id.
+    let me = if peers.is_empty() { 1 } else { args.node_id };
+    let wire_id = control_wire_id(me);
+    let (membership, meta_transport) = if peers.is_empty() {
+        (MetadataMembership::alone(), None)
+    } else {
+        let tcp = TcpTransport::new(wire_id, auth.clone(), TransportConfig::default())?;
+        let transport = Arc::new(MetadataTransport::new(tcp));
+        let membership = MetadataMembership {
+            me,
+            voters: peers.iter().map(|(k, _)| *k).collect(),
+            transport: Arc::clone(&transport) as Arc<dyn raftmetrics_core::raft::Transport>,
+        };
+        (membership, Some(transport))
+    };
+    let metadata = MetadataLog::open(&data_dir.join("metadata"), membership).await?;
+    let peers: Vec<(NodeId, String)> = peers.into_iter().filter(|(k, _)| *k != me).collect();
     let state = metadata.state();
     if state.is_placed() && state.placement.len() != args.partitions as usize {
         return Err(ServerError::Config(format!(
@@ -129,11 +174,7 @@ pub async fn run(
             args.partitions
         )));
     }
-    let rpc = Arc::new(RpcClient::new(
-        CONTROL_WIRE_ID,
-        auth.clone(),
-        RpcConfig::default(),
-    ));
+    let rpc = Arc::new(RpcClient::new(wire_id, auth.clone(), RpcConfig::default()));
     let control = Arc::new(Control {
         started: Instant::now(),
         node_id: args.node_id,
@@ -143,6 +184,11 @@ pub async fn run(
         registry: Mutex::new(BTreeMap::new()),
         placing: tokio::sync::Mutex::new(()),
         metadata,
+        peers,
+        meta_transport,
+        peers_resolved: Mutex::new(None),
+        leading: std::sync::atomic::AtomicBool::new(false),
+        newest_worker_epoch: std::sync::atomic::AtomicU64::new(0),
         mover: crate::mover::Mover::new(args.mover_config()),
         router: Arc::new(Router::new(None, Arc::clone(&rpc))),
         rpc,
@@ -167,16 +213,20 @@ pub async fn run(
         internal = args.internal_port(),
         partitions = args.partitions,
         min_workers = control.min_workers,
+        control_nodes = control.metadata.voters(),
         "control node starting"
     );
+    control.resolve_peers().await;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mover_task = tokio::spawn(mover_loop(Arc::clone(&control), stop_rx.clone()));
+    let deliver_to = Arc::clone(&control);
     let endpoints = Endpoints {
         auth,
-        local: CONTROL_WIRE_ID,
-        // The control node holds no replicas: raft traffic addressed to it is dropped.
-        deliver: Arc::new(|_| {}),
+        local: wire_id,
+        // The control node holds no partition replicas: only the metadata group's messages
+        // are taken.
+        deliver: Arc::new(move |batch| deliver_to.metadata.step(batch)),
         rpc: Some(rpc_handler(Arc::clone(&control))),
     };
     let internal_task = tokio::spawn(serve_node(
@@ -251,6 +301,156 @@ impl Control {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the last round confirmed that this node leads the metadata group.
+    fn is_leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resolves the other control nodes' addresses for the metadata group's transport, at
+    /// most every [`PEER_RESOLVE_EVERY`].
+    async fn resolve_peers(&self) {
+        let Some(transport) = &self.meta_transport else {
+            return;
+        };
+        {
+            let mut last = self
+                .peers_resolved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < PEER_RESOLVE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        for (k, addr) in &self.peers {
+            match resolve(addr).await {
+                Ok(resolved) => transport.set_peer(*k, resolved),
+                Err(e) => debug!(control = k, error = %e, "cannot resolve a control node yet"),
+            }
+        }
+    }
+
+    /// Drops from the registry the workers the committed state forgot that no longer
+    /// heartbeat (the metadata leader forgot them; the others learn it from the log).
+    fn forget_unknown(&self) {
+        let state = self.metadata.state();
+        if !state.is_placed() {
+            return;
+        }
+        self.lock_registry()
+            .retain(|id, e| state.workers.contains_key(id) || e.last_seen.elapsed() <= LIVENESS);
+    }
+
+    /// Refuses to route by a placement that a newer epoch replaced: when a worker reports an
+    /// epoch newer than the state here (after reading the group's log once more), this node
+    /// has not caught up with the metadata group, and answers 503 so that the client asks
+    /// another control node.
+    async fn check_current(&self) -> Result<(), Error> {
+        let newest = self
+            .newest_worker_epoch
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.metadata.state().epoch >= newest {
+            return Ok(());
+        }
+        let _ = self.metadata.refresh().await;
+        let held = self.metadata.state().epoch;
+        if held >= newest {
+            self.refresh_view();
+            return Ok(());
+        }
+        Err(Error::Raft(format!(
+            "this control node holds placement epoch {held}, but workers already follow epoch \
+             {newest}: it has not caught up with the metadata group (cut off from a majority \
+             of the control nodes?); ask another control node"
+        )))
+    }
+
+    /// Carries out an admin write on the metadata leader: here when this node leads,
+    /// otherwise forwarded to the leader the group names.
+    async fn admin(&self, request: AdminRequest) -> Result<serde_json::Value, Error> {
+        if self.metadata.voters() == 1 || self.metadata.confirm_leadership().await.is_ok() {
+            return self.admin_here(request).await;
+        }
+        let leader = self.metadata.status().await?.leader_id;
+        let addr = self
+            .peers
+            .iter()
+            .find(|(k, _)| *k == leader)
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| {
+                Error::Raft(
+                    "the metadata group has no leader now (a majority of the control nodes \
+                     is unreachable): placement changes wait"
+                        .into(),
+                )
+            })?;
+        let addr = resolve(&addr).await.map_err(Error::Raft)?;
+        let answer = self
+            .rpc
+            .call(
+                control_wire_id(leader),
+                addr,
+                &Request::Admin(request),
+                FORWARD_TIMEOUT,
+            )
+            .await
+            .map_err(|e| Error::Raft(format!("forwarding to the metadata leader: {e}")))?;
+        match answer {
+            RpcResponse::Document(json) => serde_json::from_str(&json)
+                .map_err(|e| Error::Internal(format!("the metadata leader's answer: {e}"))),
+            RpcResponse::Error(e) => Err(Error::from(e)),
+            other => Err(Error::Internal(format!(
+                "unexpected answer from the metadata leader: {other:?}"
+            ))),
+        }
+    }
+
+    /// Carries out an admin write on this node, which must lead the metadata group.
+    async fn admin_here(&self, request: AdminRequest) -> Result<serde_json::Value, Error> {
+        match request {
+            AdminRequest::Drain(id) => self.drain(id).await,
+            AdminRequest::Forget(id) => self.forget(id).await,
+        }
+    }
+
+    /// Starts draining worker `id` (its state goes `draining`, then `drained`). Refused when
+    /// the other active workers could not hold every partition's replicas.
+    async fn drain(&self, id: NodeId) -> Result<serde_json::Value, Error> {
+        let state = self.metadata.state();
+        let Some(current) = state.worker_state(id) else {
+            return Err(Error::NotFound(format!("worker {id}")));
+        };
+        crate::rebalance::can_drain(
+            &state.placement,
+            &state.worker_states(),
+            state.replication_factor as usize,
+            id,
+        )
+        .map_err(Error::InvalidRequest)?;
+        if current == WorkerState::Active {
+            self.metadata
+                .commit(Command::SetWorkerState {
+                    worker: id,
+                    state: WorkerState::Draining,
+                })
+                .await?;
+            info!(worker = id, "worker draining");
+        }
+        Ok(self.worker_document(id))
+    }
+
+    /// Forgets a drained or dead worker that holds no replica.
+    async fn forget(&self, id: NodeId) -> Result<serde_json::Value, Error> {
+        if self.metadata.state().worker_state(id).is_none() {
+            return Err(Error::NotFound(format!("worker {id}")));
+        }
+        self.metadata.commit(Command::Forget { worker: id }).await?;
+        self.lock_registry().remove(&id);
+        self.rpc.forget(id);
+        info!(worker = id, "worker forgotten");
+        Ok(serde_json::json!({"removed": id}))
+    }
+
     async fn register(&self, peer: NodeId, reg: Registration) -> Result<ClusterView, Error> {
         let id = reg.worker.id;
         if id == 0 || id > MAX_WORKER_ID || id != peer {
@@ -262,6 +462,8 @@ impl Control {
             .await
             .map_err(Error::InvalidRequest)?;
         self.router.learn(&reg.replicas);
+        self.newest_worker_epoch
+            .fetch_max(reg.epoch, std::sync::atomic::Ordering::Relaxed);
         let workers: Vec<NodeId> = {
             let mut registry = self.lock_registry();
             if !registry.contains_key(&id) && registry.len() >= MAX_WORKERS {
@@ -284,8 +486,11 @@ impl Control {
             );
             registry.keys().copied().collect()
         };
-        self.maybe_place(&workers).await?;
-        self.admit(id).await;
+        // Only the metadata leader decides; the others answer from the committed state.
+        if self.is_leading() {
+            self.maybe_place(&workers).await?;
+            self.admit(id).await;
+        }
         let view = self.view();
         let addrs: HashMap<NodeId, SocketAddr> = self
             .lock_registry()
@@ -374,6 +579,22 @@ impl Control {
     /// in flight one step ([`crate::mover::next_action`]), start the moves the planner asks
     /// for ([`crate::rebalance::plan_moves`]), and spread leaders once nothing moves.
     async fn tick(&self) {
+        if let Err(e) = self.metadata.refresh().await {
+            warn!(error = %e, "cannot read the metadata group's state");
+        }
+        self.resolve_peers().await;
+        self.forget_unknown();
+        self.refresh_view();
+        let leading = self.metadata.confirm_leadership().await.is_ok();
+        let was = self
+            .leading
+            .swap(leading, std::sync::atomic::Ordering::Relaxed);
+        if leading != was {
+            info!(leading, "metadata leadership changed");
+        }
+        if !leading {
+            return;
+        }
         let state = self.metadata.state();
         if !state.is_placed() {
             return;
@@ -792,6 +1013,7 @@ impl Control {
     /// Answers `query` over the cluster, refusing a partial answer unless allowed.
     async fn query(&self, query: &Query) -> Result<raftmetrics_core::QueryResult, Error> {
         query.validate()?;
+        self.check_current().await?;
         let (partial, coverage) = self.fan_out(query).await;
         if coverage.is_partial {
             self.metrics.inc_query(Outcome::Partial);
@@ -914,9 +1136,13 @@ impl Control {
         let metadata = self.metadata.status().await.ok();
         self.metrics
             .set_workers(live.len() as u64, (total - live.len()) as u64);
+        let control_plane = self.control_plane(metadata.as_ref(), state.epoch);
         let status = if !placed {
             "starting"
-        } else if live.len() == total && available == self.partitions {
+        } else if live.len() == total
+            && available == self.partitions
+            && control_plane.problem.is_none()
+        {
             "healthy"
         } else {
             "degraded"
@@ -964,7 +1190,52 @@ impl Control {
                         .is_some_and(|s| s.role == RaftRole::Leader),
                 ),
                 replicas: u32::from(metadata.is_some()),
+                commit_index: metadata.as_ref().map(|s| s.commit_index),
             },
+            control_plane: Some(control_plane),
+        }
+    }
+
+    /// The control plane as this node sees it, for `/health`.
+    fn control_plane(
+        &self,
+        metadata: Option<&ReplicaStatus>,
+        epoch: u64,
+    ) -> raftmetrics_core::api::ControlPlaneHealth {
+        let voters = self.metadata.voters() as u32;
+        let leader = metadata.map(|s| s.leader_id).filter(|l| *l != 0);
+        let deciding = self.is_leading();
+        let newest = self
+            .newest_worker_epoch
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let problem = if metadata.is_none() {
+            Some("the metadata group's replica on this node does not answer".to_string())
+        } else if leader.is_none() {
+            Some(format!(
+                "this control node knows no leader of the metadata group: it reaches fewer \
+                 than {} of the {voters} control nodes (itself included); inserts and queries \
+                 go on from the committed placement, placement changes (rebalancing, drains, \
+                 dead workers) wait",
+                voters / 2 + 1
+            ))
+        } else if newest > epoch {
+            Some(format!(
+                "this node holds placement epoch {epoch}, workers follow epoch {newest}: it \
+                 has not caught up with the metadata group and refuses inserts and queries"
+            ))
+        } else {
+            None
+        };
+        raftmetrics_core::api::ControlPlaneHealth {
+            control_nodes: voters,
+            leader,
+            deciding,
+            placement_changes: leader.is_some(),
+            commit_index: metadata.map_or(0, |s| s.commit_index),
+            applied_index: metadata.map_or(0, |s| s.applied_index),
+            epoch,
+            newest_worker_epoch: newest,
+            problem,
         }
     }
 }
@@ -978,8 +1249,25 @@ fn rpc_handler(control: Arc<Control>) -> RpcHandler {
                     Ok(view) => RpcResponse::View(view),
                     Err(e) => RpcResponse::Error(RemoteError::from(&e)),
                 },
+                // Forwarded by another control node: carried out here or refused, never
+                // forwarded again.
+                Ok(Request::Admin(request)) if crate::rpc::is_control_wire_id(peer) => {
+                    let done = match control.metadata.confirm_leadership().await {
+                        Ok(()) => control.admin_here(request).await,
+                        Err(e) => Err(e),
+                    };
+                    match done.and_then(|doc| {
+                        serde_json::to_string(&doc)
+                            .map_err(|e| Error::Internal(format!("encode an answer: {e}")))
+                    }) {
+                        Ok(json) => RpcResponse::Document(json),
+                        Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+                    }
+                }
                 Ok(_) => RpcResponse::Error(RemoteError::from(&Error::InvalidRequest(
-                    "the control node only takes registrations".into(),
+                    "the control node only takes registrations and, from control nodes, \
+                     admin writes"
+                        .into(),
                 ))),
                 Err(e) => RpcResponse::Error(RemoteError::from(&e)),
             };
@@ -1007,6 +1295,7 @@ async fn insert(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    control.check_current().await?;
     let ingest = Ingest {
         router: &control.router,
         partitioner: &control.partitioner,
@@ -1096,53 +1385,26 @@ fn worker_id(raw: &str) -> Result<NodeId, ApiError> {
 
 /// `POST /admin/workers/{id}/drain`: moves every replica off the worker (its state goes
 /// `draining`, then `drained`). Refused when the other active workers could not hold every
-/// partition's replicas.
+/// partition's replicas. On a control node that does not lead the metadata group, forwarded
+/// to the one that does.
 async fn admin_drain(
     State(control): State<Arc<Control>>,
     axum::extract::Path(raw): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let id = worker_id(&raw)?;
-    let state = control.metadata.state();
-    let Some(current) = state.worker_state(id) else {
-        return Err(Error::NotFound(format!("worker {id}")).into());
-    };
-    crate::rebalance::can_drain(
-        &state.placement,
-        &state.worker_states(),
-        state.replication_factor as usize,
-        id,
-    )
-    .map_err(Error::InvalidRequest)?;
-    if current == WorkerState::Active {
-        control
-            .metadata
-            .commit(Command::SetWorkerState {
-                worker: id,
-                state: WorkerState::Draining,
-            })
-            .await?;
-        info!(worker = id, "worker draining");
-    }
-    Ok(axum::Json(control.worker_document(id)).into_response())
+    let document = control.admin(AdminRequest::Drain(id)).await?;
+    Ok(axum::Json(document).into_response())
 }
 
-/// `DELETE /admin/workers/{id}`: forgets a drained or dead worker that holds no replica.
+/// `DELETE /admin/workers/{id}`: forgets a drained or dead worker that holds no replica
+/// (forwarded to the metadata leader like a drain).
 async fn admin_forget(
     State(control): State<Arc<Control>>,
     axum::extract::Path(raw): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let id = worker_id(&raw)?;
-    if control.metadata.state().worker_state(id).is_none() {
-        return Err(Error::NotFound(format!("worker {id}")).into());
-    }
-    control
-        .metadata
-        .commit(Command::Forget { worker: id })
-        .await?;
-    control.lock_registry().remove(&id);
-    control.rpc.forget(id);
-    info!(worker = id, "worker forgotten");
-    Ok(axum::Json(serde_json::json!({"removed": id})).into_response())
+    let document = control.admin(AdminRequest::Forget(id)).await?;
+    Ok(axum::Json(document).into_response())
 }
 
 /// The name of a raft role in `/health`.

@@ -29,9 +29,30 @@ use tokio::net::TcpStream;
 use crate::wire::frame::{ClusterAuth, WireError, WireMessage, read_frame, write_frame};
 use crate::wire::tcp_transport::client_handshake;
 
-/// The control node's id on the node-to-node wire (there is one control node per cluster);
-/// it never collides with a worker, whose ids are at most [`MAX_WORKER_ID`].
+/// "Any control node" on the node-to-node wire: a worker calls its control nodes by address
+/// under this id, and the handshake accepts whichever control node answers there
+/// ([`is_control_wire_id`]). Control node `k` is [`control_wire_id`]`(k)`. Control ids never
+/// collide with a worker's, which are at most [`MAX_WORKER_ID`].
 pub const CONTROL_WIRE_ID: NodeId = 1 << 63;
+
+/// Most control nodes a cluster has (voters of the metadata group).
+pub const MAX_CONTROL_NODES: u64 = 5;
+
+/// Control node `k`'s (1-based) id on the node-to-node wire.
+pub fn control_wire_id(k: u64) -> NodeId {
+    CONTROL_WIRE_ID + k
+}
+
+/// Whether `id` is a control node's wire id (not [`CONTROL_WIRE_ID`] itself).
+pub fn is_control_wire_id(id: NodeId) -> bool {
+    id > CONTROL_WIRE_ID && id <= CONTROL_WIRE_ID + MAX_CONTROL_NODES
+}
+
+/// Whether the node that answered a handshake as `got` is the node that was called as
+/// `expected`: the same id, or any control node when [`CONTROL_WIRE_ID`] was called.
+pub fn answers_for(expected: NodeId, got: NodeId) -> bool {
+    got == expected || (expected == CONTROL_WIRE_ID && is_control_wire_id(got))
+}
 
 /// Largest worker node id.
 pub const MAX_WORKER_ID: u64 = (1 << 62) - 1;
@@ -99,6 +120,9 @@ pub struct Registration {
     pub worker: WorkerInfo,
     pub replicas: Vec<ReplicaStatus>,
     pub storage_bytes: u64,
+    /// The epoch of the newest cluster view the worker applied: a control node holding an
+    /// older placement knows it is behind.
+    pub epoch: u64,
 }
 
 /// A request from one node to another.
@@ -136,6 +160,18 @@ pub enum Request {
     /// Control → the leader of `partition`: save the store and compact the partition's log
     /// (before a replica is added, so that it is sent a snapshot).
     Compact { partition: PartitionId },
+    /// Control → the metadata leader: an admin write taken by another control node;
+    /// answered with [`Response::Document`].
+    Admin(AdminRequest),
+}
+
+/// An admin write of `/admin/workers`, carried out by the metadata group's leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// `POST /admin/workers/{id}/drain`.
+    Drain(NodeId),
+    /// `DELETE /admin/workers/{id}`.
+    Forget(NodeId),
 }
 
 /// Most shares in one [`Request::WriteMany`].
@@ -154,6 +190,8 @@ pub struct Share {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     View(ClusterView),
+    /// A JSON document (the answer to a forwarded [`Request::Admin`]).
+    Document(String),
     /// Applied at this log index.
     Written {
         index: u64,

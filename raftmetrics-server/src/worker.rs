@@ -84,14 +84,17 @@ pub struct Worker {
     sketch: SketchConfig,
     metrics: Arc<Metrics>,
     info: WorkerInfo,
-    control_host: String,
+    /// The node-to-node addresses of every control node.
+    control_hosts: Vec<String>,
     data_dir: PathBuf,
     /// Replicas this node has (recovered or created).
     groups: Mutex<HashSet<PartitionId>>,
-    /// When the control node last answered.
+    /// When a control node last answered.
     control_seen: Mutex<Option<Instant>>,
     /// The epoch of the newest cluster view applied.
     epoch: Mutex<u64>,
+    /// Serializes applying views (one heartbeat loop per control node).
+    applying: tokio::sync::Mutex<()>,
     request_timeout: Duration,
 }
 
@@ -160,15 +163,16 @@ pub async fn run(
             http_addr: format!("{advertise}:{}", args.port),
             internal_addr: format!("{advertise}:{}", args.internal_port()),
         },
-        control_host: control_address(args.control_host.as_deref()),
+        control_hosts: control_addresses(&args.control_host),
         data_dir,
         groups: Mutex::new(recovered),
         control_seen: Mutex::new(None),
         epoch: Mutex::new(0),
+        applying: tokio::sync::Mutex::new(()),
         request_timeout: args.node.http.request_timeout(),
     });
     info!(id, db = %db_path.display(), http = %worker.info.http_addr,
-        internal = %worker.info.internal_addr, control = %worker.control_host, "worker starting");
+        internal = %worker.info.internal_addr, control = ?worker.control_hosts, "worker starting");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -269,30 +273,49 @@ async fn watch_raft(
     }
 }
 
-/// `host[:port]` of the control node's node-to-node listener.
-fn control_address(host: Option<&str>) -> String {
-    let host = host.unwrap_or("127.0.0.1");
-    if host
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        host.to_string()
-    } else {
-        format!("{host}:{DEFAULT_CONTROL_INTERNAL_PORT}")
+/// `host[:port]` of every control node's node-to-node listener (`127.0.0.1` when none is
+/// given; the default port when a host has none).
+fn control_addresses(hosts: &[String]) -> Vec<String> {
+    if hosts.is_empty() {
+        return vec![format!("127.0.0.1:{DEFAULT_CONTROL_INTERNAL_PORT}")];
     }
+    hosts
+        .iter()
+        .map(|host| {
+            if host
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                host.clone()
+            } else {
+                format!("{host}:{DEFAULT_CONTROL_INTERNAL_PORT}")
+            }
+        })
+        .collect()
 }
 
-async fn heartbeat_loop(worker: Arc<Worker>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = heartbeat_ticker();
-    while next_beat(&mut ticker, &mut stop).await {
-        if let Err(e) = worker.heartbeat().await {
-            debug!(error = %e, "heartbeat to the control node failed");
-        }
+/// One heartbeat loop per control node, so that a control node that does not answer never
+/// delays the heartbeats the others hear.
+async fn heartbeat_loop(worker: Arc<Worker>, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut loops = tokio::task::JoinSet::new();
+    for host in worker.control_hosts.clone() {
+        let (worker, mut stop) = (Arc::clone(&worker), stop.clone());
+        loops.spawn(async move {
+            let mut ticker = heartbeat_ticker();
+            while next_beat(&mut ticker, &mut stop).await {
+                if let Err(e) = worker.heartbeat(&host).await {
+                    debug!(control = %host, error = %e, "heartbeat to a control node failed");
+                }
+            }
+        });
     }
+    loops.join_all().await;
 }
 
 impl Worker {
-    async fn heartbeat(&self) -> Result<(), String> {
+    /// Registers with (or heartbeats to) the control node at `host` and applies the view it
+    /// answers with, unless a newer one was applied already.
+    async fn heartbeat(&self, host: &str) -> Result<(), String> {
         let statuses = self.node.status().await.map_err(|e| e.to_string())?;
         // The replicas this node has now (a replica removed from its group drops itself).
         *self.groups.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -301,12 +324,14 @@ impl Worker {
         self.metrics.observe_raft(&statuses);
         let storage_bytes = self.store.storage_bytes().unwrap_or(0);
         self.metrics.set_storage_bytes(storage_bytes);
-        let control = resolve(&self.control_host).await?;
+        let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         let request = Request::Register(Registration {
             worker: self.info.clone(),
             replicas: statuses,
             storage_bytes,
+            epoch,
         });
+        let control = resolve(host).await?;
         let answer = self
             .rpc
             .call(CONTROL_WIRE_ID, control, &request, HEARTBEAT * 4)
@@ -315,6 +340,7 @@ impl Worker {
         match answer {
             RpcResponse::View(view) => {
                 *self.control_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                let _one_at_a_time = self.applying.lock().await;
                 self.apply_view(view).await;
                 Ok(())
             }
@@ -534,9 +560,11 @@ impl Worker {
                     Err(e) => RpcResponse::Error(RemoteError::from(&e)),
                 }
             }
-            Request::Register(_) => RpcResponse::Error(RemoteError::from(&Error::InvalidRequest(
-                "registration goes to the control node".into(),
-            ))),
+            Request::Register(_) | Request::Admin(_) => {
+                RpcResponse::Error(RemoteError::from(&Error::InvalidRequest(
+                    "registrations and admin writes go to a control node".into(),
+                )))
+            }
         }
     }
 
@@ -666,7 +694,9 @@ impl Worker {
                 last_heartbeat: heard.map(api::heard_at),
                 leading: leading as u32,
                 replicas: statuses.len() as u32,
+                commit_index: None,
             },
+            control_plane: None,
         }
     }
 }

@@ -575,7 +575,8 @@ async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> Result<TcpS
 }
 
 /// The connecting side of the handshake: answers the challenge as node `local` and checks
-/// that the acceptor is node `peer`.
+/// that the acceptor is node `peer` (or any control node, when `peer` is
+/// [`crate::rpc::CONTROL_WIRE_ID`]).
 pub(crate) async fn client_handshake(
     stream: &mut TcpStream,
     auth: &ClusterAuth,
@@ -594,7 +595,7 @@ pub(crate) async fn client_handshake(
     };
     write_frame(stream, &auth.hello(local, &nonce)).await?;
     match read_frame_limited(stream, MAX_HANDSHAKE_FRAME_BYTES).await {
-        Ok(WireMessage::Welcome { node_id }) if node_id == peer => Ok(()),
+        Ok(WireMessage::Welcome { node_id }) if crate::rpc::answers_for(peer, node_id) => Ok(()),
         Ok(WireMessage::Welcome { node_id }) => Err(WireError::Handshake(format!(
             "reached node {node_id} instead of node {peer}"
         ))),
