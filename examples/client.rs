@@ -4,7 +4,15 @@
 //! RAFTMETRICS_TOKEN=... cargo run --release --example client
 //! ```
 //!
-//! `RAFTMETRICS_URL` names the control node (default `http://127.0.0.1:8080`);
+//! `RAFTMETRICS_URL` names the control node (default `http://127.0.0.1:8080`), or several
+//! separated by commas, which the client fails over between when one cannot be reached,
+//! times out or answers 503:
+//!
+//! ```sh
+//! RAFTMETRICS_URL=http://127.0.0.1:8080,http://127.0.0.1:8084,http://127.0.0.1:8085 \
+//!   RAFTMETRICS_TOKEN=... cargo run --release --example client
+//! ```
+//!
 //! `RAFTMETRICS_FORMAT=json` switches from bincode to JSON.
 
 use std::process::ExitCode;
@@ -52,13 +60,19 @@ async fn run(url: &str, token: &str, json: bool) -> Result<(), Error> {
         builder = builder.json();
     }
     let client = builder.build()?;
-    println!("talking to {} ({:?})", client.base_url(), client.format());
+    println!(
+        "control nodes: {} ({:?})",
+        client.base_urls().join(", "),
+        client.format()
+    );
     // A cluster that is still starting (or has lost partitions' majorities) answers 503 on
     // /ready, naming what is missing: wait until every partition has a leader.
     let ready = client.wait_ready(Duration::from_secs(60)).await?;
     println!(
-        "ready: {} of {} partitions led",
-        ready.partitions_led, ready.partitions_total
+        "ready: {} of {} partitions led, answered by {}",
+        ready.partitions_led,
+        ready.partitions_total,
+        client.base_url()
     );
 
     // A few hundred points: one a minute over the last 40 minutes, per host.
@@ -109,9 +123,11 @@ async fn run(url: &str, token: &str, json: bool) -> Result<(), Error> {
         analytics.is_partial()
     );
 
+    // Asked of the node in use (the one that answered last).
     let health = client.health().await?;
     println!(
-        "\nhealth: {} ({} node {}, up {}), partitions {}/{}, workers {}",
+        "\nhealth of {}: {} ({} node {}, up {}), partitions {}/{}, workers {}",
+        client.base_url(),
         health.status,
         health.role,
         health.node_id,

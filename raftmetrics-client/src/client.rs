@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftmetrics_core::api::{
@@ -19,7 +20,10 @@ use crate::error::{Error, Result};
 
 /// Where a control node listens by default.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
-/// Default limit on a whole request, from sending it to reading the last byte of the answer.
+/// Most base URLs (control nodes) one client takes.
+pub const MAX_BASE_URLS: usize = 16;
+/// Default limit on one attempt of a request, from sending it to reading the last byte of
+/// the answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default limit on establishing a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,10 +103,11 @@ impl Format {
     }
 }
 
-/// Configures a [`Client`]; made by [`Client::builder`].
+/// Configures a [`Client`]; made by [`Client::builder`] or [`Client::builder_many`].
 #[derive(Clone)]
 pub struct ClientBuilder {
-    base_url: String,
+    /// As given: each entry one URL or a comma-separated list of them.
+    base_urls: Vec<String>,
     token: Option<String>,
     format: Format,
     timeout: Duration,
@@ -115,7 +120,7 @@ pub struct ClientBuilder {
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("base_url", &self.base_url)
+            .field("base_urls", &self.base_urls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("format", &self.format)
             .field("timeout", &self.timeout)
@@ -150,14 +155,18 @@ impl ClientBuilder {
         self.format(Format::Bincode)
     }
 
-    /// Limit on a whole request, from sending it to reading the last byte of the answer;
-    /// [`DEFAULT_TIMEOUT`] by default.
+    /// Limit on one attempt of a request, from sending it to reading the last byte of the
+    /// answer; [`DEFAULT_TIMEOUT`] by default. It applies to each node tried: a request that
+    /// fails over from a node that timed out gets the full limit again on the next one, so
+    /// one call may take up to this limit times the number of base URLs (and times the
+    /// attempts of [`ClientBuilder::insert_retries`] for an insert).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Limit on establishing a connection; [`DEFAULT_CONNECT_TIMEOUT`] by default.
+    /// Limit on establishing a connection, per node tried; [`DEFAULT_CONNECT_TIMEOUT`] by
+    /// default.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -181,6 +190,12 @@ impl ClientBuilder {
     /// that may be temporary (a lost connection, a timeout, 429, 502, 503 or 504);
     /// [`DEFAULT_INSERT_RETRIES`] by default, 0 to never retry. The pause between attempts
     /// starts at 200 ms and doubles, up to 5 s, or follows `Retry-After`.
+    ///
+    /// With several base URLs, each attempt is a round over the nodes (see [`Client`]): a
+    /// node that cannot be reached, times out or answers 503 hands the batch on to the next
+    /// one at once, and the pause comes only after a round in which every node failed so, or
+    /// after a 429, 502 or 504. An insert is thus sent at most `(retries + 1) × URLs` times,
+    /// always under the same `Idempotency-Key`.
     pub fn insert_retries(mut self, retries: u32) -> Self {
         self.insert_retries = retries;
         self
@@ -188,11 +203,13 @@ impl ClientBuilder {
 
     /// Checks the configuration and builds the client.
     ///
-    /// Fails with [`Error::InvalidConfig`] when the URL is not a plain `http://` URL without
+    /// Fails with [`Error::InvalidConfig`] when a URL is not a plain `http://` URL without
     /// credentials, query or fragment (`https` needs TLS, which this client is built without),
-    /// or when the token is missing, empty, or contains whitespace or control characters.
+    /// when there is no URL, an empty entry in a comma-separated list, the same URL twice or
+    /// more than [`MAX_BASE_URLS`] of them, or when the token is missing, empty, or contains
+    /// whitespace or control characters.
     pub fn build(self) -> Result<Client> {
-        let base = parse_base_url(&self.base_url)?;
+        let bases = parse_base_urls(&self.base_urls)?;
         let auth = bearer(self.token.as_deref())?;
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::InvalidConfig("timeouts must be above zero".into()));
@@ -217,7 +234,8 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                base,
+                bases,
+                current: AtomicUsize::new(0),
                 auth,
                 format: self.format,
                 max_response_bytes: self.max_response_bytes,
@@ -225,6 +243,37 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// The base URLs of `entries`, each one URL or a comma-separated list of them, in order.
+fn parse_base_urls(entries: &[String]) -> Result<Vec<Url>> {
+    const EXPECTED: &str = "expected http://host:port, or several separated by commas";
+    let mut bases: Vec<Url> = Vec::new();
+    for entry in entries {
+        for text in entry.split(',') {
+            if text.trim().is_empty() {
+                return Err(Error::InvalidConfig(format!(
+                    "empty base URL in {entry:?}; {EXPECTED}"
+                )));
+            }
+            if bases.len() == MAX_BASE_URLS {
+                return Err(Error::InvalidConfig(format!(
+                    "more than {MAX_BASE_URLS} base URLs"
+                )));
+            }
+            let url = parse_base_url(text)?;
+            if bases.contains(&url) {
+                return Err(Error::InvalidConfig(format!(
+                    "base URL {url} is given twice"
+                )));
+            }
+            bases.push(url);
+        }
+    }
+    if bases.is_empty() {
+        return Err(Error::InvalidConfig(format!("no base URL; {EXPECTED}")));
+    }
+    Ok(bases)
 }
 
 fn parse_base_url(text: &str) -> Result<Url> {
@@ -280,10 +329,28 @@ fn bearer(token: Option<&str>) -> Result<HeaderValue> {
     Ok(value)
 }
 
-/// A client of one RaftMetrics node (normally the control node).
+/// A client of a RaftMetrics cluster, through one or several of its control nodes.
 ///
-/// Cheap to clone: clones share one connection pool. Every request carries the bearer token
-/// in its `Authorization` header, never in the URL, and redirects are not followed.
+/// Cheap to clone: clones share one connection pool and the choice of node. Every request
+/// carries the bearer token in its `Authorization` header, never in the URL, and redirects
+/// are not followed.
+///
+/// # Several control nodes
+///
+/// Given several base URLs ([`Client::builder`] with a comma-separated list, or
+/// [`Client::builder_many`]), the client sends each request to the node that answered last
+/// (the first URL at the start). When that node cannot be reached, times out, or answers
+/// `503`, the same request goes to the next URL in the list, round robin, each URL at most
+/// once per request; the first node that answers becomes the one later requests start at
+/// ([`Client::base_url`]). Any other answer, success or error (`400`, `401`, `404`, `429`,
+/// `500`, ...), is returned as it is, without asking another node. When every node failed,
+/// the call returns [`Error::AllNodesFailed`], which names how many nodes were tried and
+/// carries the last failure.
+///
+/// This holds for every call: inserts, queries, [`Client::health`] and [`Client::ready`]
+/// (which thus describe whichever node answered: see their `node_id`). An insert sent to
+/// another node carries the same `Idempotency-Key` as on the first, so it is stored once
+/// even when the first node stored it and failed before answering.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -291,7 +358,10 @@ pub struct Client {
 
 struct Inner {
     http: reqwest::Client,
-    base: Url,
+    /// The control nodes, in the order given; never empty.
+    bases: Vec<Url>,
+    /// Index in `bases` of the node that answered last: requests start there.
+    current: AtomicUsize,
     auth: HeaderValue,
     format: Format,
     max_response_bytes: usize,
@@ -301,17 +371,34 @@ struct Inner {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.inner.base.as_str())
+            .field("base_urls", &self.base_urls())
+            .field("base_url", &self.base_url())
             .field("format", &self.inner.format)
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Starts configuring a client of the node at `base_url` (e.g. [`DEFAULT_URL`]).
+    /// Starts configuring a client of the node at `base_url` (e.g. [`DEFAULT_URL`]), or of
+    /// several nodes named in it separated by commas
+    /// (`"http://10.0.0.1:8080,http://10.0.0.2:8080"`, as an environment variable may carry
+    /// them), which the client fails over between (see [`Client`]). At most
+    /// [`MAX_BASE_URLS`].
     pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        Self::builder_many([base_url])
+    }
+
+    /// Starts configuring a client of several control nodes, tried in this order, which the
+    /// client fails over between (see [`Client`]). Each entry may itself be a
+    /// comma-separated list. At most [`MAX_BASE_URLS`]; an empty list fails in
+    /// [`ClientBuilder::build`].
+    pub fn builder_many<I>(base_urls: I) -> ClientBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
         ClientBuilder {
-            base_url: base_url.into(),
+            base_urls: base_urls.into_iter().map(Into::into).collect(),
             token: None,
             format: Format::default(),
             timeout: DEFAULT_TIMEOUT,
@@ -322,9 +409,20 @@ impl Client {
         }
     }
 
-    /// The node's base URL, ending in `/`.
+    /// The base URL of the node in use, ending in `/`: the one that answered last, where the
+    /// next request starts (the first URL given, until a request fails over).
     pub fn base_url(&self) -> &str {
-        self.inner.base.as_str()
+        self.inner.bases[self.current()].as_str()
+    }
+
+    /// Every base URL, each ending in `/`, in the order given.
+    pub fn base_urls(&self) -> Vec<&str> {
+        self.inner.bases.iter().map(Url::as_str).collect()
+    }
+
+    /// The index of the node in use.
+    fn current(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed) % self.inner.bases.len()
     }
 
     /// The body format in use.
@@ -356,6 +454,7 @@ impl Client {
     ///
     /// Failures that may be temporary are retried with the same id, up to
     /// [`ClientBuilder::insert_retries`] times; the error of the last attempt is returned.
+    /// A batch that fails over to another control node (see [`Client`]) keeps its id too.
     pub async fn insert_batch_with_id(
         &self,
         id: &BatchId,
@@ -381,12 +480,17 @@ impl Client {
         let mut pause = FIRST_RETRY_PAUSE;
         let mut attempt = 0u32;
         loop {
-            let request = self
-                .request(Method::POST, "insert", &[])?
-                .header(CONTENT_TYPE, format.media_type())
-                .header(IDEMPOTENCY_KEY_HEADER, id.as_str())
-                .body(body.clone());
-            match self.call(request, format).await {
+            // One round over the nodes; every send, on any node, carries the same id.
+            let round = self
+                .send(format, |base| {
+                    Ok(self
+                        .request(base, Method::POST, "insert", &[])?
+                        .header(CONTENT_TYPE, format.media_type())
+                        .header(IDEMPOTENCY_KEY_HEADER, id.as_str())
+                        .body(body.clone()))
+                })
+                .await;
+            match round {
                 Err(e) if e.is_retryable() && attempt < self.inner.insert_retries => {
                     attempt += 1;
                     let wait = e.retry_after().map_or(pause, |asked| asked.max(pause));
@@ -405,8 +509,12 @@ impl Client {
     /// `/aggregate` is a differently shaped document (the API reference's), not a
     /// [`QueryResult`].
     pub async fn aggregate(&self, query: &Query) -> Result<Answer<QueryResult>> {
-        let request = self.request(Method::GET, "aggregate", &query.to_params())?;
-        let result: QueryResult = self.call(request, Format::Bincode).await?;
+        let params = query.to_params();
+        let result: QueryResult = self
+            .send(Format::Bincode, |base| {
+                self.request(base, Method::GET, "aggregate", &params)
+            })
+            .await?;
         Ok(Answer::from(result))
     }
 
@@ -430,31 +538,44 @@ impl Client {
         &self,
         params: &[(String, String)],
     ) -> Result<Answer<AnalyticsResponse>> {
-        let request = self.request(Method::GET, "analytics", params)?;
-        let response: AnalyticsResponse = self.call(request, self.inner.format).await?;
+        let response: AnalyticsResponse = self
+            .send(self.inner.format, |base| {
+                self.request(base, Method::GET, "analytics", params)
+            })
+            .await?;
         Ok(Answer::from(response))
     }
 
-    /// The node's health: `GET /health`. It answers whenever the node serves HTTP; its
+    /// A node's health: `GET /health`. It answers whenever the node serves HTTP; its
     /// `status` says whether the cluster is `healthy`, `degraded` or `starting`. To know
     /// whether inserts and complete answers can be had now, ask [`Client::ready`].
+    ///
+    /// It asks the node in use ([`Client::base_url`]) and fails over like any request, so
+    /// the answer is that of the first node that answers; its `node_id` and `role` say
+    /// which. To ask one particular node, build a client of that node alone.
     pub async fn health(&self) -> Result<HealthResponse> {
-        let request = self.request(Method::GET, "health", &[])?;
-        self.call(request, self.inner.format).await
+        self.send(self.inner.format, |base| {
+            self.request(base, Method::GET, "health", &[])
+        })
+        .await
     }
 
-    /// Whether the node is ready: `GET /ready`. A node that is not ready answers
+    /// Whether a node is ready: `GET /ready`. A node that is not ready answers
     /// [`Error::Api`] with status 503, `details` naming the partitions without a leader
-    /// that answers (`missing_partitions`) and the other `problems`.
+    /// that answers (`missing_partitions`) and the other `problems`. With several base
+    /// URLs, a 503 passes the question on to the next node, like any request (see
+    /// [`Client`]): the answer is the first ready node's, or [`Error::AllNodesFailed`].
     pub async fn ready(&self) -> Result<ReadyResponse> {
-        let request = self.request(Method::GET, "ready", &[])?;
-        self.call(request, self.inner.format).await
+        self.send(self.inner.format, |base| {
+            self.request(base, Method::GET, "ready", &[])
+        })
+        .await
     }
 
-    /// Asks [`Client::ready`] until the node is ready or `timeout` has passed, every
-    /// [`READY_POLL`]. A 503 or a connection failure is waited out; any other error (a
-    /// refused token, say) is returned at once. After `timeout`, [`Error::NotReady`] with
-    /// the last answer.
+    /// Asks [`Client::ready`] until a node is ready or `timeout` has passed, every
+    /// [`READY_POLL`]; each time, every base URL is tried until one is ready. A 503 or a
+    /// connection failure is waited out; any other error (a refused token, say) is returned
+    /// at once. After `timeout`, [`Error::NotReady`] with the last answer.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyResponse> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
@@ -465,9 +586,7 @@ impl Client {
             }
             match tokio::time::timeout(left, self.ready()).await {
                 Ok(Ok(ready)) => return Ok(ready),
-                Ok(Err(e @ (Error::Transport(_) | Error::Api { status: 503, .. }))) => {
-                    last = Some(Box::new(e));
-                }
+                Ok(Err(e)) if e.is_failover() => last = Some(Box::new(e)),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => break,
             }
@@ -480,13 +599,55 @@ impl Client {
         })
     }
 
+    /// Sends the request `build` makes for a base URL to the nodes in turn, starting with the
+    /// node in use, and decodes its 2xx answer as a `T`. A node that cannot be reached, times
+    /// out or answers 503 ([`Error::is_failover`]) hands the request on to the next one; the
+    /// first other outcome is returned, and its node becomes the node in use. When every
+    /// node failed: the failure itself with one base URL, else [`Error::AllNodesFailed`].
+    async fn send<T: DeserializeOwned>(
+        &self,
+        accept: Format,
+        build: impl Fn(&Url) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<T> {
+        let bases = &self.inner.bases;
+        let start = self.current();
+        let mut tried = 0;
+        loop {
+            let index = (start + tried) % bases.len();
+            let outcome = self.call(build(&bases[index])?, accept).await;
+            tried += 1;
+            match outcome {
+                Err(e) if e.is_failover() => {
+                    if tried < bases.len() {
+                        continue;
+                    }
+                    return Err(if tried == 1 {
+                        e
+                    } else {
+                        Error::AllNodesFailed {
+                            tried,
+                            url: bases[index].to_string(),
+                            last: Box::new(e),
+                        }
+                    });
+                }
+                outcome => {
+                    // This node answered: later requests start here.
+                    self.inner.current.store(index, Ordering::Relaxed);
+                    return outcome;
+                }
+            }
+        }
+    }
+
     fn request(
         &self,
+        base: &Url,
         method: Method,
         path: &str,
         params: &[(String, String)],
     ) -> Result<reqwest::RequestBuilder> {
-        let url = endpoint(&self.inner.base, path, params)?;
+        let url = endpoint(base, path, params)?;
         Ok(self
             .inner
             .http
@@ -660,6 +821,51 @@ mod tests {
     }
 
     #[test]
+    fn takes_several_base_urls() {
+        let c = client("http://127.0.0.1:8080, http://10.0.0.2:8084/rm ,http://b:8085");
+        let all = [
+            "http://127.0.0.1:8080/",
+            "http://10.0.0.2:8084/rm/",
+            "http://b:8085/",
+        ];
+        assert_eq!(c.base_urls(), all);
+        assert_eq!(c.base_url(), all[0]);
+        // An entry of the list may itself be a comma-separated list.
+        let many = Client::builder_many([
+            "http://127.0.0.1:8080",
+            "http://10.0.0.2:8084/rm,http://b:8085",
+        ])
+        .token("t")
+        .build()
+        .unwrap();
+        assert_eq!(many.base_urls(), all);
+        // The node in use moves, the list does not.
+        many.inner.current.store(2, Ordering::Relaxed);
+        assert_eq!(many.base_url(), all[2]);
+        assert_eq!(many.base_urls(), all);
+        let debug = format!("{many:?}");
+        assert!(
+            debug.contains("http://b:8085/") && debug.contains("10.0.0.2"),
+            "{debug}"
+        );
+
+        let bad = |builder: ClientBuilder| config_error(builder.token("t"));
+        assert!(bad(Client::builder_many(Vec::<String>::new())).contains("no base URL"));
+        assert!(bad(Client::builder("")).contains("empty base URL"));
+        assert!(bad(Client::builder("http://a:1,,http://b:1")).contains("empty base URL"));
+        assert!(bad(Client::builder("http://a:1,")).contains("empty base URL"));
+        assert!(bad(Client::builder("http://a:1,https://b:1")).contains("TLS"));
+        assert!(bad(Client::builder("http://a:1,b:1")).contains("http://"));
+        assert!(bad(Client::builder("http://a:1,http://a:1/")).contains("twice"));
+        let urls = |n: u16| (0..n).map(|i| format!("http://10.0.0.1:{}", 8000 + i));
+        let at_most = Client::builder_many(urls(MAX_BASE_URLS as u16)).token("t");
+        assert_eq!(at_most.build().unwrap().base_urls().len(), MAX_BASE_URLS);
+        let too_many =
+            Client::builder(urls(MAX_BASE_URLS as u16 + 1).collect::<Vec<_>>().join(","));
+        assert!(bad(too_many).contains("more than 16"));
+    }
+
+    #[test]
     fn debug_output_hides_the_token() {
         let builder = Client::builder(DEFAULT_URL).token("hunter2");
         assert!(!format!("{builder:?}").contains("hunter2"));
@@ -674,10 +880,10 @@ mod tests {
         let c = client("http://127.0.0.1:8080");
         assert_eq!(c.base_url(), "http://127.0.0.1:8080/");
         assert_eq!(c.format(), Format::Bincode);
-        let url = endpoint(&c.inner.base, "health", &[]).unwrap();
+        let url = endpoint(&c.inner.bases[0], "health", &[]).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8080/health");
         let c = client("http://metrics.internal/raftmetrics");
-        let url = endpoint(&c.inner.base, "insert", &[]).unwrap();
+        let url = endpoint(&c.inner.bases[0], "insert", &[]).unwrap();
         assert_eq!(url.as_str(), "http://metrics.internal/raftmetrics/insert");
     }
 
@@ -701,7 +907,7 @@ mod tests {
         ])
         .unwrap();
         let c = client(DEFAULT_URL);
-        let url = endpoint(&c.inner.base, "aggregate", &q.to_params()).unwrap();
+        let url = endpoint(&c.inner.bases[0], "aggregate", &q.to_params()).unwrap();
         assert_eq!(url.path(), "/aggregate");
         assert!(url.fragment().is_none());
         let query = url.query().unwrap();
@@ -715,7 +921,7 @@ mod tests {
         q = Query::new("m");
         q.aggs = vec![Agg::Count];
         q.consistency = Consistency::Eventual;
-        let url = endpoint(&c.inner.base, "aggregate", &q.to_params()).unwrap();
+        let url = endpoint(&c.inner.bases[0], "aggregate", &q.to_params()).unwrap();
         assert_eq!(url.query(), Some("metric=m&agg=count"));
     }
 

@@ -54,12 +54,26 @@ pub enum Error {
         .coverage.missing_partitions
     )]
     Partial { coverage: Coverage },
-    /// [`crate::Client::wait_ready`] gave up: the node was not ready within `waited`;
-    /// `last` is the last answer (a 503 naming what is missing) or failure, if any came.
-    #[error("the node was not ready within {waited:?}{}", .last.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    /// [`crate::Client::wait_ready`] gave up: no node was ready within `waited`; `last` is
+    /// the last answer (a 503 naming what is missing) or failure, if any came.
+    #[error("no node was ready within {waited:?}{}", .last.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     NotReady {
         waited: Duration,
         last: Option<Box<Error>>,
+    },
+    /// A client of several control nodes tried each of them once for a request, and each
+    /// failed in a way that hands the request on to the next node
+    /// ([`Error::is_failover`]: no connection, a timeout, or `503`). `tried` is the number of
+    /// nodes asked, `url` the base URL of the last one and `last` its failure.
+    ///
+    /// The accessors ([`Error::status`], [`Error::code`], [`Error::retry_after`],
+    /// [`Error::is_retryable`], ...) answer for `last`. A client of one node returns that
+    /// node's failure itself instead.
+    #[error("all {tried} nodes failed; the last, {url}: {last}")]
+    AllNodesFailed {
+        tried: usize,
+        url: String,
+        last: Box<Error>,
     },
 }
 
@@ -68,9 +82,18 @@ fn raw_code_or<'a>(raw: &'a str, code: &ErrorCode) -> &'a str {
 }
 
 impl Error {
+    /// The failure of the last node tried: `last` of an [`Error::AllNodesFailed`], else
+    /// this error.
+    fn last_node(&self) -> &Error {
+        match self {
+            Error::AllNodesFailed { last, .. } => last.last_node(),
+            other => other,
+        }
+    }
+
     /// The HTTP status of an [`Error::Api`].
     pub fn status(&self) -> Option<u16> {
-        match self {
+        match self.last_node() {
             Error::Api { status, .. } => Some(*status),
             _ => None,
         }
@@ -78,7 +101,7 @@ impl Error {
 
     /// The error code of an [`Error::Api`].
     pub fn code(&self) -> Option<ErrorCode> {
-        match self {
+        match self.last_node() {
             Error::Api { code, .. } => Some(*code),
             _ => None,
         }
@@ -86,7 +109,7 @@ impl Error {
 
     /// How long the server asked to wait before retrying (429, 503), if it said.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.last_node() {
             Error::Api { retry_after, .. } => *retry_after,
             _ => None,
         }
@@ -94,19 +117,24 @@ impl Error {
 
     /// The request was refused by the rate limiter (`429 RATE_LIMIT_EXCEEDED`).
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self, Error::Api { status: 429, .. })
-            || self.code() == Some(ErrorCode::RateLimitExceeded)
+        self.status() == Some(429) || self.code() == Some(ErrorCode::RateLimitExceeded)
     }
 
     /// The token was missing, unknown or not allowed (`401`/`403`, `AUTH_ERROR`).
     pub fn is_auth_error(&self) -> bool {
+        matches!(self.status(), Some(401 | 403)) || self.code() == Some(ErrorCode::AuthError)
+    }
+
+    /// Whether a client of several control nodes sends the request on to the next node
+    /// after this failure: the node could not be reached, the request timed out or failed
+    /// in transit ([`Error::Transport`]), or the node answered `503`. An
+    /// [`Error::AllNodesFailed`] is one too. Other errors are the cluster's answer and are
+    /// returned without asking another node.
+    pub fn is_failover(&self) -> bool {
         matches!(
-            self,
-            Error::Api {
-                status: 401 | 403,
-                ..
-            }
-        ) || self.code() == Some(ErrorCode::AuthError)
+            self.last_node(),
+            Error::Transport(_) | Error::Api { status: 503, .. }
+        )
     }
 
     /// The request itself was wrong (`INVALID_REQUEST` or `VALIDATION_ERROR`); retrying it
@@ -127,10 +155,11 @@ impl Error {
     /// partition without a leader, or a partial answer with `allow_partial=false`), bad
     /// gateway or gateway timeout, or a transport failure (connection refused, timeout).
     ///
-    /// Inserts are not idempotent: a retried insert whose first attempt timed out may store
-    /// its points twice.
+    /// An insert sent again must carry the same `Idempotency-Key` to be stored once, even
+    /// when its first attempt was stored but its answer lost; the client's own retries and
+    /// failovers do so.
     pub fn is_retryable(&self) -> bool {
-        match self {
+        match self.last_node() {
             Error::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
             Error::Transport(_) | Error::NotReady { .. } => true,
             _ => false,
@@ -140,7 +169,7 @@ impl Error {
     /// The invalid fields of a `VALIDATION_ERROR` (`details.fields`), e.g.
     /// `points[3].metric` or `from`. Empty for any other error.
     pub fn validation_fields(&self) -> Vec<FieldError> {
-        let Error::Api { details, .. } = self else {
+        let Error::Api { details, .. } = self.last_node() else {
             return Vec::new();
         };
         details
@@ -340,5 +369,34 @@ mod tests {
         let err = Error::from_response(503, Some("1"), body);
         assert_eq!(err.code(), Some(ErrorCode::RaftError));
         assert!(err.is_retryable() && !err.is_partial());
+    }
+
+    #[test]
+    fn all_nodes_failed_answers_for_the_last_node() {
+        let body = br#"{"error":true,"code":"RAFT_ERROR","message":"no leader"}"#;
+        let last = Error::from_response(503, Some("2"), body);
+        assert!(last.is_failover());
+        let err = Error::AllNodesFailed {
+            tried: 3,
+            url: "http://10.0.0.3:8080/".into(),
+            last: Box::new(last),
+        };
+        assert_eq!(
+            err.to_string(),
+            "all 3 nodes failed; the last, http://10.0.0.3:8080/: HTTP 503 RAFT_ERROR: no leader"
+        );
+        assert_eq!(err.status(), Some(503));
+        assert_eq!(err.code(), Some(ErrorCode::RaftError));
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+        assert!(err.is_retryable() && err.is_failover());
+        assert!(!err.is_rate_limited() && !err.is_auth_error() && !err.is_invalid_request());
+        // Only unreachable nodes, timeouts and 503 hand a request on.
+        for status in [400, 401, 404, 429, 500, 502, 504] {
+            assert!(
+                !Error::from_response(status, None, b"").is_failover(),
+                "{status}"
+            );
+        }
+        assert!(!Error::Decode("x".into()).is_failover());
     }
 }

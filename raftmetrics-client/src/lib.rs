@@ -58,6 +58,37 @@
 //! # }
 //! ```
 //!
+//! ## Several control nodes
+//!
+//! A cluster with several control nodes is reached through all of them: give
+//! [`Client::builder`] their URLs separated by commas (as an environment variable such as
+//! `RAFTMETRICS_URL` may carry them), or a list to [`Client::builder_many`]; at most
+//! [`MAX_BASE_URLS`], each checked like a single one.
+//!
+//! ```no_run
+//! # fn run() -> Result<(), raftmetrics_client::Error> {
+//! use raftmetrics_client::Client;
+//!
+//! let client = Client::builder("http://127.0.0.1:8080,http://127.0.0.1:8084,http://127.0.0.1:8085")
+//!     .token("my-secret-token")
+//!     .build()?;
+//! let same = Client::builder_many(["http://127.0.0.1:8080", "http://127.0.0.1:8084"])
+//!     .token("my-secret-token")
+//!     .build()?;
+//! assert_eq!(same.base_urls().len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Each request goes to the node that answered last ([`Client::base_url`]). When it cannot
+//! be reached, times out or answers `503`, the request goes to the next node in the list,
+//! each node at most once per request; any other answer, success or error, is returned as it
+//! is. An insert sent to another node carries the same `Idempotency-Key`, so it is stored
+//! once even if the first node stored it and failed before answering. The
+//! [`timeout`](ClientBuilder::timeout) applies to each node tried. When every node failed,
+//! the call returns [`Error::AllNodesFailed`], naming how many nodes were tried, with the
+//! last failure.
+//!
 //! ## Formats
 //!
 //! Bodies travel as bincode (`application/octet-stream`, through
@@ -83,7 +114,8 @@
 //! partitions are missing), so partiality cannot go unnoticed. [`Answer::into_complete`]
 //! turns a partial answer into [`Error::Partial`]. A query sent with
 //! `allow_partial = false` makes the server refuse instead: a `503 RAFT_ERROR`
-//! [`Error::Api`].
+//! [`Error::Api`] (with several control nodes, a 503 is first taken to the other nodes; when
+//! all refuse, [`Error::AllNodesFailed`], whose [`Error::status`] is 503).
 //!
 //! ## Errors
 //!
@@ -91,13 +123,15 @@
 //! [`ErrorCode`], message, `details`, `Retry-After`), with helpers such as
 //! [`Error::is_rate_limited`], [`Error::retry_after`], [`Error::validation_fields`] and
 //! [`Error::is_retryable`]; [`Error::Transport`] when the request did not complete;
+//! [`Error::AllNodesFailed`] when every control node failed ([`Error::is_failover`]);
 //! [`Error::Decode`] for an undecodable answer; [`Error::InvalidConfig`] from
 //! [`ClientBuilder::build`].
 //!
 //! ## Security
 //!
 //! The token travels only in the `Authorization: Bearer` header, never in a URL; it is
-//! redacted from `Debug` output, redirects are never followed, and environment proxies are
+//! redacted from `Debug` output, redirects are never followed (a request fails over only to
+//! the configured URLs), and environment proxies are
 //! ignored unless [`ClientBuilder::system_proxy`] is set. This client speaks plain HTTP only.
 
 mod answer;
@@ -106,8 +140,9 @@ mod error;
 
 pub use answer::Answer;
 pub use client::{
-    Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT,
-    DEFAULT_URL, Format, PointRef, READY_POLL,
+    Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_INSERT_RETRIES,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, DEFAULT_URL, Format, MAX_BASE_URLS, PointRef,
+    READY_POLL,
 };
 pub use error::{Error, Result, TransportError, code_for_status, parse_code};
 
