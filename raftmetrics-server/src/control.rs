@@ -1137,6 +1137,14 @@ impl Control {
         self.metrics
             .set_workers(live.len() as u64, (total - live.len()) as u64);
         let control_plane = self.control_plane(metadata.as_ref(), state.epoch);
+        self.metrics
+            .set_control_plane(crate::metrics::ControlPlane {
+                deciding: control_plane.deciding,
+                leader_known: control_plane.leader.is_some(),
+                term: metadata.as_ref().map_or(0, |s| s.term),
+                commit_index: control_plane.commit_index,
+                epoch: state.epoch,
+            });
         let status = if !placed {
             "starting"
         } else if live.len() == total

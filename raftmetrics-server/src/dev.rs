@@ -1,13 +1,19 @@
 //! The `dev` role: a whole local cluster as child processes of this executable.
 //!
-//! [`run`] starts one control node and `--workers` worker nodes on 127.0.0.1, each a child
-//! process running `raftmetrics-server control …` / `raftmetrics-server worker …` with its
-//! own data directory under the dev data directory (`<DIR>/control`, `<DIR>/worker-<i>`):
+//! [`run`] starts `--control-nodes` control nodes (1, 3 or 5) and `--workers` worker nodes
+//! on 127.0.0.1, each a child process running `raftmetrics-server control …` /
+//! `raftmetrics-server worker …` with its own data directory under the dev data directory
+//! (`<DIR>/control`, `<DIR>/control-<j>`, `<DIR>/worker-<i>`):
 //!
 //! | node | HTTP port | node-to-node port |
 //! | --- | --- | --- |
 //! | control (id 1) | `--port` P | P + 1000 |
 //! | worker i (1..=W) | P + i | P + i + 1000 |
+//! | control-j (id j, 2..=C) | P + W + j - 1 | P + W + j - 1 + 1000 |
+//!
+//! With more than one control node, every control node gets `--control-peers` (the
+//! node-to-node addresses of all of them, in id order: one metadata Raft group), and every
+//! worker gets all of them in `--control-host`.
 //!
 //! Secrets reach the children through the environment (`AUTH_TOKENS`, `CLUSTER_SECRET`),
 //! never their command line; every other configuration variable ([`ENV_VARS`],
@@ -18,10 +24,11 @@
 //!
 //! The children's output is copied to this process's stdout/stderr line by line, each line
 //! prefixed with the node's name (`[worker-2] …`) and cut at [`MAX_LINE_BYTES`].
-//! Once every node accepts TCP connections on its HTTP port and the control node answers
-//! `GET /ready` with 200 (the partitions are placed and every one has a leader that
-//! answers, [`crate::ready`]), `<DIR>/nodes.json` lists the nodes (role, id, pid, ports) for
-//! scripts and a banner shows the URLs. A node that exits
+//! Once every node accepts TCP connections on its HTTP port and a control node (any of them:
+//! the metadata leader need not be control node 1) answers `GET /ready` with 200 (the
+//! partitions are placed and every one has a leader that answers, [`crate::ready`]),
+//! `<DIR>/nodes.json` lists the nodes (role, id, pid, ports) for scripts and a banner shows
+//! the URLs. A node that exits
 //! while the cluster runs is reported and not restarted (stopping nodes on purpose to watch
 //! the cluster cope is the point); Ctrl-C or SIGTERM sends SIGTERM to every live node,
 //! waits up to [`STOP_GRACE`], then kills the rest.
@@ -51,7 +58,7 @@ use crate::identity;
 /// How long [`run`] waits for every node to accept connections on its HTTP port, and then
 /// again for the cluster to be ready.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often [`wait_ready`] asks the control node whether the cluster is ready.
+/// How often [`wait_ready`] asks the control nodes whether the cluster is ready.
 const READY_POLL: Duration = Duration::from_millis(100);
 /// How long nodes get to stop after SIGTERM before they are killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -115,7 +122,7 @@ pub enum DevError {
         nodes: Vec<String>,
         timeout: Duration,
     },
-    /// The nodes run, but the control node did not answer `GET /ready` with 200 in time.
+    /// The nodes run, but no control node answered `GET /ready` with 200 in time.
     #[error("the cluster was not ready within {} s: {last}", .timeout.as_secs())]
     NotReady { last: String, timeout: Duration },
 }
@@ -158,12 +165,10 @@ pub struct ChildSpec {
 }
 
 impl ChildSpec {
-    /// `control` or `worker-<id>`: the prefix of its output lines and its data directory.
+    /// `control` (control node 1), `control-<id>` (the other control nodes) or
+    /// `worker-<id>`: the prefix of its output lines and its data directory.
     pub fn name(&self) -> String {
-        match self.kind {
-            NodeKind::Control => "control".to_string(),
-            NodeKind::Worker => format!("worker-{}", self.id),
-        }
+        node_name(self.kind, self.id)
     }
 
     /// The node's public URL.
@@ -172,11 +177,25 @@ impl ChildSpec {
     }
 }
 
-/// The nodes of the cluster `args` describes, control first: ports, data directories and
-/// command lines. Fails when a port would pass 65535 or two nodes would share a port.
+/// The name of node `kind`/`id` (see [`ChildSpec::name`]). Control node 1 keeps the plain
+/// `control`, so a dev directory made with one control node still works.
+fn node_name(kind: NodeKind, id: u64) -> String {
+    match (kind, id) {
+        (NodeKind::Control, 1) => "control".to_string(),
+        (NodeKind::Control, id) => format!("control-{id}"),
+        (NodeKind::Worker, id) => format!("worker-{id}"),
+    }
+}
+
+/// The nodes of the cluster `args` describes, the control nodes first (in id order), then
+/// the workers: ports, data directories and command lines. Fails when a port would pass
+/// 65535 or two nodes would share a port.
 pub fn plan(args: &DevArgs, exe: &Path) -> Result<Vec<ChildSpec>, DevError> {
     if args.workers == 0 {
         return Err(DevError::Plan("--workers must be at least 1".into()));
+    }
+    if args.control_nodes == 0 {
+        return Err(DevError::Plan("--control-nodes must be at least 1".into()));
     }
     let dir = args.data_dir();
     let (control_limit, worker_limit) = args.rate_limits();
@@ -194,31 +213,57 @@ pub fn plan(args: &DevArgs, exe: &Path) -> Result<Vec<ChildSpec>, DevError> {
         ]
     };
 
-    let control_internal = offset_port(args.port, INTERNAL_PORT_OFFSET, "control", "internal")?;
-    let control_dir = dir.join("control");
-    let mut control_args: Vec<OsString> = vec![
-        "control".into(),
-        "--node-id=1".into(),
-        format!("--port={}", args.port).into(),
-        format!("--internal-port={control_internal}").into(),
-        path_arg("--data-dir", &control_dir),
-        format!("--partitions={}", args.partitions).into(),
-        format!("--replication-factor={}", args.replication_factor()).into(),
-        format!("--min-workers={}", args.workers).into(),
-        format!("--dead-worker-timeout={}", args.moves.dead_worker_timeout).into(),
-        format!("--max-moves={}", args.moves.max_moves).into(),
-        format!("--max-moves-per-worker={}", args.moves.max_moves_per_worker).into(),
-    ];
-    control_args.extend(common(control_limit).into_iter().map(OsString::from));
-    let mut specs = vec![ChildSpec {
-        kind: NodeKind::Control,
-        id: 1,
-        http_port: args.port,
-        internal_port: control_internal,
-        data_dir: control_dir,
-        program: exe.to_path_buf(),
-        args: control_args,
-    }];
+    // The control nodes' ports first: each one's command line lists all of them.
+    let mut controls: Vec<(u16, u16, u16)> = Vec::with_capacity(usize::from(args.control_nodes));
+    for j in 1..=args.control_nodes {
+        let name = node_name(NodeKind::Control, u64::from(j));
+        let port = args.control_port(j).ok_or_else(|| {
+            DevError::Plan(format!(
+                "the HTTP port of {name} would be past 65535; pick a lower --port"
+            ))
+        })?;
+        let internal = offset_port(port, INTERNAL_PORT_OFFSET, &name, "internal")?;
+        controls.push((j, port, internal));
+    }
+    let control_addrs = controls
+        .iter()
+        .map(|&(_, _, internal)| format!("{HOST}:{internal}"))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let mut specs = Vec::with_capacity(controls.len() + usize::from(args.workers));
+    for &(j, port, internal) in &controls {
+        let id = u64::from(j);
+        let data_dir = dir.join(node_name(NodeKind::Control, id));
+        let mut control_args: Vec<OsString> = vec![
+            "control".into(),
+            format!("--node-id={id}").into(),
+            format!("--port={port}").into(),
+            format!("--internal-port={internal}").into(),
+            path_arg("--data-dir", &data_dir),
+        ];
+        if controls.len() > 1 {
+            control_args.push(format!("--control-peers={control_addrs}").into());
+        }
+        control_args.extend([
+            format!("--partitions={}", args.partitions).into(),
+            format!("--replication-factor={}", args.replication_factor()).into(),
+            format!("--min-workers={}", args.workers).into(),
+            format!("--dead-worker-timeout={}", args.moves.dead_worker_timeout).into(),
+            format!("--max-moves={}", args.moves.max_moves).into(),
+            format!("--max-moves-per-worker={}", args.moves.max_moves_per_worker).into(),
+        ]);
+        control_args.extend(common(control_limit).into_iter().map(OsString::from));
+        specs.push(ChildSpec {
+            kind: NodeKind::Control,
+            id,
+            http_port: port,
+            internal_port: internal,
+            data_dir,
+            program: exe.to_path_buf(),
+            args: control_args,
+        });
+    }
 
     for i in 1..=args.workers {
         let name = format!("worker-{i}");
@@ -231,7 +276,7 @@ pub fn plan(args: &DevArgs, exe: &Path) -> Result<Vec<ChildSpec>, DevError> {
             format!("--port={port}").into(),
             format!("--internal-port={internal}").into(),
             path_arg("--data-dir", &data_dir),
-            format!("--control-host={HOST}:{control_internal}").into(),
+            format!("--control-host={control_addrs}").into(),
         ];
         worker_args.extend(common(worker_limit).into_iter().map(OsString::from));
         specs.push(ChildSpec {
@@ -401,7 +446,10 @@ struct NodeEntry {
 /// `nodes.json`.
 #[derive(Debug, Serialize)]
 struct NodesFile {
+    /// Control node 1's URL.
     url: String,
+    /// Every control node's URL, in id order.
+    control_urls: Vec<String>,
     partitions: u32,
     replication_factor: u32,
     token_file: String,
@@ -413,6 +461,11 @@ struct NodesFile {
 pub fn nodes_json(args: &DevArgs, token_file: &Path, nodes: &[(&ChildSpec, u32)]) -> String {
     let file = NodesFile {
         url: format!("http://{HOST}:{}", args.port),
+        control_urls: nodes
+            .iter()
+            .filter(|(spec, _)| spec.kind == NodeKind::Control)
+            .map(|(spec, _)| spec.url())
+            .collect(),
         partitions: args.partitions,
         replication_factor: args.replication_factor(),
         token_file: token_file.display().to_string(),
@@ -449,10 +502,15 @@ fn banner(
     token_file: &Path,
 ) -> String {
     let mut s = String::new();
+    let controls = specs
+        .iter()
+        .filter(|spec| spec.kind == NodeKind::Control)
+        .count();
     let _ = writeln!(
         s,
-        "\nRaftMetrics dev cluster is up: 1 control node, {} worker(s), {} partitions, \
-         replication factor {}",
+        "\nRaftMetrics dev cluster is up: {controls} control node{}, {} worker(s), {} \
+         partitions, replication factor {}",
+        if controls == 1 { "" } else { "s" },
         args.workers,
         args.partitions,
         args.replication_factor()
@@ -717,18 +775,34 @@ fn exited(nodes: &mut [Node]) -> Option<DevError> {
     })
 }
 
-/// Waits until the control node (the first of `nodes`) answers `GET /ready` with 200 to
+/// Waits until a control node of `nodes` (any of them) answers `GET /ready` with 200 to
 /// `token`. Fails when a node exits first, or when `timeout` passes.
 async fn wait_ready(nodes: &mut [Node], token: &str, timeout: Duration) -> Result<(), DevError> {
     let deadline = Instant::now() + timeout;
-    let port = nodes[0].spec.http_port;
+    let ports: Vec<(String, u16)> = nodes
+        .iter()
+        .filter(|n| n.spec.kind == NodeKind::Control)
+        .map(|n| (n.spec.name(), n.spec.http_port))
+        .collect();
     loop {
         if let Some(e) = exited(nodes) {
             return Err(e);
         }
         let token = token.to_string();
+        let ports = ports.clone();
         let answer = tokio::task::spawn_blocking(move || {
-            crate::healthcheck::check_path(port, "/ready", Some(&token))
+            let mut why = Vec::new();
+            for (name, port) in &ports {
+                match crate::healthcheck::check_path(*port, "/ready", Some(&token)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if ports.len() == 1 => why.push(e),
+                    Err(e) => why.push(format!("{name}: {e}")),
+                }
+            }
+            if why.is_empty() {
+                why.push("no control node".to_string());
+            }
+            Err(why.join("; "))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
@@ -902,9 +976,18 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
                 banner(&args, &specs, &secrets, &nodes_file, &token_file)
             );
             let _ = io::stdout().flush();
+            let urls = |kind: NodeKind| {
+                specs
+                    .iter()
+                    .filter(|s| s.kind == kind)
+                    .map(|s| s.url())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             tracing::info!(
                 url = %format!("http://{HOST}:{}", args.port),
-                workers = %specs.iter().skip(1).map(|s| s.url()).collect::<Vec<_>>().join(" "),
+                controls = %urls(NodeKind::Control),
+                workers = %urls(NodeKind::Worker),
                 nodes_file = %nodes_file.display(),
                 token_file = %token_file.display(),
                 "dev cluster is up"
@@ -1071,9 +1154,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn planned_command_lines_parse_as_their_roles() {
-        let args = default_args();
+    /// The role each planned command line parses as (with the secrets in the environment,
+    /// as the nodes get them).
+    fn parse_planned(spec: &ChildSpec) -> Role {
         let env = [
             ("AUTH_TOKENS", "tok"),
             ("CLUSTER_SECRET", "0123456789abcdef0"),
@@ -1083,13 +1166,110 @@ mod tests {
                 .find(|(name, _)| *name == k)
                 .map(|(_, v)| v.to_string())
         };
-        for spec in plan(&args, Path::new("/x")).expect("plan") {
-            let mut argv = vec![OsString::from("raftmetrics-server")];
-            argv.extend(spec.args.iter().cloned());
-            let cli = parse_from_env_and_args(argv, &env)
-                .unwrap_or_else(|e| panic!("{} does not parse: {e}", spec.name()));
-            assert_eq!(cli.role.name(), spec.kind.as_str());
+        let mut argv = vec![OsString::from("raftmetrics-server")];
+        argv.extend(spec.args.iter().cloned());
+        parse_from_env_and_args(argv, &env)
+            .unwrap_or_else(|e| panic!("{} does not parse: {e}", spec.name()))
+            .role
+    }
+
+    #[test]
+    fn planned_command_lines_parse_as_their_roles() {
+        for controls in ["1", "3", "5"] {
+            let args = dev_args(
+                &["--data-dir", "/tmp/rm-dev", "--control-nodes", controls],
+                &[("AUTH_TOKENS", "tok-1")],
+            );
+            for spec in plan(&args, Path::new("/x")).expect("plan") {
+                let role = parse_planned(&spec);
+                assert_eq!(role.name(), spec.kind.as_str());
+                match role {
+                    Role::Control(c) => {
+                        assert_eq!(c.node_id, spec.id);
+                        assert_eq!(c.port, spec.http_port);
+                        assert_eq!(c.internal_port(), spec.internal_port);
+                        assert_eq!(c.data_dir(), spec.data_dir);
+                    }
+                    Role::Worker(w) => {
+                        assert_eq!(w.node_id, Some(spec.id));
+                        assert_eq!(w.port, spec.http_port);
+                        assert_eq!(w.internal_port(), spec.internal_port);
+                        assert_eq!(w.data_dir(), spec.data_dir);
+                    }
+                    other => panic!("{} parses as {}", spec.name(), other.name()),
+                }
+            }
         }
+    }
+
+    #[test]
+    fn three_control_nodes_form_one_group_and_every_worker_knows_them() {
+        let args = dev_args(
+            &[
+                "--data-dir",
+                "/tmp/rm-dev",
+                "--workers",
+                "3",
+                "--control-nodes",
+                "3",
+            ],
+            &[("AUTH_TOKENS", "tok-1")],
+        );
+        let specs = plan(&args, Path::new("/x")).expect("plan");
+        let summary: Vec<(String, NodeKind, u64, u16, u16)> = specs
+            .iter()
+            .map(|s| (s.name(), s.kind, s.id, s.http_port, s.internal_port))
+            .collect();
+        let node = |name: &str, kind: NodeKind, id: u64, http: u16, internal: u16| {
+            (name.to_string(), kind, id, http, internal)
+        };
+        assert_eq!(
+            summary,
+            [
+                node("control", NodeKind::Control, 1, 8080, 9080),
+                node("control-2", NodeKind::Control, 2, 8084, 9084),
+                node("control-3", NodeKind::Control, 3, 8085, 9085),
+                node("worker-1", NodeKind::Worker, 1, 8081, 9081),
+                node("worker-2", NodeKind::Worker, 2, 8082, 9082),
+                node("worker-3", NodeKind::Worker, 3, 8083, 9083),
+            ]
+        );
+        for spec in &specs {
+            assert_eq!(spec.data_dir, Path::new("/tmp/rm-dev").join(spec.name()));
+        }
+        let peers = ["127.0.0.1:9080", "127.0.0.1:9084", "127.0.0.1:9085"];
+        let expected_peers: Vec<(u64, String)> =
+            (1u64..).zip(peers.iter().map(|p| p.to_string())).collect();
+        for spec in &specs {
+            let argv = strings(&spec.args);
+            match parse_planned(spec) {
+                Role::Control(c) => {
+                    assert_eq!(c.node_id, spec.id);
+                    assert_eq!(c.control_peers, peers, "{}", spec.name());
+                    assert_eq!(c.peers(), expected_peers, "{}", spec.name());
+                    assert_eq!(c.min_workers(), 3);
+                    assert!(argv.contains(&format!("--control-peers={}", peers.join(","))));
+                }
+                Role::Worker(w) => {
+                    assert_eq!(w.control_host, peers, "{}", spec.name());
+                    assert!(argv.contains(&format!("--control-host={}", peers.join(","))));
+                }
+                other => panic!("{} parses as {}", spec.name(), other.name()),
+            }
+        }
+
+        // One control node: no peers list, the worker knows the one control node.
+        let specs = plan(&default_args(), Path::new("/x")).expect("plan");
+        assert!(
+            !specs
+                .iter()
+                .flat_map(|s| strings(&s.args))
+                .any(|a| a.starts_with("--control-peers"))
+        );
+        let Role::Worker(w) = parse_planned(&specs[1]) else {
+            panic!("not a worker")
+        };
+        assert_eq!(w.control_host, ["127.0.0.1:9080"]);
     }
 
     #[test]
@@ -1105,6 +1285,13 @@ mod tests {
         let err = plan(&args, Path::new("/x")).expect_err("overflow");
         assert!(matches!(err, DevError::Plan(_)));
         assert!(err.to_string().contains("worker-2"), "{err}");
+
+        // Three control nodes: control-3 comes after the workers, its internal port last.
+        args.control_nodes = 3;
+        args.port = 64_531;
+        let err = plan(&args, Path::new("/x")).expect_err("overflow");
+        assert!(err.to_string().contains("control-3"), "{err}");
+        args.control_nodes = 1;
 
         args.port = 8080;
         args.workers = 0;
@@ -1216,6 +1403,55 @@ mod tests {
         assert_eq!(nodes[3]["id"], 3);
         assert_eq!(nodes[3]["http_port"], 8083);
         assert_eq!(nodes[3]["url"], "http://127.0.0.1:8083");
+        assert_eq!(
+            v["control_urls"],
+            serde_json::json!(["http://127.0.0.1:8080"])
+        );
+
+        // Three control nodes: each listed with its id and ports, ids per role.
+        let args = dev_args(
+            &["--data-dir", "/tmp/rm-dev", "--control-nodes", "3"],
+            &[("AUTH_TOKENS", "tok-1")],
+        );
+        let specs = plan(&args, Path::new("/x")).expect("plan");
+        let entries: Vec<(&ChildSpec, u32)> = specs.iter().zip(100u32..).collect();
+        let text = nodes_json(&args, Path::new("/tmp/rm-dev/token"), &entries);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["url"], "http://127.0.0.1:8080");
+        assert_eq!(
+            v["control_urls"],
+            serde_json::json!([
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8084",
+                "http://127.0.0.1:8085"
+            ])
+        );
+        let nodes = v["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 6);
+        let listed: Vec<(&str, u64, u64, u64, u64)> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n["role"].as_str().expect("role"),
+                    n["id"].as_u64().expect("id"),
+                    n["pid"].as_u64().expect("pid"),
+                    n["http_port"].as_u64().expect("port"),
+                    n["internal_port"].as_u64().expect("internal port"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("control", 1, 100, 8080, 9080),
+                ("control", 2, 101, 8084, 9084),
+                ("control", 3, 102, 8085, 9085),
+                ("worker", 1, 103, 8081, 9081),
+                ("worker", 2, 104, 8082, 9082),
+                ("worker", 3, 105, 8083, 9083),
+            ]
+        );
+        assert_eq!(nodes[2]["data_dir"], "/tmp/rm-dev/control-3");
     }
 
     #[test]
@@ -1270,6 +1506,30 @@ mod tests {
             "export RAFTMETRICS_TOKEN={}",
             generated.primary_token().expose()
         )));
+        assert!(text.contains("1 control node, 3 worker(s)"), "{text}");
+
+        // Every control node's URL.
+        args.control_nodes = 3;
+        let specs = plan(&args, Path::new("/x")).expect("plan");
+        let refs: Vec<&ChildSpec> = specs.iter().collect();
+        let text = banner(
+            &args,
+            &refs,
+            &generated,
+            Path::new("/d/nodes.json"),
+            Path::new("/d/token"),
+        );
+        assert!(text.contains("3 control nodes, 3 worker(s)"), "{text}");
+        for (name, url) in [
+            ("control ", "http://127.0.0.1:8080"),
+            ("control-2", "http://127.0.0.1:8084"),
+            ("control-3", "http://127.0.0.1:8085"),
+        ] {
+            assert!(
+                text.lines().any(|l| l.contains(name) && l.contains(url)),
+                "{name} {url}: {text}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -1306,8 +1566,12 @@ mod tests {
     }
 
     fn sh_node(id: u64, script: &str, output: &mut Output) -> Node {
+        sh_node_as(NodeKind::Worker, id, script, output)
+    }
+
+    fn sh_node_as(kind: NodeKind, id: u64, script: &str, output: &mut Output) -> Node {
         let spec = ChildSpec {
-            kind: NodeKind::Worker,
+            kind,
             id,
             http_port: 1,
             internal_port: 2,
@@ -1428,7 +1692,7 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let server = serve_ready(listener, 3, "tok-ready");
         let mut output = Output::start();
-        let mut node = sh_node(1, "exec sleep 30", &mut output);
+        let mut node = sh_node_as(NodeKind::Control, 1, "exec sleep 30", &mut output);
         node.spec.http_port = port;
         let mut nodes = vec![node];
         wait_ready(&mut nodes, "tok-ready", Duration::from_secs(10))
@@ -1449,6 +1713,57 @@ mod tests {
             .expect_err("not ready");
         assert!(
             matches!(&err, DevError::NotReady { last, .. } if last.contains("503")),
+            "{err}"
+        );
+        shutdown(&mut nodes, Duration::from_secs(2)).await;
+        output.finish(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn startup_takes_ready_from_any_control_node() {
+        // Control node 1 never ready, control node 2 ready after one 503; the worker's port
+        // is not asked.
+        let never = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let never_port = never.local_addr().expect("addr").port();
+        let _never = serve_ready(never, usize::MAX, "tok-any");
+        let ready = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let ready_port = ready.local_addr().expect("addr").port();
+        let server = serve_ready(ready, 1, "tok-any");
+        let unasked = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let unasked_port = unasked.local_addr().expect("addr").port();
+
+        let mut output = Output::start();
+        let mut c1 = sh_node_as(NodeKind::Control, 1, "exec sleep 30", &mut output);
+        c1.spec.http_port = never_port;
+        let mut c2 = sh_node_as(NodeKind::Control, 2, "exec sleep 30", &mut output);
+        c2.spec.http_port = ready_port;
+        let mut w1 = sh_node(1, "exec sleep 30", &mut output);
+        w1.spec.http_port = unasked_port;
+        let mut nodes = vec![c1, c2, w1];
+        wait_ready(&mut nodes, "tok-any", Duration::from_secs(10))
+            .await
+            .expect("ready through control-2");
+        assert_eq!(server.join().expect("server"), 2);
+        unasked.set_nonblocking(true).expect("nonblocking");
+        assert!(unasked.accept().is_err(), "the worker was asked for /ready");
+
+        // None ready: the last answers of both are named.
+        drop(nodes.remove(1));
+        let gone = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut c3 = sh_node_as(NodeKind::Control, 3, "exec sleep 30", &mut output);
+        c3.spec.http_port = gone;
+        nodes.insert(1, c3);
+        let err = wait_ready(&mut nodes, "tok-any", Duration::from_millis(500))
+            .await
+            .expect_err("not ready");
+        assert!(
+            matches!(&err, DevError::NotReady { last, .. }
+                if last.contains("control: ") && last.contains("503")
+                    && last.contains("control-3: cannot connect")),
             "{err}"
         );
         shutdown(&mut nodes, Duration::from_secs(2)).await;

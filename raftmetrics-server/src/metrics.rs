@@ -235,6 +235,20 @@ pub struct Metrics {
     listeners: Mutex<Listeners>,
     /// The control node's replica moves (exposed once set).
     moves: Mutex<Option<Moves>>,
+    control_plane: Mutex<Option<ControlPlane>>,
+}
+
+/// What a control node reports of the metadata group.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlPlane {
+    /// This node leads the metadata group and confirmed it last round.
+    pub deciding: bool,
+    /// Some leader of the metadata group is known here.
+    pub leader_known: bool,
+    pub term: u64,
+    pub commit_index: u64,
+    /// The placement epoch this node serves from.
+    pub epoch: u64,
 }
 
 /// What the control node reports of replica moves.
@@ -326,6 +340,7 @@ impl Metrics {
             raft: Mutex::new(BTreeMap::new()),
             listeners: Mutex::new(Listeners::default()),
             moves: Mutex::new(None),
+            control_plane: Mutex::new(None),
         }
     }
 
@@ -402,6 +417,13 @@ impl Metrics {
         self.workers_healthy.store(healthy, Ordering::Relaxed);
         self.workers_unhealthy.store(unhealthy, Ordering::Relaxed);
         self.workers_set.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets the control node's metadata group families: `raftmetrics_metadata_deciding`,
+    /// `raftmetrics_metadata_leader_known`, `raftmetrics_metadata_term`,
+    /// `raftmetrics_metadata_commit_index` and `raftmetrics_placement_epoch`.
+    pub fn set_control_plane(&self, plane: ControlPlane) {
+        *lock(&self.control_plane) = Some(plane);
     }
 
     /// Sets the control node's move families: `raftmetrics_moves_in_flight`,
@@ -786,6 +808,38 @@ impl Metrics {
                 self.workers_unhealthy.load(Ordering::Relaxed)
             );
         }
+        if let Some(plane) = *lock(&self.control_plane) {
+            for (name, help, value) in [
+                (
+                    "raftmetrics_metadata_deciding",
+                    "1 while this control node leads the metadata group and confirmed it with a majority.",
+                    u64::from(plane.deciding),
+                ),
+                (
+                    "raftmetrics_metadata_leader_known",
+                    "1 while this control node knows a leader of the metadata group (placement changes can be made).",
+                    u64::from(plane.leader_known),
+                ),
+                (
+                    "raftmetrics_metadata_term",
+                    "The metadata group's Raft term on this control node.",
+                    plane.term,
+                ),
+                (
+                    "raftmetrics_metadata_commit_index",
+                    "The metadata group's commit index on this control node.",
+                    plane.commit_index,
+                ),
+                (
+                    "raftmetrics_placement_epoch",
+                    "The placement epoch this control node serves from.",
+                    plane.epoch,
+                ),
+            ] {
+                family(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
     }
 
     fn render_raft(&self, out: &mut String) {
@@ -1093,7 +1147,26 @@ mod tests {
         // Workers are only exposed once set (control node).
         assert!(!text.contains("raftmetrics_workers"));
         m.set_workers(2, 1);
+        m.set_control_plane(ControlPlane {
+            deciding: true,
+            leader_known: true,
+            term: 4,
+            commit_index: 17,
+            epoch: 3,
+        });
         let text = m.render();
+        assert_eq!(
+            sample(&text, "raftmetrics_metadata_deciding").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            sample(&text, "raftmetrics_metadata_commit_index").as_deref(),
+            Some("17")
+        );
+        assert_eq!(
+            sample(&text, "raftmetrics_placement_epoch").as_deref(),
+            Some("3")
+        );
         assert_eq!(
             sample(&text, "raftmetrics_workers{state=\"healthy\"}").as_deref(),
             Some("2")

@@ -427,3 +427,25 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .next()
         .ok_or_else(|| format!("{addr} resolves to nothing"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_control_node_answers_for_the_control_id_and_nothing_else_does() {
+        for k in 1..=MAX_CONTROL_NODES {
+            assert!(is_control_wire_id(control_wire_id(k)));
+            assert!(answers_for(CONTROL_WIRE_ID, control_wire_id(k)));
+            assert!(answers_for(control_wire_id(k), control_wire_id(k)));
+        }
+        // A named node is that node only.
+        assert!(!answers_for(control_wire_id(1), control_wire_id(2)));
+        assert!(!answers_for(7, 8));
+        // A worker never answers for the control nodes, nor the control id for itself.
+        assert!(!answers_for(CONTROL_WIRE_ID, 7));
+        assert!(!answers_for(CONTROL_WIRE_ID, MAX_WORKER_ID));
+        assert!(!is_control_wire_id(CONTROL_WIRE_ID));
+        assert!(!is_control_wire_id(control_wire_id(MAX_CONTROL_NODES + 1)));
+    }
+}

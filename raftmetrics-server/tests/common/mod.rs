@@ -1,5 +1,5 @@
 //! A real local cluster for integration tests: `raftmetrics-server dev` as a child process,
-//! which starts the control node and the workers as processes of their own on loopback.
+//! which starts the control node(s) and the workers as processes of their own on loopback.
 
 #![allow(dead_code)]
 
@@ -49,8 +49,11 @@ pub struct NodeLaunch {
 
 pub struct DevCluster {
     pub dir: tempfile::TempDir,
+    /// HTTP port of control node 1 (worker i is on `port + i`).
     pub port: u16,
     pub workers: u16,
+    /// Control nodes (1, 3 or 5): control node j > 1 is on `port + workers + j - 1`.
+    pub controls: u16,
     /// The `dev` process; `None` for a cluster made by [`DevCluster::attach`].
     dev: Option<Child>,
     /// The address the HTTP ports are reached at: loopback for `dev`.
@@ -61,14 +64,22 @@ pub struct DevCluster {
 }
 
 /// A base port such that the control and worker HTTP ports and their node-to-node ports
-/// (+1000) are all free.
+/// (+1000) are all free, for one control node.
 pub fn free_base(workers: u16) -> u16 {
+    free_base_for(workers, 1)
+}
+
+/// A base port such that the HTTP ports of `dev --workers workers --control-nodes controls`
+/// (control node 1 on the base, worker i on base + i, control node j > 1 on
+/// base + workers + j - 1) and their node-to-node ports (+1000) are all free.
+pub fn free_base_for(workers: u16, controls: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let seed = (std::process::id() % 200) as u16;
+    let last = workers + controls.max(1) - 1;
     loop {
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = 20_000 + ((seed + k * 37) % 400) * 40;
-        let ports = (0..=workers).flat_map(|i| [base + i, base + i + 1000]);
+        let ports = (0..=last).flat_map(|i| [base + i, base + i + 1000]);
         let free = ports
             .clone()
             .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
@@ -81,11 +92,26 @@ pub fn free_base(workers: u16) -> u16 {
 impl DevCluster {
     /// Starts `dev` with `workers` workers and waits until every partition has a leader.
     pub async fn start(workers: u16, rf: u32, partitions: u32, extra: &[&str]) -> DevCluster {
+        Self::start_ha(1, workers, rf, partitions, extra).await
+    }
+
+    /// Starts `dev` with `controls` control nodes (1, 3 or 5: one metadata group) and
+    /// `workers` workers, and waits until every partition has a leader.
+    pub async fn start_ha(
+        controls: u16,
+        workers: u16,
+        rf: u32,
+        partitions: u32,
+        extra: &[&str],
+    ) -> DevCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_base(workers);
+        let port = free_base_for(workers, controls);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftmetrics-server"));
+        cmd.arg("dev");
+        if controls != 1 {
+            cmd.args(["--control-nodes", &controls.to_string()]);
+        }
         cmd.args([
-            "dev",
             "--workers",
             &workers.to_string(),
             "--replication-factor",
@@ -110,6 +136,7 @@ impl DevCluster {
             dir,
             port,
             workers,
+            controls,
             dev: Some(dev),
             host: Ipv4Addr::LOCALHOST.into(),
             restarted: std::sync::Mutex::new(Vec::new()),
@@ -133,6 +160,7 @@ impl DevCluster {
             dir: tempfile::tempdir().expect("temp dir"),
             port,
             workers,
+            controls: 1,
             dev: None,
             host,
             restarted: std::sync::Mutex::new(Vec::new()),
@@ -150,6 +178,33 @@ impl DevCluster {
 
     pub fn worker_url(&self, id: u16, path: &str) -> String {
         format!("http://{}:{}{path}", self.host, self.port + id)
+    }
+
+    /// HTTP port of control node `j` (1-based), as `dev` assigns them: the base port for
+    /// the first, after the workers' ports for the others.
+    pub fn control_port(&self, j: u16) -> u16 {
+        assert!(
+            (1..=self.controls).contains(&j),
+            "control node {j} of {}",
+            self.controls
+        );
+        if j == 1 {
+            self.port
+        } else {
+            self.port + self.workers + j - 1
+        }
+    }
+
+    /// `path` on control node `j`.
+    pub fn control_url(&self, j: u16, path: &str) -> String {
+        format!("http://{}:{}{path}", self.host, self.control_port(j))
+    }
+
+    /// The base URL (`http://host:port`) of every control node, in id order.
+    pub fn control_urls(&self) -> Vec<String> {
+        (1..=self.controls)
+            .map(|j| self.control_url(j, ""))
+            .collect()
     }
 
     pub fn nodes_path(&self) -> PathBuf {
@@ -210,12 +265,13 @@ impl DevCluster {
         self.relaunch(&launch, None).await;
     }
 
-    /// The data directory `dev` gave the node `role`/`id`: `<dev dir>/control` or
+    /// The data directory `dev` gave the node `role`/`id`: `<dev dir>/control` (control
+    /// node 1), `<dev dir>/control-<id>` (the other control nodes) or
     /// `<dev dir>/worker-<id>`.
     pub fn data_dir(&self, role: &str, id: u64) -> PathBuf {
         let cluster = self.dir.path().join("cluster");
-        match role {
-            "control" => cluster.join("control"),
+        match (role, id) {
+            ("control", 1) => cluster.join("control"),
             _ => cluster.join(format!("{role}-{id}")),
         }
     }
@@ -445,6 +501,30 @@ impl DevCluster {
         (resp.status().as_u16(), json_of(resp).await)
     }
 
+    /// The control node (1-based) whose replica of the metadata group is its leader, by
+    /// their `GET /health` (`raft_status.role`); `None` when none says so (an election, or
+    /// the leader unreachable).
+    pub async fn metadata_leader(&self) -> Option<u16> {
+        for j in 1..=self.controls {
+            let Ok(resp) = self
+                .http
+                .get(self.control_url(j, "/health"))
+                .bearer_auth(TOKEN)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            if json_of(resp).await["raft_status"]["role"] == "leader" {
+                return Some(j);
+            }
+        }
+        None
+    }
+
+    /// Waits until `dev` has written `nodes.json` (a control node answered `/ready`) and
+    /// control node 1 reports a healthy cluster.
     async fn wait_healthy(&self, limit: Duration) {
         let start = Instant::now();
         let mut last = Value::Null;

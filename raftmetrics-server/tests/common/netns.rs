@@ -1,18 +1,24 @@
 //! A real cluster whose nodes live in Linux network namespaces, so that the network between
-//! them can be cut for real: the control node and each worker in a namespace of its own,
+//! them can be cut for real: each control node and each worker in a namespace of its own,
 //! each with a veth into one bridge in the root namespace, where the test process reaches
 //! them.
 //!
 //! ```text
-//!   test process ── rmb<pid>x<k> (10.A.B.254/24) ──┬── control  10.A.B.1
-//!                                                   ├── worker 1 10.A.B.2
-//!                                                   ├── worker i 10.A.B.(1+i)
+//!   test process ── rmb<pid>x<k> (10.A.B.254/24) ──┬── control 1  10.A.B.1
+//!                                                   ├── worker 1   10.A.B.2
+//!                                                   ├── worker i   10.A.B.(1+i)
+//!                                                   ├── control j  10.A.B.(240+j)   (j = 2..=5)
 //! ```
 //! The nodes run the command lines `dev` would give them ([`dev::plan`]: the same flags, the
 //! same cleaned environment with the secrets in `AUTH_TOKENS` and `CLUSTER_SECRET`), except
-//! that each binds to and advertises its namespace's address, and the workers register with
-//! the control node's. A cut is an iptables `DROP` rule in a node's namespace; healing
-//! flushes them.
+//! that each binds to and advertises its namespace's address, and every control node address
+//! in `--control-host` (the workers') and `--control-peers` (the control nodes') is that
+//! control node's namespace address. A cut is an iptables `DROP` rule in a node's namespace;
+//! healing flushes them.
+//!
+//! With several control nodes ([`NetnsCluster::start_ha`]) they form one metadata group:
+//! [`NetnsCluster::metadata_leader`] finds the one deciding placement, and a cut between
+//! control nodes splits the group.
 //!
 //! Needs root and `ip`/`iptables`: [`available`] says whether this machine has them (and
 //! panics when `RAFTMETRICS_REQUIRE_NETNS=1` demands them). Every name made here carries the
@@ -42,15 +48,41 @@ const PREFIX: &str = "rmnet";
 /// Prefixes of the bridge and veth interface names (at most 15 bytes with pid and index).
 const BRIDGE_PREFIX: &str = "rmb";
 const VETH_PREFIX: &str = "rmv";
-/// The control node's HTTP port; workers get the ports after it, as with `dev`.
+/// Control node 1's HTTP port; the other nodes get the ports `dev` gives them after it.
 const PORT: u16 = 8080;
+/// Control node `j` (2..=5) has the address `10.A.B.(CONTROL_HOST_BASE + j)`.
+const CONTROL_HOST_BASE: u8 = 240;
 const CLUSTER_SECRET: &str = "netns-test-cluster-secret-0123456789";
 
 /// A node of the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Node {
+    /// Control node 1 (the only one of a cluster made by [`NetnsCluster::start`]).
     Control,
+    /// Control node `j`, for `j` of 2 and up ([`Node::control`] makes either variant).
+    ControlPeer(u64),
     Worker(u64),
+}
+
+impl Node {
+    /// Control node `j` (1-based).
+    pub fn control(j: u64) -> Node {
+        assert!(j >= 1, "control node ids start at 1");
+        if j == 1 {
+            Node::Control
+        } else {
+            Node::ControlPeer(j)
+        }
+    }
+
+    /// The control node id of a control node, `None` for a worker.
+    pub fn control_id(self) -> Option<u64> {
+        match self {
+            Node::Control => Some(1),
+            Node::ControlPeer(j) => Some(j),
+            Node::Worker(_) => None,
+        }
+    }
 }
 
 /// Which traffic a cut drops, seen from the node the cut is made on. Over TCP a one-way cut
@@ -248,10 +280,16 @@ struct Proc {
 /// The cluster and its network. Dropping it (also when a test panics) kills the nodes and
 /// deletes the namespaces, veths, bridge and iptables rules.
 pub struct NetnsCluster {
-    /// HTTP client of the control node (reached through the bridge), for the writer, the set
+    /// HTTP client of control node 1 (reached through the bridge), for the writer, the set
     /// checker and the requests of [`DevCluster`].
     pub client: Arc<DevCluster>,
     pub workers: u16,
+    /// How many control nodes (1, 3 or 5).
+    pub controls: u16,
+    /// HTTP clients of every control node, in id order (the first is [`NetnsCluster::client`]).
+    control_clients: Vec<Arc<DevCluster>>,
+    /// What `dev` would start: every node's ports and command line.
+    specs: Vec<dev::ChildSpec>,
     pid: u32,
     k: u32,
     subnet: [u8; 2],
@@ -261,50 +299,119 @@ pub struct NetnsCluster {
 }
 
 impl NetnsCluster {
-    /// Builds the network and starts the control node and `workers` workers with
-    /// `rf` replicas of each of `partitions` partitions; waits until the cluster is healthy
+    /// Builds the network and starts one control node and `workers` workers with `rf`
+    /// replicas of each of `partitions` partitions; waits until the cluster is healthy
     /// (every worker registered, every partition led).
     pub async fn start(workers: u16, rf: u32, partitions: u32) -> NetnsCluster {
+        Self::start_ha(1, workers, rf, partitions).await
+    }
+
+    /// Like [`NetnsCluster::start`] with `controls` control nodes (1, 3 or 5) forming one
+    /// metadata group; with more than one, also waits until every control node reports the
+    /// cluster healthy and one of them decides placement.
+    pub async fn start_ha(controls: u16, workers: u16, rf: u32, partitions: u32) -> NetnsCluster {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        assert!(
+            (1..=5).contains(&controls),
+            "1 to 5 control nodes, not {controls}"
+        );
+        assert!(
+            u32::from(workers) < u32::from(CONTROL_HOST_BASE) - 1,
+            "fewer than {} workers",
+            CONTROL_HOST_BASE - 1
+        );
         clean_stale();
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let subnet = free_subnet(k);
-        let control = IpAddr::V4(Ipv4Addr::new(10, subnet[0], subnet[1], 1));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let specs = Self::plan(&dir, controls, workers, rf, partitions);
+        let control_clients: Vec<Arc<DevCluster>> = (1..=u64::from(controls))
+            .map(|j| {
+                let spec = specs
+                    .iter()
+                    .find(|s| s.kind == dev::NodeKind::Control && s.id == j)
+                    .unwrap_or_else(|| panic!("dev plans no control node {j}"));
+                let ip = Self::ip_in(subnet, Node::control(j));
+                Arc::new(DevCluster::attach(IpAddr::V4(ip), spec.http_port, workers))
+            })
+            .collect();
         let cluster = NetnsCluster {
-            client: Arc::new(DevCluster::attach(control, PORT, workers)),
+            client: Arc::clone(&control_clients[0]),
             workers,
+            controls,
+            control_clients,
+            specs,
             pid: std::process::id(),
             k,
             subnet,
             procs: Mutex::new(Vec::new()),
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
         };
         // From here on, a failure unwinds through the guard's Drop, which removes whatever
         // was made.
         cluster.build_network();
-        cluster.spawn_nodes(rf, partitions);
+        cluster.spawn_nodes();
         cluster.wait_healthy(Duration::from_secs(90)).await;
         cluster
     }
 
-    fn nodes(&self) -> Vec<Node> {
-        std::iter::once(Node::Control)
+    /// `dev`'s plan of the cluster, with its data under `dir`.
+    fn plan(
+        dir: &tempfile::TempDir,
+        controls: u16,
+        workers: u16,
+        rf: u32,
+        partitions: u32,
+    ) -> Vec<dev::ChildSpec> {
+        let exe = env!("CARGO_BIN_EXE_raftmetrics-server");
+        let data = dir.path().join("cluster");
+        let mut dev_args = vec![
+            "raftmetrics-server".to_string(),
+            "dev".into(),
+            format!("--workers={workers}"),
+            format!("--replication-factor={rf}"),
+            format!("--partitions={partitions}"),
+            format!("--port={PORT}"),
+            format!("--data-dir={}", data.display()),
+        ];
+        if controls > 1 {
+            dev_args.push(format!("--control-nodes={controls}"));
+        }
+        let cli = parse_from_env_and_args(dev_args, &|_| None).expect("dev arguments");
+        let Role::Dev(args) = cli.role else {
+            unreachable!("parsed as dev")
+        };
+        dev::plan(&args, std::path::Path::new(exe)).expect("dev plan")
+    }
+
+    /// Every node: the control nodes in id order, then the workers.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.control_nodes()
+            .into_iter()
             .chain((1..=u64::from(self.workers)).map(Node::Worker))
             .collect()
     }
 
-    fn index(node: Node) -> u64 {
-        match node {
-            Node::Control => 0,
-            Node::Worker(i) => i,
-        }
+    /// Every control node, in id order.
+    pub fn control_nodes(&self) -> Vec<Node> {
+        (1..=u64::from(self.controls)).map(Node::control).collect()
+    }
+
+    /// Every control node but control node `j`.
+    pub fn other_controls(&self, j: u64) -> Vec<Node> {
+        (1..=u64::from(self.controls))
+            .filter(|&c| c != j)
+            .map(Node::control)
+            .collect()
     }
 
     /// The namespace of `node`.
     pub fn namespace(&self, node: Node) -> String {
-        let who = match node {
-            Node::Control => "control".to_string(),
-            Node::Worker(i) => format!("w{i}"),
+        let who = match (node.control_id(), node) {
+            (Some(1), _) => "control".to_string(),
+            (Some(j), _) => format!("control-{j}"),
+            (None, Node::Worker(i)) => format!("w{i}"),
+            (None, _) => unreachable!("a worker"),
         };
         format!("{PREFIX}-{}-{}-{who}", self.pid, self.k)
     }
@@ -314,7 +421,13 @@ impl NetnsCluster {
     }
 
     fn veth(&self, node: Node) -> String {
-        format!("{VETH_PREFIX}{}x{}n{}", self.pid, self.k, Self::index(node))
+        let which = match (node.control_id(), node) {
+            (Some(1), _) => "n0".to_string(),
+            (Some(j), _) => format!("c{j}"),
+            (None, Node::Worker(i)) => format!("n{i}"),
+            (None, _) => unreachable!("a worker"),
+        };
+        format!("{VETH_PREFIX}{}x{}{which}", self.pid, self.k)
     }
 
     fn comment(&self) -> String {
@@ -323,14 +436,101 @@ impl NetnsCluster {
 
     /// The address of `node` (its namespace's).
     pub fn ip(&self, node: Node) -> Ipv4Addr {
-        let last = 1 + u8::try_from(Self::index(node)).expect("fewer than 250 workers");
-        Ipv4Addr::new(10, self.subnet[0], self.subnet[1], last)
+        Self::ip_in(self.subnet, node)
+    }
+
+    fn ip_in(subnet: [u8; 2], node: Node) -> Ipv4Addr {
+        let last = match (node.control_id(), node) {
+            (Some(1), _) => 1,
+            (Some(j), _) => CONTROL_HOST_BASE + u8::try_from(j).expect("control node id"),
+            (None, Node::Worker(i)) => {
+                let i = u8::try_from(i).expect("worker id");
+                assert!(i < CONTROL_HOST_BASE - 1, "worker id {i} too high");
+                1 + i
+            }
+            (None, _) => unreachable!("a worker"),
+        };
+        Ipv4Addr::new(10, subnet[0], subnet[1], last)
+    }
+
+    /// What `dev` planned for `node`.
+    fn spec(&self, node: Node) -> &dev::ChildSpec {
+        let (kind, id) = match (node.control_id(), node) {
+            (Some(j), _) => (dev::NodeKind::Control, j),
+            (None, Node::Worker(i)) => (dev::NodeKind::Worker, i),
+            (None, _) => unreachable!("a worker"),
+        };
+        self.specs
+            .iter()
+            .find(|s| s.kind == kind && s.id == id)
+            .unwrap_or_else(|| panic!("no {node:?} in this cluster"))
     }
 
     /// The URL of `path` on worker `id`'s HTTP API.
     pub fn worker_url(&self, id: u64, path: &str) -> String {
-        let port = PORT + u16::try_from(id).expect("worker id");
+        let port = self.spec(Node::Worker(id)).http_port;
         format!("http://{}:{port}{path}", self.ip(Node::Worker(id)))
+    }
+
+    /// The URL of `path` on control node `j`'s HTTP API.
+    pub fn control_url(&self, j: u64, path: &str) -> String {
+        self.control_client(j).url(path)
+    }
+
+    /// An HTTP client of control node `j` (the writer, the set checker and the requests of
+    /// [`DevCluster`] through that node).
+    pub fn control_client(&self, j: u64) -> Arc<DevCluster> {
+        let i = usize::try_from(j).expect("control node id");
+        assert!(
+            (1..=self.control_clients.len()).contains(&i),
+            "no control node {j}"
+        );
+        Arc::clone(&self.control_clients[i - 1])
+    }
+
+    /// Control node `j`'s `/health`, when it answers 200.
+    pub async fn control_health(&self, j: u64) -> Option<Value> {
+        match self.get(&self.control_url(j, "/health")).await {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The control node deciding placement now: asks every control node's `/health` and
+    /// answers the one whose `control_plane.deciding` is true, when exactly one says so.
+    pub async fn metadata_leader(&self) -> Option<u64> {
+        self.deciding(&(1..=u64::from(self.controls)).collect::<Vec<_>>())
+            .await
+    }
+
+    /// Of the control nodes `among`, the one whose `/health` says it decides placement, when
+    /// exactly one of them says so.
+    pub async fn deciding(&self, among: &[u64]) -> Option<u64> {
+        let mut deciding = Vec::new();
+        for &j in among {
+            if let Some(body) = self.control_health(j).await
+                && body["control_plane"]["deciding"] == true
+            {
+                deciding.push(j);
+            }
+        }
+        match deciding[..] {
+            [j] => Some(j),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `limit` until exactly one of the control nodes `among` decides placement
+    /// and answers it.
+    pub async fn wait_deciding(&self, among: &[u64], limit: Duration) -> Option<u64> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(j) = self.deciding(among).await {
+                return Some(j);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
     }
 
     fn build_network(&self) {
@@ -379,58 +579,70 @@ impl NetnsCluster {
         }
     }
 
+    /// The control node whose node-to-node port is `port`, in `dev`'s plan.
+    fn control_by_internal_port(&self, port: u16) -> Option<Node> {
+        self.specs
+            .iter()
+            .find(|s| s.kind == dev::NodeKind::Control && s.internal_port == port)
+            .map(|s| Node::control(s.id))
+    }
+
+    /// `list` (`host:port,host:port,…`, control nodes' node-to-node addresses) with each
+    /// address replaced by the namespace address of the control node listening on its port.
+    fn control_addresses(&self, list: &str) -> String {
+        list.split(',')
+            .map(|addr| {
+                let port: u16 = addr
+                    .trim()
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no port in control node address {addr:?}"));
+                let node = self
+                    .control_by_internal_port(port)
+                    .unwrap_or_else(|| panic!("no control node listens on port {port} ({list})"));
+                format!("{}:{port}", self.ip(node))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `dev`'s command line of `spec` (run as `node`), with its loopback addresses replaced
+    /// by the namespaces'.
+    fn command_line(&self, spec: &dev::ChildSpec, node: Node) -> Vec<String> {
+        let ip = self.ip(node);
+        spec.args
+            .iter()
+            .map(|a| {
+                let a = a.to_str().expect("UTF-8 argument");
+                let replaced = if a.starts_with("--bind-host=") {
+                    format!("--bind-host={ip}")
+                } else if a.starts_with("--advertise-host=") {
+                    format!("--advertise-host={ip}")
+                } else if let Some(list) = a.strip_prefix("--control-host=") {
+                    format!("--control-host={}", self.control_addresses(list))
+                } else if let Some(list) = a.strip_prefix("--control-peers=") {
+                    format!("--control-peers={}", self.control_addresses(list))
+                } else {
+                    a.to_string()
+                };
+                assert!(
+                    !replaced.contains("127.0.0.1") && !replaced.contains("localhost"),
+                    "a loopback address in a node's command line: {replaced}"
+                );
+                replaced
+            })
+            .collect()
+    }
+
     /// Starts every node as `dev` would, each in its namespace.
-    fn spawn_nodes(&self, rf: u32, partitions: u32) {
-        let exe = env!("CARGO_BIN_EXE_raftmetrics-server");
-        let data = self.dir.path().join("cluster");
-        let dev_args = [
-            "raftmetrics-server".to_string(),
-            "dev".into(),
-            format!("--workers={}", self.workers),
-            format!("--replication-factor={rf}"),
-            format!("--partitions={partitions}"),
-            format!("--port={PORT}"),
-            format!("--data-dir={}", data.display()),
-        ];
-        let cli = parse_from_env_and_args(dev_args, &|_| None).expect("dev arguments");
-        let Role::Dev(args) = cli.role else {
-            unreachable!("parsed as dev")
-        };
-        let specs = dev::plan(&args, std::path::Path::new(exe)).expect("dev plan");
-        let control_ip = self.ip(Node::Control);
+    fn spawn_nodes(&self) {
         let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        for spec in specs {
+        for spec in &self.specs {
             let node = match spec.kind {
-                dev::NodeKind::Control => Node::Control,
+                dev::NodeKind::Control => Node::control(spec.id),
                 dev::NodeKind::Worker => Node::Worker(spec.id),
             };
-            let ip = self.ip(node);
-            // dev's command line, with its loopback addresses replaced by the namespaces'.
-            let args: Vec<String> = spec
-                .args
-                .iter()
-                .map(|a| {
-                    let a = a.to_str().expect("UTF-8 argument");
-                    let replaced = if a.starts_with("--bind-host=") {
-                        format!("--bind-host={ip}")
-                    } else if a.starts_with("--advertise-host=") {
-                        format!("--advertise-host={ip}")
-                    } else if let Some(port) = a
-                        .strip_prefix("--control-host=")
-                        .and_then(|h| h.rsplit_once(':'))
-                        .map(|(_, p)| p)
-                    {
-                        format!("--control-host={control_ip}:{port}")
-                    } else {
-                        a.to_string()
-                    };
-                    assert!(
-                        !replaced.contains("127.0.0.1"),
-                        "a loopback address in a node's command line: {replaced}"
-                    );
-                    replaced
-                })
-                .collect();
+            let args = self.command_line(spec, node);
             let ns = self.namespace(node);
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &ns])
@@ -460,6 +672,8 @@ impl NetnsCluster {
         }
     }
 
+    /// Waits until control node 1 reports the cluster healthy; with several control nodes,
+    /// until every one does and one of them decides placement.
     async fn wait_healthy(&self, limit: Duration) {
         let start = Instant::now();
         let mut last = Value::Null;
@@ -473,11 +687,31 @@ impl NetnsCluster {
             }) {
                 panic!("{:?} exited during startup: {}", exited.0, exited.1);
             }
-            if let Some((200, body)) = self.get(&self.client.url("/health")).await {
-                if body["status"] == "healthy" {
-                    return;
+            let mut all_healthy = true;
+            let mut deciding = 0;
+            for j in 1..=u64::from(self.controls) {
+                match self.get(&self.control_url(j, "/health")).await {
+                    Some((200, body)) => {
+                        if body["control_plane"]["deciding"] == true {
+                            deciding += 1;
+                        }
+                        if body["status"] != "healthy" {
+                            all_healthy = false;
+                            last = serde_json::json!({"control node": j, "health": body});
+                        }
+                    }
+                    other => {
+                        all_healthy = false;
+                        last =
+                            serde_json::json!({"control node": j, "answer": format!("{other:?}")});
+                    }
                 }
-                last = body;
+                if !all_healthy {
+                    break;
+                }
+            }
+            if all_healthy && (self.controls == 1 || deciding == 1) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -628,7 +862,7 @@ impl NetnsCluster {
         None
     }
 
-    /// The control node's count of live workers (`/health`), if it answers.
+    /// Control node 1's count of live workers (`/health`), if it answers.
     pub async fn healthy_workers(&self) -> Option<u64> {
         let (_, doc) = self.get(&self.client.url("/health")).await?;
         doc["worker_nodes"]["healthy"].as_u64()
