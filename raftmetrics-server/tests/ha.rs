@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::batches::{self, Outcome};
-use common::{DevCluster, TOKEN, TOKEN_B};
+use common::{DevCluster, TOKEN_B};
 use raftmetrics_client::{Agg, Answer, Client, Consistency, Query};
 use raftmetrics_core::BatchId;
 use serde_json::Value;
@@ -126,15 +126,8 @@ fn start_writer(
 
 /// `GET /health` of control node `j` (JSON), `None` when it does not answer.
 async fn health(c: &DevCluster, j: u16) -> Option<Value> {
-    let resp = c
-        .http
-        .get(c.control_url(j, "/health"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(2))
-        .send()
+    c.get_ok(&c.control_url(j, "/health"), Duration::from_secs(2))
         .await
-        .ok()?;
-    (resp.status() == 200).then_some(common::json_of(resp).await)
 }
 
 /// Waits (at most `limit`) until some control node other than those in `except` reports
@@ -259,15 +252,8 @@ async fn metadata_leader_killed_while_a_client_writes_and_queries() {
 
 /// The `/admin/workers` document of control node `j`.
 async fn workers_doc(c: &DevCluster, j: u16) -> Option<Value> {
-    let resp = c
-        .http
-        .get(c.control_url(j, "/admin/workers"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(3))
-        .send()
+    c.get_ok(&c.control_url(j, "/admin/workers"), Duration::from_secs(3))
         .await
-        .ok()?;
-    (resp.status() == 200).then_some(common::json_of(resp).await)
 }
 
 fn worker_entry(doc: &Value, id: u64) -> Value {

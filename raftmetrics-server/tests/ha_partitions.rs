@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::netns::{self, Cut, NetnsCluster, Node};
-use common::{DevCluster, TOKEN, TOKEN_C, batches};
+use common::{DevCluster, TOKEN_C, batches};
 use raftmetrics_core::api::InsertResponse;
 use raftmetrics_core::codec;
 use serde_json::Value;
@@ -67,16 +67,19 @@ async fn cluster() -> Option<NetnsCluster> {
 
 /// GET `url` with a short timeout: status and JSON body; `None` when it did not answer.
 async fn get(client: &DevCluster, url: &str) -> Option<(u16, Value)> {
-    let resp = client
-        .http
-        .get(url)
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(3))
-        .send()
+    client
+        .try_request(reqwest::Method::GET, url, Duration::from_secs(3))
         .await
-        .ok()?;
-    let status = resp.status().as_u16();
-    Some((status, common::json_of(resp).await))
+        .ok()
+}
+
+/// `method` `url` with a 20 s limit: status and JSON body; status 0 and the reason when no
+/// answer came.
+async fn request(client: &DevCluster, method: reqwest::Method, url: &str) -> (u16, Value) {
+    client
+        .try_request(method, url, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| (0, Value::String(e)))
 }
 
 /// `GET /admin/workers` of control node `j`.
@@ -243,17 +246,7 @@ async fn lone_count(lone: &DevCluster, progress: &batches::Progress) -> Answer {
     let url = lone.url(&format!(
         "/aggregate?metric={METRIC}&agg=count&consistency=strong"
     ));
-    let resp = lone
-        .http
-        .get(&url)
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await;
-    let (status, doc) = match resp {
-        Ok(r) => (r.status().as_u16(), common::json_of(r).await),
-        Err(e) => (0, Value::String(e.to_string())),
-    };
+    let (status, doc) = request(lone, reqwest::Method::GET, &url).await;
     let (_, sent_by_end) = progress.read();
     let count = doc["aggregations"]["count"].as_u64().unwrap_or(0);
     let partial = doc["is_partial"] == true;
@@ -349,17 +342,7 @@ async fn drain(c: &NetnsCluster, j: u64, id: u64) -> (u16, Value) {
     let url = c.control_url(j, &format!("/admin/workers/{id}/drain"));
     let start = Instant::now();
     loop {
-        let resp = client
-            .http
-            .post(&url)
-            .bearer_auth(TOKEN)
-            .timeout(Duration::from_secs(20))
-            .send()
-            .await;
-        let (status, doc) = match resp {
-            Ok(r) => (r.status().as_u16(), common::json_of(r).await),
-            Err(e) => (0, Value::String(e.to_string())),
-        };
+        let (status, doc) = request(&client, reqwest::Method::POST, &url).await;
         if !matches!(status, 0 | 503) || start.elapsed() > ELECTION {
             return (status, doc);
         }

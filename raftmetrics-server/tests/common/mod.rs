@@ -477,6 +477,33 @@ impl DevCluster {
             .expect("metrics text")
     }
 
+    /// `method` `url` with the test token, an empty body and `timeout`: the status and the
+    /// JSON body (`Null` when it is not JSON), or why no answer came.
+    pub async fn try_request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Value), String> {
+        let resp = self
+            .http
+            .request(method, url)
+            .bearer_auth(TOKEN)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((resp.status().as_u16(), json_of(resp).await))
+    }
+
+    /// The JSON body of a 200 answer to `GET url` within `timeout`; `None` otherwise.
+    pub async fn get_ok(&self, url: &str, timeout: Duration) -> Option<Value> {
+        match self.try_request(reqwest::Method::GET, url, timeout).await {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
     pub async fn get_json(&self, url: &str) -> (u16, Value) {
         let resp = self
             .http
@@ -506,17 +533,10 @@ impl DevCluster {
     /// the leader unreachable).
     pub async fn metadata_leader(&self) -> Option<u16> {
         for j in 1..=self.controls {
-            let Ok(resp) = self
-                .http
-                .get(self.control_url(j, "/health"))
-                .bearer_auth(TOKEN)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-            else {
-                continue;
-            };
-            if json_of(resp).await["raft_status"]["role"] == "leader" {
+            let health = self
+                .get_ok(&self.control_url(j, "/health"), Duration::from_secs(2))
+                .await;
+            if health.is_some_and(|h| h["raft_status"]["role"] == "leader") {
                 return Some(j);
             }
         }

@@ -720,17 +720,10 @@ impl NetnsCluster {
 
     /// GET `url` with a short timeout: status and JSON body, `None` when it did not answer.
     pub async fn get(&self, url: &str) -> Option<(u16, Value)> {
-        let resp = self
-            .client
-            .http
-            .get(url)
-            .bearer_auth(TOKEN)
-            .timeout(Duration::from_secs(3))
-            .send()
+        self.client
+            .try_request(reqwest::Method::GET, url, Duration::from_secs(3))
             .await
-            .ok()?;
-        let status = resp.status().as_u16();
-        Some((status, super::json_of(resp).await))
+            .ok()
     }
 
     /// Drops the traffic between `node` and each of `peers`, as `how` says (rules in `node`'s
