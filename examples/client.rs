@@ -160,7 +160,7 @@ fn print_result(result: &QueryResult) {
             .and_then(|(_, v)| v.as_deref())
             .unwrap_or("(none)");
         let get =
-            |agg| raftmetrics_client::raftmetrics_core::aggregate::find(&group.aggregations, agg);
+            |agg| raftmetrics_client::raftmetrics_types::aggregate::find(&group.aggregations, agg);
         println!(
             "  {:<12} {:>8} {:>8} {:>8}",
             name,

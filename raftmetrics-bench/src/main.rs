@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use raftmetrics_client::raftmetrics_core::api::JsonPoint;
+use raftmetrics_client::raftmetrics_types::api::JsonPoint;
 use raftmetrics_client::{Client, Format};
 use tokio::signal::unix::{SignalKind, signal};
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use duckdb::Connection;
 use duckdb::types::Value;
-use raftmetrics_client::raftmetrics_core::{AggValue, BucketResult};
+use raftmetrics_client::raftmetrics_types::{AggValue, BucketResult};
 use raftmetrics_client::{Agg, Client, Query, QueryResult, Timestamp};
 
 use crate::error::{BenchError, Result};

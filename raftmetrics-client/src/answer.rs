@@ -1,8 +1,8 @@
 //! Query answers that carry their completeness in their type.
 
-use raftmetrics_core::Coverage;
-use raftmetrics_core::QueryResult;
-use raftmetrics_core::api::AnalyticsResponse;
+use raftmetrics_types::Coverage;
+use raftmetrics_types::QueryResult;
+use raftmetrics_types::api::AnalyticsResponse;
 
 use crate::error::Error;
 

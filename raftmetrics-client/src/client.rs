@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use raftmetrics_core::api::{
+use raftmetrics_types::api::{
     AnalyticsResponse, BINCODE_MEDIA_TYPE, HealthResponse, IDEMPOTENCY_KEY_HEADER, InsertResponse,
     JsonPoint, ReadyResponse,
 };
-use raftmetrics_core::{BatchId, Point, Query, QueryResult, Tags, Timestamp, codec};
+use raftmetrics_types::{BatchId, Point, Query, QueryResult, Tags, Timestamp, codec};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -71,7 +71,7 @@ impl<'a> From<&'a Point> for PointRef<'a> {
 /// The body encoding of requests and answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Format {
-    /// bincode (`application/octet-stream`), through [`raftmetrics_core::codec`]: compact
+    /// bincode (`application/octet-stream`), through [`raftmetrics_types::codec`]: compact
     /// and exact, the default.
     #[default]
     Bincode,
@@ -519,7 +519,7 @@ impl Client {
     }
 
     /// The cluster-wide average of `metric` (of
-    /// [`DEFAULT_METRIC`](raftmetrics_core::api::DEFAULT_METRIC) when `None`):
+    /// [`DEFAULT_METRIC`](raftmetrics_types::api::DEFAULT_METRIC) when `None`):
     /// `GET /analytics`.
     pub async fn analytics(&self, metric: Option<&str>) -> Result<Answer<AnalyticsResponse>> {
         let params: Vec<(String, String)> = metric
@@ -779,8 +779,8 @@ fn decode_body<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use raftmetrics_core::api::JsonInsert;
-    use raftmetrics_core::{Agg, Consistency, Coverage, Timestamp};
+    use raftmetrics_types::api::JsonInsert;
+    use raftmetrics_types::{Agg, Consistency, Coverage, Timestamp};
 
     use super::*;
 

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use raftmetrics_core::api::ErrorBody;
-use raftmetrics_core::{Coverage, ErrorCode, FieldError};
+use raftmetrics_types::api::ErrorBody;
+use raftmetrics_types::{Coverage, ErrorCode, FieldError};
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

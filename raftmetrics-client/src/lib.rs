@@ -1,9 +1,11 @@
 //! # raftmetrics-client
 //!
-//! A typed async Rust SDK for the HTTP API of a RaftMetrics cluster. It shares its request
-//! and result types with [`raftmetrics_core`] ([`Point`], [`Query`], [`QueryResult`], the
-//! bodies of [`raftmetrics_core::api`]), so a program can move between the embedded engine
-//! and a cluster without changing types.
+//! A typed async Rust SDK for the HTTP API of a RaftMetrics cluster. Its request and result
+//! types are those of [`raftmetrics_types`] ([`Point`], [`Query`], [`QueryResult`], the
+//! bodies of [`raftmetrics_types::api`]), which the embedded engine (`raftmetrics-core`)
+//! re-exports, so a program can move between the engine and a cluster without changing
+//! types. The client depends on `raftmetrics-types` alone: adding it compiles no DuckDB and no
+//! raft.
 //!
 //! ## Usage
 //!
@@ -92,7 +94,7 @@
 //! ## Formats
 //!
 //! Bodies travel as bincode (`application/octet-stream`, through
-//! [`raftmetrics_core::codec`]) by default, or as JSON with [`ClientBuilder::json`]. In JSON
+//! [`raftmetrics_types::codec`]) by default, or as JSON with [`ClientBuilder::json`]. In JSON
 //! mode inserts, `/analytics` and `/health` use JSON; **`/aggregate` always asks for
 //! bincode**, because its JSON answer is a differently shaped document (the one of the API
 //! reference), not a [`QueryResult`]. Error bodies are always JSON. Answers are decoded in
@@ -146,9 +148,11 @@ pub use client::{
 };
 pub use error::{Error, Result, TransportError, code_for_status, parse_code};
 
-pub use raftmetrics_core;
-pub use raftmetrics_core::api::{AnalyticsResponse, HealthResponse, InsertResponse, ReadyResponse};
-pub use raftmetrics_core::{
+pub use raftmetrics_types;
+pub use raftmetrics_types::api::{
+    AnalyticsResponse, HealthResponse, InsertResponse, ReadyResponse,
+};
+pub use raftmetrics_types::{
     Agg, Consistency, Coverage, ErrorCode, FieldError, OrderBy, OrderKey, Point, Query,
     QueryResult, Tags, Timestamp,
 };

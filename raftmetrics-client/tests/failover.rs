@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftmetrics_client::raftmetrics_core::{BatchId, codec};
+use raftmetrics_client::raftmetrics_types::{BatchId, codec};
 use raftmetrics_client::{
     AnalyticsResponse, Client, ClientBuilder, Error, InsertResponse, Point, ReadyResponse,
     code_for_status,

@@ -4,7 +4,9 @@
 //! the data model and its validation ([`model`]), the [`Partitioner`], the worker
 //! [`Store`] on DuckDB, mergeable partial aggregates ([`aggregate`], [`sketch`]), the query
 //! model ([`query`]), and an embedded single-process [`Engine`]. No HTTP and no sockets live
-//! here; the server crate wires these pieces to the network.
+//! here; the server crate wires these pieces to the network. The data model, queries,
+//! aggregates, API bodies and codec are defined in `raftmetrics-types` and re-exported here
+//! at the same paths.
 //!
 //! A tour, as a program that embeds the engine would use it:
 //!
@@ -41,21 +43,16 @@
 //! # Ok::<(), raftmetrics_core::Error>(())
 //! ```
 
-pub mod aggregate;
-pub mod api;
-pub mod codec;
 pub mod engine;
-pub mod error;
-pub mod idempotency;
-pub mod model;
-pub mod partition;
 pub mod priority;
-pub mod query;
 pub mod raft;
-pub mod series;
-pub mod sketch;
 pub mod store;
-pub mod time;
+
+// The vocabulary lives in `raftmetrics-types` (no DuckDB, no raft, so the client can depend
+// on it alone; ADR 022) and is re-exported here at the same paths.
+pub use raftmetrics_types::{
+    aggregate, api, codec, error, idempotency, model, partition, query, series, sketch, time,
+};
 
 pub use aggregate::{
     AggValue, BucketResult, Coverage, GroupResult, PartialAggregate, PartialState, QueryResult,

@@ -1,4 +1,4 @@
-//! The one error type of `raftmetrics-core`.
+//! The one error type of RaftMetrics (`raftmetrics-types`, re-exported by `raftmetrics-core`).
 //!
 //! Every failure a caller can see is one of these variants. Each variant has a stable
 //! [`ErrorCode`] (the seed API's `code` field); transports map codes to their own status
@@ -130,7 +130,10 @@ impl Error {
         Error::Validation(vec![FieldError::new(field, error)])
     }
 
-    pub(crate) fn storage(operation: &'static str, err: impl std::fmt::Display) -> Self {
+    /// A storage failure (`STORAGE_ERROR`): `operation` failed for `err`. Built by the
+    /// engine's stores and raft log.
+    #[doc(hidden)]
+    pub fn storage(operation: &'static str, err: impl std::fmt::Display) -> Self {
         Error::Storage {
             operation,
             reason: err.to_string(),

@@ -366,7 +366,7 @@ impl Query {
     /// tag keys containing `:`.
     ///
     /// ```
-    /// use raftmetrics_core::{Agg, Query};
+    /// use raftmetrics_types::{Agg, Query};
     ///
     /// let mut q = Query::new("cpu_usage");
     /// q.aggs = vec![Agg::Avg, Agg::Percentile(9990)];
@@ -377,7 +377,7 @@ impl Query {
     ///         .map(|(k, v)| (k.to_string(), v.to_string()))
     /// );
     /// assert_eq!(Query::from_params(&q.to_params())?, q);
-    /// # Ok::<(), raftmetrics_core::Error>(())
+    /// # Ok::<(), raftmetrics_types::Error>(())
     /// ```
     pub fn to_params(&self) -> Vec<(String, String)> {
         let mut params = vec![("metric".to_string(), self.metric.clone())];
