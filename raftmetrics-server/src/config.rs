@@ -78,6 +78,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("HEADER_READ_TIMEOUT_MS", "header-read-timeout-ms"),
     ("IDLE_TIMEOUT_MS", "idle-timeout-ms"),
     ("MAX_CONNECTIONS", "max-connections"),
+    ("INFLUX_FIELD_SEPARATOR", "influx-field-separator"),
     ("MIN_WORKERS", "min-workers"),
     ("DEAD_WORKER_TIMEOUT", "dead-worker-timeout"),
     ("MAX_MOVES", "max-moves"),
@@ -278,6 +279,11 @@ pub struct HttpArgs {
     /// [env: MAX_CONNECTIONS]
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Between a line protocol measurement and its field in a metric name
+    /// (`cpu` + `usage_idle` → `cpu_usage_idle`); up to 16 of `a-z A-Z 0-9 _ . -`, or empty
+    /// [env: INFLUX_FIELD_SEPARATOR]
+    #[arg(long, default_value = "_")]
+    pub influx_field_separator: String,
 }
 
 /// How the control node moves replicas (rebalancing, draining, replacing dead workers).
@@ -818,6 +824,18 @@ impl HttpArgs {
             problems.push(format!(
                 "--max-connections / MAX_CONNECTIONS must be 1..={MAX_CONNECTIONS_LIMIT}"
             ));
+        }
+        let separator = &self.influx_field_separator;
+        if separator.len() > 16
+            || !separator
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            problems.push(
+                "--influx-field-separator / INFLUX_FIELD_SEPARATOR must be at most 16 of \
+                 a-z A-Z 0-9 _ . - (it becomes part of metric names)"
+                    .into(),
+            );
         }
         let mut tokens = Vec::new();
         for (i, token) in std::mem::take(&mut self.auth_tokens)

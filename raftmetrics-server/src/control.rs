@@ -29,39 +29,35 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router as HttpRouter;
-use axum::body::Bytes;
-use axum::extract::{Query as QueryParams, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use raftmetrics_core::aggregate::{Coverage, PartialAggregate, finalize};
-use raftmetrics_core::api::{
-    self, AnalyticsResponse, DEFAULT_METRIC, HealthResponse, RaftHealth, StorageHealth,
-    WorkerCounts,
-};
+use raftmetrics_core::api::{self, HealthResponse, RaftHealth, StorageHealth, WorkerCounts};
 use raftmetrics_core::error::Error;
 use raftmetrics_core::model::Limits;
-use raftmetrics_core::query::{Consistency, Query};
+use raftmetrics_core::model::Record;
+use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{NodeId, ReplicaStatus, Role as RaftRole};
-use raftmetrics_core::{Agg, HashPartitioner, PartitionId, SketchConfig, codec};
+use raftmetrics_core::{BatchId, HashPartitioner, PartitionId, SketchConfig, codec};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::cluster_state::{ClusterState, Command, MoveRecord};
 use crate::config::{ControlArgs, default_replication_factor};
 use crate::error::ServerError;
+use crate::frontend::Frontend;
 use crate::http::body::{Format, respond, response_format};
 use crate::http::error::ApiError;
-use crate::http::render::aggregate_document;
 use crate::http::stack;
-use crate::ingest::Ingest;
 use crate::metadata::{Membership as MetadataMembership, MetadataLog, MetadataTransport};
 use crate::metrics::{Metrics, Outcome};
 use crate::mover::{Action, Mover, Observed, next_action};
 use crate::rebalance::{
     WorkerState, is_balanced, plan_leader_transfers, plan_moves, replica_counts,
 };
-use crate::router::Router;
+use crate::router::{BatchOutcome, Router, write_batch};
 use crate::rpc::{
     AdminRequest, ClusterView, MAX_WORKER_ID, Membership, Registration, RemoteError, Request,
     Response as RpcResponse, RpcClient, RpcConfig, WorkerInfo, control_wire_id, encode_response,
@@ -130,6 +126,7 @@ pub struct Control {
     sketch: SketchConfig,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
+    protocols: crate::frontend::Protocols,
 }
 
 /// Runs the control node until `shutdown` completes.
@@ -197,6 +194,7 @@ pub async fn run(
         sketch: SketchConfig::default(),
         metrics: Arc::new(Metrics::new("control", args.node_id)),
         request_timeout: args.node.http.request_timeout(),
+        protocols: crate::frontend::Protocols::of(&args.node.http),
     });
     let bind = &args.node.bind_host;
     let internal = TcpListener::bind((bind.as_str(), args.internal_port()))
@@ -879,135 +877,27 @@ impl Control {
         )
     }
 
-    /// Partial aggregates of `query` from the workers, and which part of the data answered.
+    /// Partial aggregates of `query` from the workers, and which part of the data answered
+    /// ([`crate::fan_out`]).
     async fn fan_out(&self, query: &Query) -> (PartialAggregate, Coverage) {
-        let (live, leaders, total) = self.liveness();
+        let (addrs, leaders, registered) = self.liveness();
         let view = self.router.view();
-        let placement = view
-            .as_ref()
-            .map(|v| v.placement.clone())
-            .unwrap_or_default();
-        // A reported leader counts when it holds the partition as a voter or as the target
-        // of a move being promoted; a query reads each partition from exactly one replica.
-        let holds =
-            |p: PartitionId, w: NodeId| view.as_ref().is_some_and(|v| v.holders(p).any(|h| h == w));
-        let strong = query.consistency == Consistency::Strong;
-        let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
-        let mut merged = PartialAggregate::default();
-        let mut missing: Vec<PartitionId> = Vec::new();
-        let mut responded: HashSet<NodeId> = HashSet::new();
-        let mut failed: HashSet<NodeId> = HashSet::new();
-        if placement.is_empty() {
-            missing = (0..self.partitions).collect();
-        }
-        // Round 1: one live replica per partition (the leader when known, else the one that
-        // reported the most applied entries), and every live worker is asked (an empty list
-        // still tells whether it answers).
+        let live: HashSet<NodeId> = addrs.keys().copied().collect();
         let applied = self.applied_indexes();
-        let mut plan: BTreeMap<NodeId, Vec<PartitionId>> =
-            live.keys().map(|id| (*id, Vec::new())).collect();
-        for (p, replicas) in placement.iter().enumerate() {
-            let p = p as PartitionId;
-            let leader = leaders.get(&p).filter(|l| holds(p, **l));
-            let freshest = || {
-                replicas
-                    .iter()
-                    .copied()
-                    .filter(|r| live.contains_key(r))
-                    .rev()
-                    .max_by_key(|r| applied.get(&(p, *r)).copied().unwrap_or(0))
-            };
-            let pick = leader.copied().or_else(freshest);
-            match pick {
-                Some(w) => plan.entry(w).or_default().push(p),
-                None => missing.push(p),
-            }
-        }
-        let mut tried: HashMap<PartitionId, Vec<NodeId>> = HashMap::new();
-        for round in 0..2 {
-            let mut retry: Vec<PartitionId> = Vec::new();
-            let mut calls = tokio::task::JoinSet::new();
-            for (worker, partitions) in std::mem::take(&mut plan) {
-                for p in &partitions {
-                    tried.entry(*p).or_default().push(worker);
-                }
-                let Some(addr) = live.get(&worker).copied() else {
-                    retry.extend(partitions);
-                    continue;
-                };
-                let rpc = Arc::clone(&self.rpc);
-                let request = Request::Compute {
-                    partitions: partitions.clone(),
-                    query: query.clone(),
-                    strong,
-                };
-                let metrics = Arc::clone(&self.metrics);
-                calls.spawn(async move {
-                    let started = Instant::now();
-                    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let answer = rpc.call(worker, addr, &request, timeout).await;
-                    metrics.observe_rpc("compute", started.elapsed());
-                    (worker, partitions, answer)
-                });
-            }
-            while let Some(joined) = calls.join_next().await {
-                let Ok((worker, partitions, answer)) = joined else {
-                    continue;
-                };
-                match answer {
-                    Ok(RpcResponse::Computed {
-                        partial,
-                        missing: not_here,
-                    }) => {
-                        responded.insert(worker);
-                        merged.merge(partial);
-                        retry.extend(not_here);
-                    }
-                    Ok(other) => {
-                        warn!(worker, round, answer = ?other, "worker could not compute");
-                        responded.insert(worker);
-                        retry.extend(partitions);
-                    }
-                    Err(e) => {
-                        warn!(worker, round, error = %e, "worker did not answer a query");
-                        failed.insert(worker);
-                        retry.extend(partitions);
-                    }
-                }
-            }
-            if retry.is_empty() {
-                break;
-            }
-            if round == 1 || tokio::time::Instant::now() >= deadline {
-                missing.extend(retry);
-                break;
-            }
-            // Round 2: another replica that answered (or is live) for each missing partition.
-            for p in retry {
-                let replicas = placement.get(p as usize).cloned().unwrap_or_default();
-                let already = tried.get(&p).cloned().unwrap_or_default();
-                let next = replicas
-                    .iter()
-                    .copied()
-                    .find(|r| !already.contains(r) && !failed.contains(r) && live.contains_key(r));
-                match next {
-                    Some(w) => plan.entry(w).or_default().push(p),
-                    None => missing.push(p),
-                }
-            }
-            if plan.is_empty() {
-                break;
-            }
-        }
-        missing.sort_unstable();
-        missing.dedup();
-        let coverage = Coverage {
-            is_partial: !missing.is_empty(),
-            total_nodes: total as u32,
-            responding_nodes: responded.len() as u32,
-            missing_partitions: missing,
+        let known = crate::fan_out::Known {
+            view: view.as_ref(),
+            partitions: self.partitions,
+            live: &live,
+            leaders: &leaders,
+            applied: &applied,
         };
-        (merged, coverage)
+        let runner = crate::fan_out::Runner {
+            rpc: &self.rpc,
+            metrics: &self.metrics,
+            addrs: &addrs,
+            registered,
+        };
+        crate::fan_out::fan_out(&runner, &known, query, QUERY_TIMEOUT).await
     }
 
     /// Answers `query` over the cluster, refusing a partial answer unless allowed.
@@ -1285,77 +1175,54 @@ fn rpc_handler(control: Arc<Control>) -> RpcHandler {
 }
 
 fn routes(control: Arc<Control>) -> HttpRouter {
-    HttpRouter::new()
-        .route("/insert", post(insert))
-        .route("/metrics", post(insert).get(metrics))
-        .route("/aggregate", get(aggregate))
-        .route("/analytics", get(analytics))
+    let own = HttpRouter::new()
+        .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/admin/workers", get(admin_workers))
         .route("/admin/workers/{id}", axum::routing::delete(admin_forget))
         .route("/admin/workers/{id}/drain", post(admin_drain))
-        .with_state(control)
+        .with_state(Arc::clone(&control));
+    crate::http::seed::routes(Arc::clone(&control))
+        .merge(crate::http::influx::routes(Arc::clone(&control)))
+        .merge(crate::http::remote_write::routes(control))
+        .merge(own)
 }
 
-async fn insert(
-    State(control): State<Arc<Control>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    control.check_current().await?;
-    let ingest = Ingest {
-        router: &control.router,
-        partitioner: &control.partitioner,
-        limits: &control.limits,
-        metrics: &control.metrics,
-        timeout: control.request_timeout,
-    };
-    ingest.handle(&headers, &body, || None).await
-}
-
-async fn aggregate(
-    State(control): State<Arc<Control>>,
-    headers: HeaderMap,
-    QueryParams(params): QueryParams<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    let query = Query::from_params(&params)?;
-    let result = control.query(&query).await.inspect_err(|_| {
-        control.metrics.inc_query(Outcome::Error);
-    })?;
-    Ok(match response_format(&headers, Format::Json) {
-        Format::Bincode => respond(Format::Bincode, &result),
-        Format::Json => axum::Json(aggregate_document(
-            &result,
-            &query.group_by,
-            query.window_micros.is_some(),
-        ))
-        .into_response(),
-    })
-}
-
-async fn analytics(
-    State(control): State<Arc<Control>>,
-    headers: HeaderMap,
-    QueryParams(mut params): QueryParams<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    params.retain(|(k, _)| k != "agg");
-    params.push(("agg".into(), "avg,count".into()));
-    if !params.iter().any(|(k, _)| k == "metric") {
-        params.push(("metric".into(), DEFAULT_METRIC.into()));
+impl Frontend for Control {
+    fn limits(&self) -> &Limits {
+        &self.limits
     }
-    let query = Query::from_params(&params)?;
-    let result = control.query(&query).await?;
-    let answer = AnalyticsResponse {
-        metric: result.metric.clone(),
-        average: result.get(Agg::Avg),
-        count: result.get(Agg::Count).unwrap_or(0.0) as u64,
-        is_partial: result.coverage.is_partial,
-        total_nodes: result.coverage.total_nodes,
-        responding_nodes: result.coverage.responding_nodes,
-        missing_partitions: result.coverage.missing_partitions.clone(),
-    };
-    Ok(respond(response_format(&headers, Format::Bincode), &answer))
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    fn protocols(&self) -> &crate::frontend::Protocols {
+        &self.protocols
+    }
+
+    async fn write(
+        &self,
+        id: BatchId,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> Result<BatchOutcome, Error> {
+        self.check_current().await?;
+        write_batch(&self.router, &self.partitioner, Some(id), records, deadline).await
+    }
+
+    fn serves_queries(&self) -> bool {
+        true
+    }
+
+    async fn query(&self, query: &Query) -> Result<raftmetrics_core::QueryResult, Error> {
+        Control::query(self, query).await
+    }
 }
 
 async fn health(State(control): State<Arc<Control>>, headers: HeaderMap) -> Response {

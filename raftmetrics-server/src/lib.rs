@@ -7,10 +7,13 @@
 //! Modules:
 //! - [`config`]: environment variables and flags;
 //! - [`control`], [`worker`], [`dev`]: the three roles;
-//! - [`ingest`]: the insert path both roles share;
+//! - [`frontend`]: the seam between the protocols and the node that serves them (both
+//!   roles), and the one insert path;
 //! - [`router`]: where a partition's writes go (leaders, hints, retries);
+//! - [`fan_out`]: a query's plan over the workers (pure) and its runner;
 //! - [`rpc`]: internal requests between nodes and the pooled client;
 //! - [`http`]: the error format, bearer auth, per-token rate limits, body codecs;
+//! - [`decode`]: insert formats of other systems (InfluxDB line protocol);
 //! - [`metrics`]: Prometheus metrics;
 //! - [`ready`]: readiness (`GET /ready`), decided by pure functions;
 //! - [`cluster_state`], [`metadata`]: the cluster metadata and the Raft group that keeps it;
@@ -22,12 +25,14 @@
 pub mod cluster_state;
 pub mod config;
 pub mod control;
+pub mod decode;
 pub mod dev;
 pub mod error;
+pub mod fan_out;
+pub mod frontend;
 pub mod healthcheck;
 pub mod http;
 pub mod identity;
-pub mod ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod mover;

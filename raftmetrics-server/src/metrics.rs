@@ -26,6 +26,7 @@
 //! | `http_request_duration_seconds` | histogram | `route` |
 //! | `http_errors_total` | counter | `route`, `code` |
 //! | `points_inserted_total` | counter | |
+//! | `remote_write_dropped_total` | counter | `kind` = `metadata`, `exemplar`, `histogram`, `stale`, `non_finite` |
 //! | `insert_batches_total`, `queries_total` | counter | `result` = `ok`, `partial`, `error` |
 //! | `rpc_round_trip_seconds` | histogram | `op` |
 //! | `workers` | gauge | `state` = `healthy`, `unhealthy` (only once set, i.e. on control) |
@@ -211,6 +212,11 @@ struct Identity {
     labels: String,
 }
 
+/// What a Prometheus remote write request may carry that is not stored: metadata,
+/// exemplars, native histogram samples, staleness markers, other NaN or infinite samples.
+pub const REMOTE_WRITE_DROPPED: [&str; 5] =
+    ["metadata", "exemplar", "histogram", "stale", "non_finite"];
+
 /// This process's metrics. Create one with [`Metrics::new`] and share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -218,6 +224,7 @@ pub struct Metrics {
     started: Instant,
     storage_bytes: AtomicU64,
     points_inserted: AtomicU64,
+    remote_write_dropped: [AtomicU64; REMOTE_WRITE_DROPPED.len()],
     insert_batches: [AtomicU64; 3],
     queries: [AtomicU64; 3],
     workers_set: AtomicBool,
@@ -325,6 +332,7 @@ impl Metrics {
             started: Instant::now(),
             storage_bytes: AtomicU64::new(0),
             points_inserted: AtomicU64::new(0),
+            remote_write_dropped: Default::default(),
             insert_batches: Default::default(),
             queries: Default::default(),
             workers_set: AtomicBool::new(false),
@@ -371,6 +379,14 @@ impl Metrics {
     /// Sets `raftmetrics_storage_bytes`: bytes this node's stores take on disk.
     pub fn set_storage_bytes(&self, bytes: u64) {
         self.storage_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds to `raftmetrics_remote_write_dropped_total{kind}` (`kind` one of
+    /// [`REMOTE_WRITE_DROPPED`]).
+    pub fn add_remote_write_dropped(&self, kind: &str, count: u64) {
+        if let Some(i) = REMOTE_WRITE_DROPPED.iter().position(|k| *k == kind) {
+            self.remote_write_dropped[i].fetch_add(count, Ordering::Relaxed);
+        }
     }
 
     /// Adds to `raftmetrics_points_inserted_total`.
@@ -741,6 +757,19 @@ impl Metrics {
     }
 
     fn render_operations(&self, out: &mut String) {
+        family(
+            out,
+            "raftmetrics_remote_write_dropped_total",
+            "counter",
+            "Parts of Prometheus remote write requests not stored, by kind.",
+        );
+        for (kind, count) in REMOTE_WRITE_DROPPED.iter().zip(&self.remote_write_dropped) {
+            let _ = writeln!(
+                out,
+                "raftmetrics_remote_write_dropped_total{{kind=\"{kind}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
         family(
             out,
             "raftmetrics_points_inserted_total",

@@ -28,27 +28,27 @@ use raftmetrics_core::api::{
     self, ComputeRequest, ComputeResponse, HealthResponse, RaftHealth, StorageHealth,
 };
 use raftmetrics_core::error::Error;
-use raftmetrics_core::model::Limits;
+use raftmetrics_core::model::{Limits, Record};
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{
     NodeConfig, NodeHandle, NodeId, RaftLog, RaftNode, ReplicaStatus, Role as RaftRole,
     add_learner, leave_joint, remove_node, replace_voter,
 };
 use raftmetrics_core::{
-    Agg, DuckDbStore, HashPartitioner, PartitionId, SketchConfig, Store, codec,
+    Agg, BatchId, DuckDbStore, HashPartitioner, PartitionId, SketchConfig, Store, codec,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::WorkerArgs;
 use crate::error::ServerError;
+use crate::frontend::Frontend;
 use crate::http::body::{Format, request_format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::stack;
 use crate::identity;
-use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{BatchOutcome, Router, write_batch};
 use crate::rpc::{
     CONTROL_WIRE_ID, ClusterView, MAX_SHARES, Membership, Registration, RemoteError, Request,
     Response as RpcResponse, RpcClient, RpcConfig, Share, WorkerInfo, encode_response, resolve,
@@ -96,6 +96,7 @@ pub struct Worker {
     /// Serializes applying views (one heartbeat loop per control node).
     applying: tokio::sync::Mutex<()>,
     request_timeout: Duration,
+    protocols: crate::frontend::Protocols,
 }
 
 /// Runs a worker until `shutdown` completes.
@@ -170,6 +171,7 @@ pub async fn run(
         epoch: Mutex::new(0),
         applying: tokio::sync::Mutex::new(()),
         request_timeout: args.node.http.request_timeout(),
+        protocols: crate::frontend::Protocols::of(&args.node.http),
     });
     info!(id, db = %db_path.display(), http = %worker.info.http_addr,
         internal = %worker.info.internal_addr, control = ?worker.control_hosts, "worker starting");
@@ -728,29 +730,60 @@ fn rpc_handler(worker: Arc<Worker>) -> RpcHandler {
 }
 
 fn routes(worker: Arc<Worker>) -> HttpRouter {
-    HttpRouter::new()
-        .route("/insert", post(insert))
+    let own = HttpRouter::new()
         .route("/compute", post(compute))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(worker)
+        .with_state(Arc::clone(&worker));
+    crate::http::seed::routes(Arc::clone(&worker))
+        .merge(crate::http::influx::routes(Arc::clone(&worker)))
+        .merge(crate::http::remote_write::routes(worker))
+        .merge(own)
 }
 
-async fn insert(
-    State(worker): State<Arc<Worker>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let ingest = Ingest {
-        router: &worker.router,
-        partitioner: &worker.partitioner()?,
-        limits: &worker.limits,
-        metrics: &worker.metrics,
-        timeout: worker.request_timeout,
-    };
-    let storage = || Some(api::format_bytes(worker.store.storage_bytes().unwrap_or(0)));
-    ingest.handle(&headers, &body, storage).await
+impl Frontend for Worker {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    fn protocols(&self) -> &crate::frontend::Protocols {
+        &self.protocols
+    }
+
+    /// Inserts taken by a worker are split by partition and sent to each partition's
+    /// leader like the control node's.
+    async fn write(
+        &self,
+        id: BatchId,
+        records: Vec<Record>,
+        deadline: std::time::Instant,
+    ) -> Result<BatchOutcome, Error> {
+        let partitioner = self.partitioner()?;
+        write_batch(&self.router, &partitioner, Some(id), records, deadline).await
+    }
+
+    fn serves_queries(&self) -> bool {
+        false
+    }
+
+    async fn query(&self, _query: &Query) -> Result<raftmetrics_core::QueryResult, Error> {
+        Err(Error::NotFound(
+            "a worker answers no cluster queries: ask a control node".into(),
+        ))
+    }
+
+    fn storage_size(&self) -> Option<String> {
+        Some(api::format_bytes(self.store.storage_bytes().unwrap_or(0)))
+    }
 }
 
 async fn compute(

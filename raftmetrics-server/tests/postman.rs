@@ -175,12 +175,21 @@ fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
 }
 
 /// The (method, path) pairs a router declares: lines `.route("/path", post(a).get(b))`.
+/// The text of the function starting with `signature` in `source`, to its closing brace.
+fn fn_text<'a>(source: &'a str, signature: &str) -> &'a str {
+    let start = source
+        .find(signature)
+        .expect("the function is in the source");
+    let end = source[start..]
+        .find("\n}\n")
+        .map_or(source.len(), |e| start + e + 3);
+    &source[start..end]
+}
+
 fn declared_routes(source: &str) -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
-    for rest in source
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix(".route(\""))
-    {
+    for rest in source.split(".route(\"").skip(1) {
+        let rest = rest.lines().next().unwrap_or_default();
         let (path, handlers) = rest.split_once('"').expect("a quoted route path");
         for method in ["get", "post", "put", "patch", "delete"] {
             let called = handlers
@@ -416,11 +425,21 @@ async fn postman_collection_runs_against_a_cluster() {
         .collect();
     assert_eq!(declared, expected, "collection variables");
 
-    // The route list is the routers' own.
-    for (role, source) in [
-        ("control", include_str!("../src/control.rs")),
-        ("worker", include_str!("../src/worker.rs")),
-    ] {
+    // The route list is the routers' own: each role's own routes, and the API reference's
+    // (`http/seed.rs`: inserts on both roles, queries on the control node).
+    let seed = include_str!("../src/http/seed.rs");
+    let control = [
+        include_str!("../src/control.rs"),
+        fn_text(seed, "fn insert_routes"),
+        fn_text(seed, "fn query_routes"),
+    ]
+    .concat();
+    let worker = [
+        include_str!("../src/worker.rs"),
+        fn_text(seed, "fn insert_routes"),
+    ]
+    .concat();
+    for (role, source) in [("control", control.as_str()), ("worker", worker.as_str())] {
         let listed: BTreeSet<(String, String)> = ROUTES
             .iter()
             .filter(|(r, _, _)| *r == role)

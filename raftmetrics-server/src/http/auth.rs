@@ -1,4 +1,6 @@
-//! Bearer authentication for every public endpoint.
+//! Token authentication for every public endpoint: `Authorization: Bearer <token>`, or the
+//! schemes InfluxDB clients send, `Token <token>` (2.x) and `Basic` with the token as the
+//! password (1.x; the user name is ignored).
 //!
 //! [`TokenSet`] keeps only the SHA-256 hashes of the configured tokens. A presented token is
 //! hashed and compared with every stored hash in constant time (no early exit over the set),
@@ -9,7 +11,7 @@
 //! - a token-like parameter in the query string (`token`, `access_token`, `auth`, any key
 //!   ending in `token`, `api_key`, ...), even when the header is right: URLs end up in logs,
 //!   so such a token must be treated as leaked (`token_status: "query_string_not_allowed"`);
-//! - no `Authorization` header, or a scheme other than Bearer (`"missing"`);
+//! - no `Authorization` header, or a scheme other than Bearer, Token or Basic (`"missing"`);
 //! - a malformed or unknown bearer token (`"invalid"`).
 //!
 //! On success the request carries a [`TokenId`] extension (for the rate limiter and logs).
@@ -42,6 +44,9 @@ const FORBIDDEN_QUERY_KEYS: &[&str] = &[
     "api_key",
     "api-key",
     "access_key",
+    // InfluxDB 1.x's password parameter (its clients can send the token there).
+    "p",
+    "password",
 ];
 
 /// Why a configured token is not acceptable.
@@ -217,11 +222,29 @@ pub fn authenticate(
     };
     let value = value.trim();
     let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenStatus::Missing);
+    let rest = rest.trim_start_matches([' ', '\t']);
+    if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+        tokens.verify(rest).ok_or(TokenStatus::Invalid)
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let password = basic_password(rest).ok_or(TokenStatus::Invalid)?;
+        tokens.verify(&password).ok_or(TokenStatus::Invalid)
+    } else {
+        Err(TokenStatus::Missing)
     }
-    let token = rest.trim_start_matches([' ', '\t']);
-    tokens.verify(token).ok_or(TokenStatus::Invalid)
+}
+
+/// The password of `Basic` credentials (`base64(user:password)`), when they decode.
+fn basic_password(credentials: &str) -> Option<String> {
+    use base64::Engine as _;
+    if credentials.len() > 2 * MAX_TOKEN_BYTES {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_string())
 }
 
 /// Middleware: bearer authentication (see the module docs). Use with
@@ -376,9 +399,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn non_bearer_scheme_is_refused() {
-        assert_eq!(refused("/x", Some("Basic dXNlcjpwYXNz")).await, "missing");
+    async fn other_schemes_are_refused() {
+        assert_eq!(refused("/x", Some("Digest abc")).await, "missing");
         assert_eq!(refused("/x", Some(GOOD)).await, "missing");
+    }
+
+    #[tokio::test]
+    async fn influx_clients_schemes_carry_the_token() {
+        use base64::Engine as _;
+        let basic = |user_pass: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_pass)
+            )
+        };
+        for header in [
+            format!("Token {GOOD}"),
+            format!("token {GOOD}"),
+            basic(&format!("anyone:{GOOD}")),
+            basic(&format!(":{GOOD}")),
+        ] {
+            let (status, _, _) = call("/x", Some(&header)).await;
+            assert_eq!(status, StatusCode::OK, "{header}");
+        }
+        // A wrong password, no password, or credentials that do not decode.
+        assert_eq!(refused("/x", Some(&basic("user:pass"))).await, "invalid");
+        assert_eq!(refused("/x", Some(&basic(GOOD))).await, "invalid");
+        assert_eq!(refused("/x", Some("Basic %%%")).await, "invalid");
+        assert_eq!(refused("/x", Some("Token nope")).await, "invalid");
+        // InfluxDB 1.x's password parameter is a token in the query string.
+        let header = format!("Bearer {GOOD}");
+        assert_eq!(
+            refused("/x?u=me&p=secret", Some(&header)).await,
+            "query_string_not_allowed"
+        );
     }
 
     #[tokio::test]

@@ -23,6 +23,12 @@
 //!
 //! Server-side details (storage failure reasons, internal errors) are logged with `tracing`
 //! and never written to the body.
+//!
+//! The other protocols' endpoints answer the same status and headers in their own body
+//! shape ([`ErrorShape`], chosen by path in [`reshape_errors`], the outermost layer, so that
+//! authentication and rate-limit refusals are shaped too): InfluxDB's
+//! `{"code": "invalid", "message": "..."}` on `/write` and `/api/v2/write`, Prometheus'
+//! `{"status": "error", "errorType": "bad_data", "error": "..."}` under `/api/v1/`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -421,14 +427,135 @@ impl IntoResponse for ApiError {
                 headers.insert(name, value);
             }
         }
+        // The other shapes have no details: the field errors go into their message.
+        let fields: Vec<String> = details
+            .get("fields")
+            .and_then(Value::as_array)
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}: {}",
+                            f["field"].as_str().unwrap_or_default(),
+                            f["error"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rendered = Rendered {
+            code,
+            message: if fields.is_empty() {
+                message.clone()
+            } else {
+                format!("{message}: {}", fields.join("; "))
+            },
+        };
         let body = json!({
             "error": true,
             "code": code.as_str(),
             "message": message,
             "details": Value::Object(details),
         });
-        (status, headers, Json(body)).into_response()
+        let mut response = (status, headers, Json(body)).into_response();
+        response.extensions_mut().insert(rendered);
+        response
     }
+}
+
+/// An error response's code and message (with the field errors of a validation error), kept
+/// beside its body so that [`reshape_errors`] can write them in another protocol's shape.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The body shape of an error answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// The API reference's `{"error": true, "code", "message", "details"}`.
+    Seed,
+    /// InfluxDB's `{"code", "message"}` (the line protocol's write endpoints).
+    Influx,
+    /// The Prometheus HTTP API's `{"status": "error", "errorType", "error"}`.
+    Prometheus,
+}
+
+impl ErrorShape {
+    /// The shape of the endpoint at `path`.
+    pub fn for_path(path: &str) -> ErrorShape {
+        if path == "/write" || path == "/api/v2/write" {
+            ErrorShape::Influx
+        } else if path.starts_with("/api/v1/") {
+            ErrorShape::Prometheus
+        } else {
+            ErrorShape::Seed
+        }
+    }
+
+    /// The body of an error of `status` and `rendered` in this shape (`None`: the seed's,
+    /// as written).
+    pub fn body(self, status: StatusCode, rendered: &Rendered) -> Option<Value> {
+        match self {
+            ErrorShape::Seed => None,
+            ErrorShape::Influx => {
+                let code = match status.as_u16() {
+                    400 | 415 => "invalid",
+                    401 => "unauthorized",
+                    404 => "not found",
+                    405 => "method not allowed",
+                    413 => "request too large",
+                    429 => "too many requests",
+                    503 | 504 => "unavailable",
+                    _ => "internal error",
+                };
+                Some(json!({"code": code, "message": rendered.message}))
+            }
+            ErrorShape::Prometheus => {
+                let error_type = match status.as_u16() {
+                    404 => "not_found",
+                    503 => "unavailable",
+                    504 => "timeout",
+                    s if s >= 500 => "internal",
+                    _ => "bad_data",
+                };
+                Some(json!({
+                    "status": "error",
+                    "errorType": error_type,
+                    "error": format!("{}: {}", rendered.code.as_str(), rendered.message),
+                }))
+            }
+        }
+    }
+}
+
+/// The outermost layer of every public router: an error answer of an endpoint of another
+/// protocol is written in that protocol's shape, with the same status and headers.
+pub async fn reshape_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let shape = ErrorShape::for_path(request.uri().path());
+    let response = next.run(request).await;
+    if shape == ErrorShape::Seed {
+        return response;
+    }
+    let Some(rendered) = response.extensions().get::<Rendered>().cloned() else {
+        return response;
+    };
+    let Some(body) = shape.body(response.status(), &rendered) else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut reshaped = Json(body).into_response();
+    *reshaped.status_mut() = parts.status;
+    for (name, value) in parts.headers.iter() {
+        reshaped.headers_mut().insert(name.clone(), value.clone());
+    }
+    reshaped
 }
 
 /// A `Router::fallback` handler: unknown routes answer 404 NOT_FOUND in the API format.
@@ -475,6 +602,50 @@ fn bounded(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_protocols_get_their_own_error_shape_with_the_field_errors() {
+        assert_eq!(ErrorShape::for_path("/write"), ErrorShape::Influx);
+        assert_eq!(ErrorShape::for_path("/api/v2/write"), ErrorShape::Influx);
+        assert_eq!(
+            ErrorShape::for_path("/api/v1/write"),
+            ErrorShape::Prometheus
+        );
+        assert_eq!(ErrorShape::for_path("/insert"), ErrorShape::Seed);
+        let response = ApiError::from(Error::Validation(vec![raftmetrics_core::FieldError::new(
+            "line 2",
+            "field \"x\" has a string value",
+        )]))
+        .into_response();
+        let rendered = response
+            .extensions()
+            .get::<Rendered>()
+            .expect("rendered")
+            .clone();
+        assert!(
+            rendered.message.contains("line 2: field \"x\""),
+            "{rendered:?}"
+        );
+        let influx = ErrorShape::Influx
+            .body(StatusCode::BAD_REQUEST, &rendered)
+            .unwrap();
+        assert_eq!(influx["code"], "invalid");
+        assert_eq!(influx["message"], rendered.message.as_str());
+        let prometheus = ErrorShape::Prometheus
+            .body(StatusCode::BAD_REQUEST, &rendered)
+            .unwrap();
+        assert_eq!(prometheus["status"], "error");
+        assert_eq!(prometheus["errorType"], "bad_data");
+        let unavailable = ErrorShape::Prometheus
+            .body(StatusCode::SERVICE_UNAVAILABLE, &rendered)
+            .unwrap();
+        assert_eq!(unavailable["errorType"], "unavailable");
+        assert!(
+            ErrorShape::Seed
+                .body(StatusCode::BAD_REQUEST, &rendered)
+                .is_none()
+        );
+    }
     use axum::Router;
     use axum::body::{Body, to_bytes};
     use axum::extract::DefaultBodyLimit;

@@ -1,10 +1,16 @@
-//! The public HTTP API's shared layers: the error format, authentication, rate limits, body
-//! codecs, the `/aggregate` document, the layer stack and the bounded listener.
+//! The public HTTP API: one module per protocol over [`crate::frontend::Frontend`] (`seed`:
+//! the API reference's JSON and bincode endpoints; `influx`: the line protocol's writes;
+//! `remote_write`: Prometheus remote write), and the shared layers: the error format and its
+//! per-protocol shapes, authentication, rate limits, body codecs, the `/aggregate`
+//! document, the layer stack and the bounded listener.
 
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod influx;
 pub mod listener;
 pub mod rate_limit;
+pub mod remote_write;
 pub mod render;
+pub mod seed;
 pub mod stack;

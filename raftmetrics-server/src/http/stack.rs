@@ -1,6 +1,7 @@
 //! The layers every public router gets, in order from the outside: request metrics, the
 //! request deadline, bearer authentication, the per-token rate limit, the body size limit (announced, then read),
-//! and the API-format fallbacks for unknown routes.
+//! and the API-format fallbacks for unknown routes; outermost, error bodies of other
+//! protocols' endpoints are rewritten in their shape.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{TokenSet, require_bearer};
-use super::error::{ApiError, fallback_method_not_allowed, fallback_not_found, panic_response};
+use super::error::{
+    ApiError, fallback_method_not_allowed, fallback_not_found, panic_response, reshape_errors,
+};
 use super::listener::{self, Bounds, ListenerStats};
 use super::rate_limit::{RateLimiter, limit_per_token};
 use crate::metrics::{Metrics, track_requests};
@@ -41,6 +44,7 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
         .layer(from_fn_with_state(config.tokens.clone(), require_bearer))
         .layer(from_fn_with_state(config.request_timeout, deadline))
         .layer(from_fn_with_state(config.metrics, track_requests))
+        .layer(axum::middleware::from_fn(reshape_errors))
 }
 
 /// Serves `routes` behind the public layers on `listener` until `shutdown` completes, within

@@ -1,0 +1,93 @@
+//! The seam between the public protocols and the node that serves them.
+//!
+//! A protocol module (`http/seed.rs` for the API reference's JSON and bincode endpoints, one
+//! module per other protocol) decodes its requests into validated records or a [`Query`],
+//! asks the node through [`Frontend`], and renders the answer, or the error, in its own
+//! shape. The control node implements it with its router and query fan-out, a worker with
+//! its router (inserts only); the handlers are written once for both.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmetrics_core::error::Error;
+use raftmetrics_core::model::{Limits, Record};
+use raftmetrics_core::query::Query;
+use raftmetrics_core::{BatchId, QueryResult};
+
+use crate::metrics::Metrics;
+use crate::router::BatchOutcome;
+
+/// The options of the protocols other than the API reference's.
+#[derive(Clone, Debug)]
+pub struct Protocols {
+    /// Between a line protocol measurement and its field in a metric name.
+    pub influx_separator: String,
+    /// Most bytes a compressed body may inflate to (the body limit).
+    pub max_body_bytes: usize,
+}
+
+impl Protocols {
+    /// The options of `http`.
+    pub fn of(http: &crate::config::HttpArgs) -> Protocols {
+        Protocols {
+            influx_separator: http.influx_field_separator.clone(),
+            max_body_bytes: http.max_body_bytes,
+        }
+    }
+}
+
+/// What the protocols need from the node that serves them.
+pub trait Frontend: Send + Sync + 'static {
+    /// The limits points are validated against.
+    fn limits(&self) -> &Limits;
+
+    /// The node's metrics.
+    fn metrics(&self) -> &Arc<Metrics>;
+
+    /// The deadline of one request.
+    fn request_timeout(&self) -> Duration;
+
+    /// The options of the other protocols.
+    fn protocols(&self) -> &Protocols;
+
+    /// Stores validated `records` under batch `id` by `deadline`: every partition's share
+    /// through its leader, each stored once (see [`crate::router::write_batch`]).
+    fn write(
+        &self,
+        id: BatchId,
+        records: Vec<Record>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<BatchOutcome, Error>> + Send;
+
+    /// Whether this node answers queries over the cluster (a control node does; a worker
+    /// computes partial aggregates for a control node instead).
+    fn serves_queries(&self) -> bool;
+
+    /// Answers `query` over the cluster, refusing a partial answer unless the query allows
+    /// it.
+    fn query(&self, query: &Query) -> impl Future<Output = Result<QueryResult, Error>> + Send;
+
+    /// The node's storage size, when an insert's answer reports it (a worker's).
+    fn storage_size(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The one insert path of every protocol: stores validated `records` through `frontend`
+/// under `id` within the request deadline, and counts the request and its points.
+pub async fn insert<F: Frontend>(
+    frontend: &F,
+    id: BatchId,
+    records: Vec<Record>,
+) -> Result<BatchOutcome, Error> {
+    let started = Instant::now();
+    let outcome = frontend
+        .write(id, records, started + frontend.request_timeout())
+        .await;
+    let metrics = frontend.metrics();
+    metrics.observe_rpc("write", started.elapsed());
+    metrics.inc_insert_batch(outcome.is_ok());
+    let outcome = outcome?;
+    metrics.add_points_inserted(outcome.points as u64);
+    Ok(outcome)
+}
