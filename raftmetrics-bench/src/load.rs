@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
 use crate::error::{BenchError, Result};
-use crate::generator::{Dataset, Sample};
+use crate::generator::{Dataset, FIELDS, Sample};
 
 /// Longest wait for one insert's acknowledgement.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +38,10 @@ pub struct LoadSpec {
     /// Points per request.
     pub batch: usize,
     pub format: Format,
+    /// Send the points as InfluxDB line protocol to `POST /write` (one line per host and
+    /// interval with its ten fields, as Telegraf sends them) instead of through the typed
+    /// client; `format` is then not used.
+    pub line_protocol: bool,
     /// Points per second offered; `None`: as fast as they are acknowledged.
     pub rate: Option<f64>,
     /// Shown in front of the progress bar.
@@ -230,6 +234,11 @@ pub async fn run_until(
         }
     });
 
+    let line_protocol = spec.line_protocol.then(|| LineProtocolSender {
+        http: reqwest::Client::new(),
+        url: format!("{}/write?precision=u", url.trim_end_matches('/')),
+        auth: format!("Token {token}"),
+    });
     let rx = Arc::new(Mutex::new(rx));
     let acked = Arc::new(AtomicU64::new(0));
     // An error here means the generator thread died; joining it below reports that.
@@ -241,6 +250,7 @@ pub async fn run_until(
         let rx = Arc::clone(&rx);
         let acked = Arc::clone(&acked);
         let dataset = Arc::clone(&dataset);
+        let line_protocol = line_protocol.clone();
         let rate = spec.rate;
         tasks.spawn(async move {
             let mut timeline = Vec::new();
@@ -258,11 +268,16 @@ pub async fn run_until(
                     }
                     None => Instant::now(),
                 };
-                // Points borrow their metric and tags from the dataset: a batch of them
-                // costs no allocation per point (as a producer that keeps its series would).
-                let points: Vec<PointRef<'_>> =
-                    job.samples.iter().map(|s| dataset.point_ref(s)).collect();
-                client.insert_refs(&points).await?;
+                if let Some(sender) = &line_protocol {
+                    sender.send(&dataset, &job.samples).await?;
+                } else {
+                    // Points borrow their metric and tags from the dataset: a batch of them
+                    // costs no allocation per point (as a producer that keeps its series
+                    // would).
+                    let points: Vec<PointRef<'_>> =
+                        job.samples.iter().map(|s| dataset.point_ref(s)).collect();
+                    client.insert_refs(&points).await?;
+                }
                 let sent_at = sent.saturating_duration_since(start).as_micros() as u64;
                 timeline.push((sent_at, sent.elapsed().as_micros() as u64, n));
                 acked.fetch_add(n, Ordering::Relaxed);
@@ -371,6 +386,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn line_protocol_puts_a_host_s_fields_of_one_interval_on_one_line() {
+        let dataset = Dataset::new(crate::generator::Config::new(1, 2));
+        let samples: Vec<Sample> = dataset.samples(0, 2).take_batch(40);
+        let text = line_protocol(&dataset, &samples);
+        let lines: Vec<&str> = text.lines().collect();
+        // 2 hosts x 2 intervals, each line with the ten fields and the interval's time.
+        assert_eq!(lines.len(), 4, "{text}");
+        for (line, first) in lines.iter().zip([0usize, 10, 20, 30]) {
+            let s = &samples[first];
+            assert!(line.starts_with("cpu,"), "{line}");
+            assert!(line.ends_with(&format!(" {}", s.ts)), "{line}");
+            assert_eq!(line.matches("usage_").count(), 10, "{line}");
+            assert!(
+                line.contains(&format!("{}={}", FIELDS[0], s.value)),
+                "{line}"
+            );
+        }
+        let mut out = String::new();
+        escape_key(&mut out, "a b,c=d");
+        assert_eq!(out, "a\\ b\\,c\\=d");
+    }
+
+    #[test]
     fn latency_percentiles_are_nearest_rank() {
         let report = LoadReport {
             points: 1_000,
@@ -438,5 +476,77 @@ mod tests {
         let empty = report.window(Duration::from_secs(9), Duration::from_secs(10));
         assert_eq!((empty.requests, empty.points), (0, 0));
         assert_eq!(empty.p99, Duration::ZERO);
+    }
+}
+
+/// Sends samples as InfluxDB line protocol to a node's `POST /write`.
+#[derive(Clone)]
+struct LineProtocolSender {
+    http: reqwest::Client,
+    url: String,
+    auth: String,
+}
+
+impl LineProtocolSender {
+    async fn send(&self, dataset: &Dataset, samples: &[Sample]) -> Result<()> {
+        let body = line_protocol(dataset, samples);
+        let answer = self
+            .http
+            .post(&self.url)
+            .header("Authorization", &self.auth)
+            .timeout(REQUEST_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| BenchError::Task(format!("line protocol write: {e}")))?;
+        let status = answer.status();
+        if status.as_u16() != 204 {
+            let text = answer.text().await.unwrap_or_default();
+            return Err(BenchError::Task(format!(
+                "line protocol write answered {status}: {text}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The line protocol of `samples`: one line per host and timestamp, measurement `cpu`, the
+/// host's tags, its fields (`cpu_usage_user`, ... once stored), microsecond timestamps.
+pub fn line_protocol(dataset: &Dataset, samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(samples.len() * 40);
+    let mut current: Option<(u32, i64)> = None;
+    for s in samples {
+        if current != Some((s.host, s.ts)) {
+            if current.is_some() {
+                let _ = writeln!(out, " {}", current.map_or(0, |c| c.1));
+            }
+            current = Some((s.host, s.ts));
+            out.push_str("cpu");
+            for (k, v) in &dataset.hosts[s.host as usize].tags {
+                out.push(',');
+                escape_key(&mut out, k);
+                out.push('=');
+                escape_key(&mut out, v);
+            }
+            out.push(' ');
+        } else {
+            out.push(',');
+        }
+        let _ = write!(out, "{}={}", FIELDS[usize::from(s.field)], s.value);
+    }
+    if let Some((_, ts)) = current {
+        let _ = writeln!(out, " {ts}");
+    }
+    out
+}
+
+/// A tag key or value with the line protocol's escapes (comma, equals sign, space).
+fn escape_key(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if matches!(c, ',' | '=' | ' ') {
+            out.push('\\');
+        }
+        out.push(c);
     }
 }

@@ -16,6 +16,7 @@ mod cpu;
 mod error;
 mod generator;
 mod load;
+mod protocols;
 mod queries;
 mod rebalance;
 mod reference;
@@ -161,6 +162,25 @@ enum Command {
         #[arg(long)]
         latency_log: Option<PathBuf>,
     },
+    /// The insert rate of the InfluxDB line protocol (`POST /write`) beside bincode through
+    /// the typed client, alternating runs on one local cluster (replication factor 1); each
+    /// run sends the dataset's `--points`.
+    Protocols {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Rounds of one bincode and one line protocol run.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        #[arg(long, default_value_t = 2)]
+        workers: u16,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// The server binary [default: raftmetrics-server next to this executable].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
 }
 
 /// Which data.
@@ -294,6 +314,7 @@ async fn run(command: Command) -> Result<bool> {
                 connections: load.connections,
                 batch: load.batch,
                 format: load.format.into(),
+                line_protocol: false,
                 rate,
                 label: "ingest".into(),
             };
@@ -424,6 +445,31 @@ async fn run(command: Command) -> Result<bool> {
             let report = rebalance::run(&options).await?;
             report.print();
             Ok(report.consistent())
+        }
+        Command::Protocols {
+            data,
+            load,
+            rounds,
+            workers,
+            partitions,
+            server_bin,
+        } => {
+            let (dataset, intervals) = data.dataset()?;
+            let server_bin = match server_bin {
+                Some(p) => p,
+                None => cluster::default_server_bin()?,
+            };
+            let options = protocols::ProtocolsOptions {
+                dataset,
+                intervals,
+                connections: load.connections,
+                batch: load.batch,
+                rounds: rounds.max(1),
+                workers,
+                partitions,
+                server_bin,
+            };
+            protocols::run(&options).await
         }
     }
 }

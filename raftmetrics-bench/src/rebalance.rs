@@ -469,6 +469,7 @@ pub async fn run(o: &RebalanceOptions) -> Result<RebalanceReport> {
             connections: o.preload_connections,
             batch: o.preload_batch,
             format: o.preload_format,
+            line_protocol: false,
             rate: None,
             label: "preload".into(),
         },
@@ -484,6 +485,7 @@ pub async fn run(o: &RebalanceOptions) -> Result<RebalanceReport> {
         connections: o.connections,
         batch: o.batch,
         format: Format::Bincode,
+        line_protocol: false,
         rate: Some(o.rate),
         label: "steady".into(),
     };

@@ -273,6 +273,7 @@ async fn half_load(
         connections: o.connections,
         batch,
         format: Format::Bincode,
+        line_protocol: false,
         rate,
         label,
     };
@@ -351,6 +352,7 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
         connections: o.connections,
         batch: o.batch,
         format,
+        line_protocol: false,
         rate: None,
         label: label.to_string(),
     };
