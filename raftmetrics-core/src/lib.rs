@@ -51,7 +51,8 @@ pub mod store;
 // The vocabulary lives in `raftmetrics-types` (no DuckDB, no raft, so the client can depend
 // on it alone; ADR 022) and is re-exported here at the same paths.
 pub use raftmetrics_types::{
-    aggregate, api, codec, error, idempotency, model, partition, query, series, sketch, time,
+    aggregate, api, codec, error, export, idempotency, model, partition, query, series, sketch,
+    time,
 };
 
 pub use aggregate::{

@@ -36,6 +36,7 @@ use axum::routing::{get, post};
 use raftmetrics_core::aggregate::{Coverage, PartialAggregate, finalize};
 use raftmetrics_core::api::{self, HealthResponse, RaftHealth, StorageHealth, WorkerCounts};
 use raftmetrics_core::error::Error;
+use raftmetrics_core::export::{ExportPage, ExportRequest, MAX_PAGE_POINTS};
 use raftmetrics_core::model::Limits;
 use raftmetrics_core::model::Record;
 use raftmetrics_core::query::Query;
@@ -47,7 +48,7 @@ use tracing::{debug, info, warn};
 use crate::cluster_state::{ClusterState, Command, MoveRecord};
 use crate::config::{ControlArgs, default_replication_factor};
 use crate::error::ServerError;
-use crate::frontend::Frontend;
+use crate::frontend::{Export, Frontend};
 use crate::http::body::{Format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::stack;
@@ -900,6 +901,23 @@ impl Control {
         crate::fan_out::fan_out(&runner, &known, query, QUERY_TIMEOUT).await
     }
 
+    /// Which live replicas an export reads each partition from, and their addresses
+    /// ([`crate::export::plan`]).
+    fn export_plan(&self) -> (crate::export::ExportPlan, HashMap<NodeId, SocketAddr>) {
+        let (addrs, leaders, _) = self.liveness();
+        let view = self.router.view();
+        let live: HashSet<NodeId> = addrs.keys().copied().collect();
+        let applied = self.applied_indexes();
+        let plan = crate::export::plan(&crate::fan_out::Known {
+            view: view.as_ref(),
+            partitions: self.partitions,
+            live: &live,
+            leaders: &leaders,
+            applied: &applied,
+        });
+        (plan, addrs)
+    }
+
     /// Answers `query` over the cluster, refusing a partial answer unless allowed.
     async fn query(&self, query: &Query) -> Result<raftmetrics_core::QueryResult, Error> {
         query.validate()?;
@@ -1185,7 +1203,8 @@ fn routes(control: Arc<Control>) -> HttpRouter {
         .with_state(Arc::clone(&control));
     crate::http::seed::routes(Arc::clone(&control))
         .merge(crate::http::influx::routes(Arc::clone(&control)))
-        .merge(crate::http::remote_write::routes(control))
+        .merge(crate::http::remote_write::routes(Arc::clone(&control)))
+        .merge(crate::http::export::routes(control))
         .merge(own)
 }
 
@@ -1222,6 +1241,67 @@ impl Frontend for Control {
 
     async fn query(&self, query: &Query) -> Result<raftmetrics_core::QueryResult, Error> {
         Control::query(self, query).await
+    }
+
+    async fn export(self: Arc<Self>, request: ExportRequest) -> Result<Export, Error> {
+        request.selection.validate()?;
+        self.check_current().await?;
+        let (plan, _) = self.export_plan();
+        if !plan.missing.is_empty() && !request.allow_partial {
+            return Err(Error::Raft(format!(
+                "export refused (allow_partial=false): partitions {:?} have no live replica",
+                plan.missing
+            )));
+        }
+        let partitions: Vec<PartitionId> = plan.replicas.keys().copied().collect();
+        let (pages, rx) = tokio::sync::mpsc::channel(crate::export::PAGES_IN_FLIGHT);
+        tokio::spawn(crate::export::run(
+            Arc::clone(&self),
+            partitions,
+            request.selection,
+            MAX_PAGE_POINTS as u32,
+            pages,
+        ));
+        Ok(Export {
+            pages: rx,
+            missing: plan.missing,
+        })
+    }
+}
+
+/// An export reads each page from a partition's live replicas as the control node knows
+/// them at that moment.
+impl crate::export::Workers for Control {
+    fn replicas(&self, partition: PartitionId) -> Vec<(NodeId, SocketAddr)> {
+        let (plan, addrs) = self.export_plan();
+        plan.replicas
+            .get(&partition)
+            .into_iter()
+            .flatten()
+            .filter_map(|w| addrs.get(w).map(|a| (*w, *a)))
+            .collect()
+    }
+
+    async fn page(
+        &self,
+        worker: NodeId,
+        addr: SocketAddr,
+        request: Request,
+    ) -> Result<ExportPage, Error> {
+        let started = Instant::now();
+        let answer = self
+            .rpc
+            .call(worker, addr, &request, self.request_timeout)
+            .await;
+        self.metrics.observe_rpc("export", started.elapsed());
+        match answer {
+            Ok(RpcResponse::Exported(page)) => Ok(page),
+            Ok(RpcResponse::Error(e)) => Err(e.into()),
+            Ok(_) => Err(Error::Internal(
+                "a worker answered an export page with something else".into(),
+            )),
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
     }
 }
 

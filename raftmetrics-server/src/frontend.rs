@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftmetrics_core::error::Error;
+use raftmetrics_core::export::{ExportPage, ExportRequest};
 use raftmetrics_core::model::{Limits, Record};
 use raftmetrics_core::query::Query;
-use raftmetrics_core::{BatchId, QueryResult};
+use raftmetrics_core::{BatchId, PartitionId, QueryResult};
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::router::BatchOutcome;
@@ -34,6 +36,17 @@ impl Protocols {
             max_body_bytes: http.max_body_bytes,
         }
     }
+}
+
+/// An export under way ([`Frontend::export`]).
+pub struct Export {
+    /// The pages, partition after partition in ascending order, each partition's in its
+    /// order (series id, timestamp, value). An error is the last item: the export stopped
+    /// there. The channel holds [`crate::export::PAGES_IN_FLIGHT`] pages: the node reads the
+    /// next one only once the previous one was taken.
+    pub pages: mpsc::Receiver<Result<ExportPage, Error>>,
+    /// Partitions left out because no live replica holds them (a partial export).
+    pub missing: Vec<PartitionId>,
 }
 
 /// What the protocols need from the node that serves them.
@@ -66,6 +79,15 @@ pub trait Frontend: Send + Sync + 'static {
     /// Answers `query` over the cluster, refusing a partial answer unless the query allows
     /// it.
     fn query(&self, query: &Query) -> impl Future<Output = Result<QueryResult, Error>> + Send;
+
+    /// Starts an export of what `request` selects over the cluster (a node that serves
+    /// queries). Refused before anything is read when the node's placement is stale or, unless
+    /// the request allows a partial export, when a partition has no live replica; otherwise
+    /// the pages follow in the returned [`Export`] as they are read.
+    fn export(
+        self: Arc<Self>,
+        request: ExportRequest,
+    ) -> impl Future<Output = Result<Export, Error>> + Send;
 
     /// The node's storage size, when an insert's answer reports it (a worker's).
     fn storage_size(&self) -> Option<String> {

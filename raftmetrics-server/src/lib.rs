@@ -11,8 +11,10 @@
 //!   roles), and the one insert path;
 //! - [`router`]: where a partition's writes go (leaders, hints, retries);
 //! - [`fan_out`]: a query's plan over the workers (pure) and its runner;
+//! - [`export`]: an export's replicas per partition (pure) and its page-by-page runner;
 //! - [`rpc`]: internal requests between nodes and the pooled client;
-//! - [`http`]: the error format, bearer auth, per-token rate limits, body codecs;
+//! - [`http`]: the protocols' endpoints, the error format, bearer auth, per-token rate
+//!   limits, body codecs;
 //! - [`decode`]: insert formats of other systems (InfluxDB line protocol);
 //! - [`metrics`]: Prometheus metrics;
 //! - [`ready`]: readiness (`GET /ready`), decided by pure functions;
@@ -28,6 +30,7 @@ pub mod control;
 pub mod decode;
 pub mod dev;
 pub mod error;
+pub mod export;
 pub mod fan_out;
 pub mod frontend;
 pub mod healthcheck;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use raftmetrics_core::aggregate::PartialAggregate;
 use raftmetrics_core::error::{Error, ErrorCode, FieldError};
+use raftmetrics_core::export::{Cursor, ExportPage, Selection};
 use raftmetrics_core::model::Record;
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{NodeId, ReplicaStatus};
@@ -163,6 +164,17 @@ pub enum Request {
     /// Control → the metadata leader: an admin write taken by another control node;
     /// answered with [`Response::Document`].
     Admin(AdminRequest),
+    /// → a worker: one page of an export of `partition`, which it holds: at most `limit`
+    /// points (capped at [`raftmetrics_core::export::MAX_PAGE_POINTS`]) of `selection`
+    /// from `after` on, read once the replica applied what it knows is committed; answered
+    /// with [`Response::Exported`]. (Last, so that the earlier variants keep their
+    /// encoding.)
+    Export {
+        partition: PartitionId,
+        selection: Selection,
+        after: Option<Cursor>,
+        limit: u32,
+    },
 }
 
 /// An admin write of `/admin/workers`, carried out by the metadata group's leader.
@@ -206,6 +218,9 @@ pub enum Response {
     /// A [`Request::ChangeMembership`] or [`Request::TransferLeader`] was carried out.
     Done,
     Error(RemoteError),
+    /// A page of a [`Request::Export`] (last, so that the earlier variants keep their
+    /// encoding).
+    Exported(ExportPage),
 }
 
 /// A core error carried over the wire.

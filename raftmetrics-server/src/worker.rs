@@ -28,6 +28,7 @@ use raftmetrics_core::api::{
     self, ComputeRequest, ComputeResponse, HealthResponse, RaftHealth, StorageHealth,
 };
 use raftmetrics_core::error::Error;
+use raftmetrics_core::export::{Cursor, ExportPage, ExportRequest, MAX_PAGE_POINTS, Selection};
 use raftmetrics_core::model::{Limits, Record};
 use raftmetrics_core::query::Query;
 use raftmetrics_core::raft::{
@@ -530,6 +531,15 @@ impl Worker {
                 Ok((partial, missing)) => RpcResponse::Computed { partial, missing },
                 Err(e) => RpcResponse::Error(RemoteError::from(&e)),
             },
+            Request::Export {
+                partition,
+                selection,
+                after,
+                limit,
+            } => match self.export_page(partition, selection, after, limit).await {
+                Ok(page) => RpcResponse::Exported(page),
+                Err(e) => RpcResponse::Error(RemoteError::from(&e)),
+            },
             Request::ChangeMembership { partition, change } => {
                 let cc = match change {
                     Membership::AddLearner(n) => add_learner(n),
@@ -643,6 +653,29 @@ impl Worker {
             .await
             .map_err(|e| Error::Internal(format!("compute task: {e}")))??;
         Ok((partial, missing))
+    }
+
+    /// One page of an export of `partition`, once this replica applied what it knows is
+    /// committed (as a default query waits).
+    async fn export_page(
+        &self,
+        partition: PartitionId,
+        selection: Selection,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<ExportPage, Error> {
+        selection.validate()?;
+        if !self.held().contains(&partition) {
+            return Err(Error::NotFound(format!(
+                "this worker holds no replica of partition {partition}"
+            )));
+        }
+        self.node.caught_up(partition).await?;
+        let store = Arc::clone(&self.store);
+        let limit = (limit as usize).clamp(1, MAX_PAGE_POINTS);
+        tokio::task::spawn_blocking(move || store.export_page(partition, &selection, after, limit))
+            .await
+            .map_err(|e| Error::Internal(format!("export task: {e}")))?
     }
 
     async fn health(&self) -> HealthResponse {
@@ -778,6 +811,15 @@ impl Frontend for Worker {
     async fn query(&self, _query: &Query) -> Result<raftmetrics_core::QueryResult, Error> {
         Err(Error::NotFound(
             "a worker answers no cluster queries: ask a control node".into(),
+        ))
+    }
+
+    async fn export(
+        self: Arc<Self>,
+        _request: ExportRequest,
+    ) -> Result<crate::frontend::Export, Error> {
+        Err(Error::NotFound(
+            "a worker serves no exports: ask a control node".into(),
         ))
     }
 

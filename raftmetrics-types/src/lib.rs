@@ -3,8 +3,9 @@
 //! The vocabulary RaftMetrics speaks on the wire and in its API, with nothing heavy behind
 //! it: points and their validation ([`model`], [`series`]), timestamps ([`time`]), the
 //! query model ([`query`]), mergeable partial aggregates and results ([`aggregate`],
-//! [`sketch`]), the [`Partitioner`], batch ids ([`idempotency`]), the request and response
-//! bodies of the HTTP API ([`api`]), the bincode [`codec`] and the one [`Error`].
+//! [`sketch`]), what an export selects and the pages it is read in ([`export`]), the
+//! [`Partitioner`], batch ids ([`idempotency`]), the request and response bodies of the
+//! HTTP API ([`api`]), the bincode [`codec`] and the one [`Error`].
 //!
 //! `raftmetrics-core` (the engine: DuckDB store, raft) re-exports every module here at the
 //! same path, so `raftmetrics_core::model::Point` and `raftmetrics_types::model::Point` are
@@ -30,6 +31,7 @@ pub mod aggregate;
 pub mod api;
 pub mod codec;
 pub mod error;
+pub mod export;
 pub mod idempotency;
 pub mod model;
 pub mod partition;

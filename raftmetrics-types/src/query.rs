@@ -592,11 +592,7 @@ impl Query {
     /// Whether a series (metric and tags) is selected by this query's metrics and filters.
     /// Filter patterns are matched as literal text except for `*`; they never reach SQL.
     pub fn matches(&self, metric: &str, tags: &Tags) -> bool {
-        self.metric.split(',').any(|m| m == metric)
-            && self.filters.iter().all(|f| {
-                tags.get(&f.key)
-                    .is_some_and(|v| f.patterns.iter().any(|p| wildcard_match(p, v)))
-            })
+        self.metric.split(',').any(|m| m == metric) && filters_match(&self.filters, tags)
     }
 
     /// The group a series (metric and tags) belongs to; the key `metric` stands for the
@@ -613,6 +609,15 @@ impl Query {
             })
             .collect()
     }
+}
+
+/// Whether `tags` satisfy every filter (AND): each filter's tag is present and matches one
+/// of its patterns ([`wildcard_match`]). Patterns never reach SQL.
+pub fn filters_match(filters: &[TagFilter], tags: &Tags) -> bool {
+    filters.iter().all(|f| {
+        tags.get(&f.key)
+            .is_some_and(|v| f.patterns.iter().any(|p| wildcard_match(p, v)))
+    })
 }
 
 fn join(aggs: &[Agg]) -> String {

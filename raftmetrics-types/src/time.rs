@@ -67,6 +67,17 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// RFC 3339 in UTC with exactly six fraction digits (`2024-01-20T15:30:00.000000Z`):
+    /// every timestamp of a column has the same width and sorts as text.
+    pub fn to_rfc3339_micros(self) -> String {
+        match DateTime::<Utc>::from_timestamp_micros(self.0) {
+            Some(dt) => dt.to_rfc3339_opts(SecondsFormat::Micros, true),
+            None => self.0.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())
@@ -168,6 +179,11 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2024-01-20T15:30:00.123456Z");
         assert_eq!(Timestamp::parse(&t.to_rfc3339()).unwrap(), t);
         assert_eq!(Timestamp::EPOCH.to_rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            Timestamp::EPOCH.to_rfc3339_micros(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(Timestamp::parse(&t.to_rfc3339_micros()).unwrap(), t);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use super::{PartitionSnapshot, PartitionWrite, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
 use crate::error::{Error, Result};
+use crate::export::{Cursor, ExportPage, Selection};
 use crate::idempotency::{BatchId, IdSpan, WINDOW_MICROS};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
@@ -38,6 +39,7 @@ pub fn run(make: Factory<'_>) {
     drop_partition_forgets_everything(&*make());
     a_batch_id_is_stored_once(&*make(), &*make());
     one_query_covers_several_metrics(&*make());
+    exports_in_pages_that_continue_on_another_replica(&*make(), &*make());
 }
 
 /// A real store behind a wrapper that counts its write transactions, can hold them shut,
@@ -85,6 +87,15 @@ impl<S: Store> Store for Observed<S> {
     }
     fn compute(&self, p: &[PartitionId], q: &Query, s: &SketchConfig) -> Result<PartialAggregate> {
         self.inner.compute(p, q, s)
+    }
+    fn export_page(
+        &self,
+        p: PartitionId,
+        s: &Selection,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<ExportPage> {
+        self.inner.export_page(p, s, after, limit)
     }
     fn partitions(&self) -> Result<Vec<PartitionId>> {
         self.inner.partitions()
@@ -578,4 +589,146 @@ fn one_query_covers_several_metrics(store: &dyn Store) {
     let mem = total(&store.compute(&[0, 1], &everything("mem"), &cfg).unwrap());
     assert_eq!(both.count, cpu.count + mem.count);
     assert_eq!(both.max, cpu.max.max(mem.max));
+}
+
+/// A point as an export reports it: metric, tags, timestamp, value (as bits, to sort).
+type Exported = (String, Tags, i64, u64);
+
+/// Every point of `selection` in `partition`, read in pages of `limit` from `stores` in
+/// turn (page `k` from `stores[k % len]`).
+fn export_by_pages(
+    stores: &[&dyn Store],
+    partition: PartitionId,
+    selection: &Selection,
+    limit: usize,
+) -> Vec<Exported> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for k in 0.. {
+        let page = stores[k % stores.len()]
+            .export_page(partition, selection, after, limit)
+            .expect("export page");
+        assert!(page.points() <= limit, "a page holds at most its limit");
+        for s in &page.series {
+            assert!(
+                s.timestamps.windows(2).all(|w| w[0] <= w[1]),
+                "timestamps ascend within a series"
+            );
+            for (t, v) in s.timestamps.iter().zip(&s.values) {
+                out.push((s.metric.clone(), s.tags.clone(), *t, v.to_bits()));
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(k < 100_000, "paging must end");
+    }
+    out.sort();
+    out
+}
+
+fn exports_in_pages_that_continue_on_another_replica(source: &dyn Store, replica: &dyn Store) {
+    let mut rows = sample(21, 400);
+    for (i, r) in rows.iter_mut().enumerate() {
+        let metric = ["cpu", "mem"][i % 2];
+        let series = Series::new(metric, r.tags().clone(), Some(metric.into()));
+        *r = Record::new(series::intern(series), r.timestamp, r.value);
+    }
+    // Several points of one series at one timestamp, equal ones among them.
+    let twin = rows[0].clone();
+    for value in [twin.value, twin.value, -1.0, 1e9] {
+        rows.push(Record::new(twin.series.clone(), twin.timestamp, value));
+    }
+    source
+        .apply(&[write(3, 1, &rows[..300]), write(8, 1, &rows[300..350])])
+        .unwrap();
+    source.apply(&[write(3, 2, &rows[350..])]).unwrap();
+    // The replica numbers its rows differently (other data came first), and holds the
+    // partition by a snapshot.
+    replica.apply(&[write(9, 1, &sample(22, 50))]).unwrap();
+    replica
+        .import_partition(&source.export_partition(3).unwrap())
+        .unwrap();
+    let snapshot = source.export_partition(3).unwrap();
+    let series: std::collections::HashMap<u64, (String, Tags)> = snapshot
+        .series
+        .iter()
+        .map(|s| (s.id, (s.metric.clone(), s.tags.clone())))
+        .collect();
+    let t = |secs: i64| Some(Timestamp::from_micros((1_700_000_000 + secs) * 1_000_000));
+    let selections = [
+        Selection::everything(),
+        Selection {
+            metrics: vec!["mem".into()],
+            ..Selection::default()
+        },
+        Selection {
+            filters: vec![TagFilter {
+                key: "host".into(),
+                patterns: vec!["web-1".into(), "web-3*".into()],
+            }],
+            from: t(1_000),
+            to: t(5_000),
+            ..Selection::default()
+        },
+        Selection {
+            metrics: vec!["disk".into()],
+            ..Selection::default()
+        },
+    ];
+    for selection in &selections {
+        let (from, to) = selection.time_range_micros();
+        let mut want: Vec<Exported> = snapshot
+            .points
+            .iter()
+            .filter(|p| p.timestamp_micros >= from && p.timestamp_micros < to)
+            .filter_map(|p| {
+                let (metric, tags) = &series[&p.series_id];
+                selection.matches(metric, tags).then(|| {
+                    (
+                        metric.clone(),
+                        tags.clone(),
+                        p.timestamp_micros,
+                        p.value.to_bits(),
+                    )
+                })
+            })
+            .collect();
+        want.sort();
+        for limit in [1, 2, 7, 64, 100_000] {
+            // From one replica, and from both in turn.
+            for stores in [&[source][..], &[source, replica], &[replica]] {
+                let got = export_by_pages(stores, 3, selection, limit);
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{selection:?} in pages of {limit}: every selected point once"
+                );
+                assert_eq!(got, want, "{selection:?} in pages of {limit}");
+            }
+        }
+    }
+    // Pages after a partition's content was replaced (a snapshot installed) hold the new
+    // content, whatever the store read ahead before: here points later than any, so after
+    // the cursor.
+    let page = replica
+        .export_page(3, &Selection::everything(), None, 5)
+        .unwrap();
+    let later = Timestamp::from_micros(1_900_000_000_000_000);
+    let more: Vec<Record> = rows[..5]
+        .iter()
+        .map(|r| Record::new(r.series.clone(), later, 0.5))
+        .collect();
+    source.apply(&[write(3, 3, &more)]).unwrap();
+    let fresh = source.export_partition(3).unwrap();
+    replica.import_partition(&fresh).unwrap();
+    let rest = replica
+        .export_page(3, &Selection::everything(), page.next, 1_000_000)
+        .unwrap();
+    assert_eq!(page.points() + rest.points(), fresh.points.len());
+    // Nothing of another partition, and nothing of a partition the store does not hold.
+    let other = export_by_pages(&[source], 8, &Selection::everything(), 1_000);
+    assert_eq!(other.len(), 50);
+    assert!(export_by_pages(&[source], 77, &Selection::everything(), 10).is_empty());
 }

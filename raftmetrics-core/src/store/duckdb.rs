@@ -34,10 +34,11 @@
 //! is saved by the next checkpoint, and [`Store::durable_index`] says how far that is, so
 //! the log in front keeps what a crash would take from the store (ADR 017).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use duckdb::types::Value;
 use duckdb::{Connection, params};
@@ -49,6 +50,7 @@ use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
 use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::export::{Cursor, ExportPage, PageBuilder, Selection};
 use crate::idempotency::{BatchId, IdRow, IdWindow, check_spans};
 use crate::model::{Record, Tags, series_partition_key};
 use crate::partition::PartitionId;
@@ -147,8 +149,8 @@ struct SeriesIds {
 struct PartitionCatalog {
     /// Series key → its store-local numbers.
     by_key: HashMap<String, SeriesIds>,
-    /// Metric → (sid, tags) of its series.
-    by_metric: HashMap<String, Vec<(u32, Tags)>>,
+    /// Metric → (sid, series id, tags) of its series.
+    by_metric: HashMap<String, Vec<(u32, u64, Tags)>>,
     /// Next per-partition series number.
     next: u64,
 }
@@ -160,7 +162,7 @@ impl PartitionCatalog {
         self.by_metric
             .entry(row.metric)
             .or_default()
-            .push((ids.sid, row.tags));
+            .push((ids.sid, row.id, row.tags));
     }
 }
 
@@ -213,6 +215,40 @@ impl<'a> MetricAllocator<'a> {
     }
 }
 
+/// Most rows an export reads from DuckDB at once. Each read scans the partition's rows; the
+/// pages after the one asked for are served from memory, kept for the next request.
+const EXPORT_READ_AHEAD: usize = 50_000;
+/// Most reads kept for their next page (the oldest goes first), so a store holds at most
+/// this many times [`EXPORT_READ_AHEAD`] rows for exports.
+const EXPORT_KEPT_READS: usize = 8;
+/// How long a kept read waits for its next page.
+const EXPORT_KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// Rows of an export read ahead of the pages asked for, waiting for the page at `at`.
+struct ReadAhead {
+    partition: PartitionId,
+    selection: Selection,
+    at: Option<Cursor>,
+    /// (series id, timestamp, value), in export order.
+    rows: VecDeque<(u64, i64, f64)>,
+    /// The metric and tags of the read's series, by ascending series id.
+    series: Vec<(u64, String, Tags)>,
+    /// Whether `rows` run to the end of the read's series, so that after them the next page
+    /// starts at `next_series` (or nowhere).
+    complete: bool,
+    next_series: Option<u64>,
+    kept_at: Instant,
+}
+
+impl ReadAhead {
+    fn describe(&self, id: u64) -> Result<(String, Tags)> {
+        self.series
+            .binary_search_by_key(&id, |s| s.0)
+            .map(|at| (self.series[at].1.clone(), self.series[at].2.clone()))
+            .map_err(|_| Error::Internal(format!("an export read unselected series {id}")))
+    }
+}
+
 /// A [`Store`] in one DuckDB database.
 pub struct DuckDbStore {
     /// Checkpoints a file-backed database off the write path; stopped first on drop.
@@ -231,6 +267,8 @@ pub struct DuckDbStore {
     /// Remembered batch ids per partition (mirrors `rm_batch_ids`); only used under the
     /// writer lock.
     windows: Mutex<HashMap<PartitionId, IdWindow>>,
+    /// Exports' rows read ahead of their pages.
+    export_reads: Mutex<Vec<ReadAhead>>,
 }
 
 fn storage(operation: &'static str) -> impl Fn(duckdb::Error) -> Error {
@@ -331,6 +369,7 @@ impl DuckDbStore {
             applied: Arc::new(RwLock::new(HashMap::new())),
             next_sid: AtomicU32::new(0),
             windows: Mutex::new(HashMap::new()),
+            export_reads: Mutex::new(Vec::new()),
         };
         {
             let conn = store.writer.lock().map_err(poisoned)?;
@@ -776,6 +815,153 @@ impl SidAllocator {
 }
 
 impl DuckDbStore {
+    /// Reads up to `read_limit` rows of an export of `partition` from `after` on: the
+    /// selected series from the cursor's on, in series id order, at most `read_limit` of
+    /// them (tags matched here, in Rust), then their rows after the cursor, in order, by a
+    /// join on them (bound parameters only).
+    fn read_export(
+        &self,
+        partition: PartitionId,
+        selection: &Selection,
+        after: Option<Cursor>,
+        read_limit: usize,
+    ) -> Result<ReadAhead> {
+        let first = after.map_or(0, |a| a.series_id);
+        let (window, next_series) = {
+            let catalog = self.catalog.read().map_err(poisoned)?;
+            let mut chosen: Vec<(u64, u32, &str, &Tags)> = match catalog.get(&partition) {
+                None => Vec::new(),
+                Some(cat) => cat
+                    .by_metric
+                    .iter()
+                    .filter(|(metric, _)| selection.matches_metric(metric))
+                    .flat_map(|(metric, series)| {
+                        series
+                            .iter()
+                            .map(move |(sid, id, tags)| (*id, *sid, metric.as_str(), tags))
+                    })
+                    .filter(|(id, _, metric, tags)| *id >= first && selection.matches(metric, tags))
+                    .collect(),
+            };
+            // The first series left out starts the read after this one's rows.
+            let next_series = if chosen.len() > read_limit {
+                chosen.select_nth_unstable_by_key(read_limit, |c| c.0);
+                let left_out = chosen[read_limit].0;
+                chosen.truncate(read_limit);
+                Some(left_out)
+            } else {
+                None
+            };
+            chosen.sort_unstable_by_key(|c| c.0);
+            let window: Vec<(u64, u32, String, Tags)> = chosen
+                .into_iter()
+                .map(|(id, sid, metric, tags)| (id, sid, metric.to_string(), tags.clone()))
+                .collect();
+            (window, next_series)
+        };
+        let mut read = ReadAhead {
+            partition,
+            selection: selection.clone(),
+            at: after,
+            rows: VecDeque::new(),
+            series: Vec::new(),
+            complete: true,
+            next_series,
+            kept_at: Instant::now(),
+        };
+        if window.is_empty() {
+            return Ok(read);
+        }
+        let (mut sids, mut ids) = (String::new(), String::new());
+        for (id, sid, _, _) in &window {
+            if !sids.is_empty() {
+                sids.push(',');
+                ids.push(',');
+            }
+            sids.push_str(&sid.to_string());
+            ids.push_str(&id.to_string());
+        }
+        read.series = window
+            .into_iter()
+            .map(|(id, _, metric, tags)| (id, metric, tags))
+            .collect();
+        let (from, to) = selection.time_range_micros();
+        // The first `skip` rows at the cursor's series and timestamp were on earlier pages.
+        let cursor = after.unwrap_or(Cursor::start_of(0));
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT q.series_id, p.ts, p.value FROM rm_points p
+                 JOIN (SELECT unnest(string_split(?, ','))::UINTEGER AS sid,
+                              unnest(string_split(?, ','))::UBIGINT AS series_id) q
+                   ON p.sid = q.sid
+                 WHERE p.partition_id = ? AND p.ts >= ? AND p.ts < ?
+                   AND (q.series_id <> ? OR p.ts >= ?)
+                 ORDER BY q.series_id, p.ts, p.value
+                 LIMIT ? OFFSET ?",
+            )
+            .map_err(storage("export page"))?;
+        let mut rows = stmt
+            .query(params![
+                sids,
+                ids,
+                partition,
+                from,
+                to,
+                cursor.series_id,
+                cursor.timestamp_micros,
+                read_limit as i64,
+                cursor.skip as i64
+            ])
+            .map_err(storage("export page"))?;
+        while let Some(row) = rows.next().map_err(storage("export page"))? {
+            read.rows.push_back((
+                row.get(0).map_err(storage("export page"))?,
+                row.get(1).map_err(storage("export page"))?,
+                row.get(2).map_err(storage("export page"))?,
+            ));
+        }
+        read.complete = read.rows.len() < read_limit;
+        Ok(read)
+    }
+
+    /// The rows read ahead for the page of `partition` and `selection` at `at`, if kept.
+    fn take_read_ahead(
+        &self,
+        partition: PartitionId,
+        selection: &Selection,
+        at: Option<Cursor>,
+    ) -> Result<Option<ReadAhead>> {
+        let mut kept = self.export_reads.lock().map_err(poisoned)?;
+        kept.retain(|r| r.kept_at.elapsed() < EXPORT_KEPT_FOR);
+        let found = kept
+            .iter()
+            .position(|r| r.partition == partition && r.at == at && r.selection == *selection);
+        Ok(found.map(|i| kept.swap_remove(i)))
+    }
+
+    /// Keeps `read` for its next page; the oldest kept read goes when there are too many.
+    fn keep_read_ahead(&self, mut read: ReadAhead) -> Result<()> {
+        read.kept_at = Instant::now();
+        let mut kept = self.export_reads.lock().map_err(poisoned)?;
+        kept.push(read);
+        if kept.len() > EXPORT_KEPT_READS
+            && let Some(oldest) = (0..kept.len()).min_by_key(|i| kept[*i].kept_at)
+        {
+            kept.swap_remove(oldest);
+        }
+        Ok(())
+    }
+
+    /// Forgets the reads kept for `partition` (its content was replaced or dropped).
+    fn forget_read_ahead(&self, partition: PartitionId) -> Result<()> {
+        self.export_reads
+            .lock()
+            .map_err(poisoned)?
+            .retain(|r| r.partition != partition);
+        Ok(())
+    }
+
     /// Makes metric numbers allocated by a committed write known.
     fn publish_metrics(&self, new: HashMap<String, u32>) -> Result<()> {
         if !new.is_empty() {
@@ -1045,7 +1231,7 @@ impl Store for DuckDbStore {
                 })
             });
             for (metric, candidates) in selected {
-                for (sid, tags) in candidates {
+                for (sid, _, tags) in candidates {
                     if !query.matches(metric, tags) {
                         continue;
                     }
@@ -1187,6 +1373,40 @@ impl Store for DuckDbStore {
         Ok(out)
     }
 
+    fn export_page(
+        &self,
+        partition: PartitionId,
+        selection: &Selection,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<ExportPage> {
+        let limit = limit.max(1);
+        // The rows read ahead for this page by an earlier call, if they reach far enough;
+        // else a read from DuckDB of up to `EXPORT_READ_AHEAD` rows.
+        let kept = self
+            .take_read_ahead(partition, selection, after)?
+            .filter(|r| r.complete || r.rows.len() >= limit);
+        let mut read = match kept {
+            Some(read) => read,
+            None => self.read_export(partition, selection, after, limit.max(EXPORT_READ_AHEAD))?,
+        };
+        let mut page = PageBuilder::new(after, limit);
+        while !page.is_full() {
+            let Some((id, ts, value)) = read.rows.pop_front() else {
+                break;
+            };
+            page.push(id, ts, value, || read.describe(id))?;
+        }
+        let full = page.is_full();
+        let page = page.finish(read.next_series);
+        // What is left waits for the next page (a page that is not full ended the read).
+        if full && (!read.rows.is_empty() || read.complete) {
+            read.at = page.next;
+            self.keep_read_ahead(read)?;
+        }
+        Ok(page)
+    }
+
     fn partitions(&self) -> Result<Vec<PartitionId>> {
         let conn = self.reader()?;
         let mut stmt = conn
@@ -1269,6 +1489,7 @@ impl Store for DuckDbStore {
 
     fn import_partition(&self, snapshot: &PartitionSnapshot) -> Result<()> {
         let p = snapshot.partition;
+        self.forget_read_ahead(p)?;
         if let Some(s) = snapshot
             .series
             .iter()
@@ -1372,6 +1593,7 @@ impl Store for DuckDbStore {
     }
 
     fn drop_partition(&self, partition: PartitionId) -> Result<()> {
+        self.forget_read_ahead(partition)?;
         {
             let mut conn = self.writer.lock().map_err(poisoned)?;
             let tx = conn.transaction().map_err(storage("drop partition"))?;

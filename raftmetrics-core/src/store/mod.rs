@@ -11,7 +11,8 @@
 //! - a client batch named by a batch id ([`crate::idempotency`]) is stored once: a write
 //!   whose span names an id the partition remembers skips that span's records, and the
 //!   remembered ids are committed with the rows and travel in snapshots;
-//! - a partition can be exported and imported whole (what a Raft snapshot carries);
+//! - a partition can be exported and imported whole (what a Raft snapshot carries), and
+//!   its points read in bounded pages that continue on any replica (an export);
 //! - a write is durable at commit, or, for a store behind a log, once
 //!   [`Store::durable_index`] reaches it; an import or a drop is durable when it returns.
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use self::duckdb::DuckDbStore;
 use crate::aggregate::PartialAggregate;
 use crate::error::Result;
+use crate::export::{Cursor, ExportPage, Selection};
 use crate::idempotency::{IdRow, IdSpan};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
@@ -152,6 +154,21 @@ pub trait Store: Send + Sync {
         query: &Query,
         sketch: &SketchConfig,
     ) -> Result<PartialAggregate>;
+
+    /// One page of an export of `partition`: the points of the series `selection` selects
+    /// within its time range, in the order (series id, timestamp, value), starting at
+    /// `after` (at the beginning when `None`), at most `limit` of them, and where the next
+    /// page starts ([`crate::export::PageBuilder`]). Series ids are the same on every
+    /// replica, so a cursor from one replica's page continues on another's. Points written
+    /// while an export runs may or may not be in it. A store may read ahead and keep a
+    /// bounded number of rows for the next page.
+    fn export_page(
+        &self,
+        partition: PartitionId,
+        selection: &Selection,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<ExportPage>;
 
     /// The partitions this store holds anything for (data or an applied index), ascending.
     fn partitions(&self) -> Result<Vec<PartitionId>>;
