@@ -348,11 +348,11 @@ impl Control {
         let newest = self
             .newest_worker_epoch
             .load(std::sync::atomic::Ordering::Relaxed);
-        if self.metadata.state().epoch >= newest {
+        if self.metadata.epoch() >= newest {
             return Ok(());
         }
         let _ = self.metadata.refresh().await;
-        let held = self.metadata.state().epoch;
+        let held = self.metadata.epoch();
         if held >= newest {
             self.refresh_view();
             return Ok(());

@@ -276,6 +276,12 @@ impl MetadataLog {
         self.lock_folded().state.clone()
     }
 
+    /// The placement epoch of [`MetadataLog::state`], without copying the state (every
+    /// insert and query asks for it).
+    pub fn epoch(&self) -> u64 {
+        self.lock_folded().state.epoch
+    }
+
     /// Folds again what the store applied since the last fold (nothing to do when its
     /// applied index has not moved).
     pub async fn refresh(&self) -> Result<()> {

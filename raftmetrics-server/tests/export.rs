@@ -506,6 +506,21 @@ impl Digest {
 
 /// Reads a JSON lines export chunk by chunk into a digest; `on_progress` hears the bytes read
 /// so far. Returns the digest and the body's size.
+/// Starts `GET /api/v1/export?{query}` and checks that it answers 200; the body is read by
+/// the caller.
+async fn start_export(c: &DevCluster, query: &str) -> reqwest::Response {
+    let resp = c
+        .http
+        .get(c.url(&format!("/api/v1/export?{query}")))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status(), 200, "export?{query}");
+    resp
+}
+
 async fn stream_digest(resp: reqwest::Response, mut on_progress: impl FnMut(u64)) -> (Digest, u64) {
     let mut resp = resp;
     let mut digest = Digest::default();
@@ -587,15 +602,7 @@ async fn a_large_export_holds_a_few_pages_at_a_time_and_survives_a_worker_killed
     let pid = c.node("control", 1).pid;
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     let (first_baseline, _) = rss_kib(pid);
-    let resp = c
-        .http
-        .get(c.url("/api/v1/export?metric=load&hosts=h1*"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(resp.status(), 200);
+    let resp = start_export(&c, "metric=load&hosts=h1*").await;
     let (first, first_bytes) = stream_digest(resp, |_| {}).await;
     assert_eq!(first, want_h1);
     let (_, first_hwm) = rss_kib(pid);
@@ -622,15 +629,7 @@ async fn a_large_export_holds_a_few_pages_at_a_time_and_survives_a_worker_killed
         })
     };
     let export_started = Instant::now();
-    let resp = c
-        .http
-        .get(c.url("/api/v1/export?metric=load"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(resp.status(), 200);
+    let resp = start_export(&c, "metric=load").await;
     let (got, json_bytes) = stream_digest(resp, |_| {}).await;
     let export_time = export_started.elapsed();
     done.store(true, Ordering::Relaxed);
@@ -659,15 +658,7 @@ async fn a_large_export_holds_a_few_pages_at_a_time_and_survives_a_worker_killed
 
     // A worker killed in the middle of an export: its partitions' next pages come from
     // other replicas, from where it stopped.
-    let resp = c
-        .http
-        .get(c.url("/api/v1/export?metric=load&hosts=h0*"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .expect("export");
-    assert_eq!(resp.status(), 200);
+    let resp = start_export(&c, "metric=load&hosts=h0*").await;
     let mut killed = false;
     let (again, _) = stream_digest(resp, |read| {
         if !killed && read > first_bytes / 3 {
