@@ -1204,6 +1204,7 @@ fn routes(control: Arc<Control>) -> HttpRouter {
     crate::http::seed::routes(Arc::clone(&control))
         .merge(crate::http::influx::routes(Arc::clone(&control)))
         .merge(crate::http::remote_write::routes(Arc::clone(&control)))
+        .merge(crate::http::import::routes(Arc::clone(&control)))
         .merge(crate::http::export::routes(control))
         .merge(own)
 }

@@ -25,6 +25,47 @@ use tracing::warn;
 use crate::fan_out::{Known, first_round};
 use crate::rpc::Request;
 
+/// The unit of the timestamps of JSON lines, exported and imported (the `precision`
+/// parameter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Milliseconds (VictoriaMetrics' unit, `ms`): exported rounded down.
+    #[default]
+    Millis,
+    /// Microseconds (`us`): exactly what is stored.
+    Micros,
+}
+
+impl Precision {
+    /// What [`Precision::parse`] takes, for an error message.
+    pub const EXPECTED: &'static str = "must be ms or us";
+
+    /// `ms` or `us`.
+    pub fn parse(text: &str) -> Option<Precision> {
+        match text {
+            "ms" => Some(Precision::Millis),
+            "us" => Some(Precision::Micros),
+            _ => None,
+        }
+    }
+
+    /// A stored timestamp in this unit, rounded toward negative infinity.
+    pub fn of_micros(self, micros: i64) -> i64 {
+        match self {
+            Precision::Millis => micros.div_euclid(1_000),
+            Precision::Micros => micros,
+        }
+    }
+
+    /// A timestamp in this unit in microseconds; `None` when it does not fit.
+    pub fn to_micros(self, value: i64) -> Option<i64> {
+        match self {
+            Precision::Millis => value.checked_mul(1_000),
+            Precision::Micros => Some(value),
+        }
+    }
+}
+
 /// Pages of an export waiting in its channel: one, so that the next page is read while the
 /// last one is written out, and no more.
 pub const PAGES_IN_FLIGHT: usize = 1;

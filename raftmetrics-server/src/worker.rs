@@ -771,7 +771,8 @@ fn routes(worker: Arc<Worker>) -> HttpRouter {
         .with_state(Arc::clone(&worker));
     crate::http::seed::routes(Arc::clone(&worker))
         .merge(crate::http::influx::routes(Arc::clone(&worker)))
-        .merge(crate::http::remote_write::routes(worker))
+        .merge(crate::http::remote_write::routes(Arc::clone(&worker)))
+        .merge(crate::http::import::routes(worker))
         .merge(own)
 }
 

@@ -1,6 +1,6 @@
 //! Every decoder that reads bytes from outside, fed random and mutated input for a bounded
 //! number of cases: JSON and bincode insert bodies, InfluxDB line protocol bodies and their
-//! gzip encoding, query parameters, node-to-node frames and raft entries. None may panic;
+//! gzip encoding, import (JSON lines) bodies, query parameters, node-to-node frames and raft entries. None may panic;
 //! each answers a value or an error, and a lying length prefix costs no memory.
 //!
 //! Inputs are both raw random bytes and valid encodings with bytes flipped, cut or inserted,
@@ -668,6 +668,94 @@ mod line_protocol {
             let got = decode(body.as_bytes(), &o);
             prop_assert!(got.is_ok(), "{body:?}: {got:?}");
             prop_assert_eq!(got.ok(), Some(want));
+        }
+    }
+}
+
+/// The import decoder (`POST /api/v1/import`, JSON lines in the export's shape).
+mod import {
+    use super::{config, mutate, mutations};
+    use proptest::prelude::*;
+    use raftmetrics_core::model::Limits;
+    use raftmetrics_core::time::Timestamp;
+    use raftmetrics_server::decode::import::decode_records;
+    use raftmetrics_server::export::Precision;
+    use serde_json::json;
+
+    const NOW: i64 = 1_705_764_600_000_000;
+    const BODY: &str = "{\"metric\":{\"__name__\":\"cpu\",\"host\":\"a\"},\"values\":[1.5,2,-3e2],\"timestamps\":[1705708800000,1705708860000,1705708920000]}\n{\"metric\":{\"__name__\":\"mem\"},\"values\":[0],\"timestamps\":[1705708800001]}\n";
+
+    fn decode(bytes: &[u8], precision: Precision) -> Result<usize, String> {
+        decode_records(
+            bytes,
+            precision,
+            Timestamp::from_micros(NOW),
+            &Limits::default(),
+        )
+        .map(|records| {
+            assert!(records.iter().all(|r| r.value.is_finite()));
+            records.len()
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn random_bytes_never_panic_the_import_decoder(
+            bytes in prop::collection::vec(any::<u8>(), 0..512)
+        ) {
+            let _ = decode(&bytes, Precision::Millis);
+        }
+
+        #[test]
+        fn mutated_import_bodies_decode_or_fail_cleanly(ops in mutations(), micros in any::<bool>()) {
+            let bytes = mutate(BODY.as_bytes(), &ops);
+            let precision = if micros { Precision::Micros } else { Precision::Millis };
+            if let Ok(points) = decode(&bytes, precision) {
+                // A point costs at least 2 bytes of values and 2 of timestamps (`1,`).
+                prop_assert!(points * 4 <= bytes.len(), "points conjured");
+            }
+        }
+
+        #[test]
+        fn generated_series_round_trip(
+            series in prop::collection::vec(
+                (
+                    "[a-z][a-z0-9_.]{0,8}",
+                    prop::collection::btree_map("[a-z][a-z0-9_]{0,5}", "[ -~]{1,8}", 0..4),
+                    prop::collection::vec((-1e300f64..1e300, 0i64..1_705_000_000_000), 1..20),
+                ),
+                1..5,
+            )
+        ) {
+            let mut body = String::new();
+            let mut want = Vec::new();
+            for (name, tags, points) in &series {
+                let mut metric = serde_json::Map::new();
+                metric.insert("__name__".into(), json!(name));
+                for (k, v) in tags {
+                    metric.insert(k.clone(), json!(v));
+                }
+                let values: Vec<f64> = points.iter().map(|p| p.0).collect();
+                let timestamps: Vec<i64> = points.iter().map(|p| p.1).collect();
+                body.push_str(&json!({"metric": metric, "values": values, "timestamps": timestamps}).to_string());
+                body.push('\n');
+                for (v, t) in points {
+                    want.push((name.clone(), tags.clone(), *v, t * 1_000));
+                }
+            }
+            let records = decode_records(body.as_bytes(), Precision::Millis, Timestamp::from_micros(NOW), &Limits::default());
+            let records = match records {
+                Ok(r) => r,
+                Err(e) => return Err(TestCaseError::fail(format!("{e}: {body}"))),
+            };
+            let got: Vec<_> = records
+                .iter()
+                .map(|r| (r.series.metric().to_string(), r.series.tags().clone(), r.value, r.timestamp.as_micros()))
+                .collect();
+            prop_assert_eq!(got, want);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Malformed line protocol and remote write bodies sent to a real cluster, through a control
-//! node and a worker: each gets a 400 in its protocol's error shape, naming what is wrong,
-//! and nothing of any of them is stored; a well-formed body after them is stored whole.
+//! Malformed line protocol, remote write and import (JSON lines) bodies sent to a real
+//! cluster, through a control node and a worker: each gets a 400 in its protocol's error
+//! shape, naming what is wrong, and nothing of any of them is stored; a well-formed body after
+//! them is stored whole.
 
 mod common;
 
@@ -166,6 +167,56 @@ async fn malformed_bodies_are_refused_whole_in_their_protocol_s_shape() {
             assert_eq!(doc["status"], "error", "{what}: {doc}");
             assert_eq!(doc["errorType"], "bad_data", "{what}: {doc}");
         }
+        // Import (JSON lines in the export's shape).
+        let ok_line = r#"{"metric":{"__name__":"err_imp","h":"a"},"values":[1,2],"timestamps":[1705708800000,1705708801000]}"#;
+        let imports: Vec<BadBody> = vec![
+            ("no __name__", br#"{"metric":{"h":"a"},"values":[1],"timestamps":[1705708800000]}"#.to_vec(), vec![]),
+            ("more values than timestamps", br#"{"metric":{"__name__":"err_imp"},"values":[1,2],"timestamps":[1705708800000]}"#.to_vec(), vec![]),
+            ("a string value", br#"{"metric":{"__name__":"err_imp"},"values":["1"],"timestamps":[1705708800000]}"#.to_vec(), vec![]),
+            ("a value out of range", br#"{"metric":{"__name__":"err_imp"},"values":[1e999],"timestamps":[1705708800000]}"#.to_vec(), vec![]),
+            ("a label twice", br#"{"metric":{"__name__":"err_imp","h":"a","h":"b"},"values":[1],"timestamps":[1705708800000]}"#.to_vec(), vec![]),
+            ("a bad metric name", br#"{"metric":{"__name__":"err imp"},"values":[1],"timestamps":[1705708800000]}"#.to_vec(), vec![]),
+            ("an export's error line", br#"{"error":"partition 3 could not be read"}"#.to_vec(), vec![]),
+            ("a truncated line", format!("{ok_line}\n{}", &ok_line[..40]).into_bytes(), vec![]),
+            ("one bad line of two", format!("{ok_line}\nnot json").into_bytes(), vec![]),
+            (
+                "truncated gzip",
+                gzip(ok_line.as_bytes())[..12].to_vec(),
+                vec![("Content-Encoding", "gzip")],
+            ),
+            (
+                "a gzip bomb",
+                gzip(&vec![b' '; 200 << 20]),
+                vec![("Content-Encoding", "gzip")],
+            ),
+        ];
+        for (what, body, headers) in &imports {
+            let (status, doc) =
+                post(&c, &format!("{base}/api/v1/import"), headers, body.clone()).await;
+            assert_eq!(status, 400, "{what} at {base}: {doc}");
+            assert_eq!(doc["status"], "error", "{what}: {doc}");
+            assert_eq!(doc["errorType"], "bad_data", "{what}: {doc}");
+            let error = doc["error"].as_str().unwrap_or_default();
+            if !what.contains("gzip") {
+                assert!(error.contains("line "), "{what} names no line: {doc}");
+            }
+        }
+        let (status, doc) = post(
+            &c,
+            &format!("{base}/api/v1/import?precision=ns"),
+            &[],
+            ok_line.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(status, 400, "{doc}");
+        let (status, doc) = post(
+            &c,
+            &format!("{base}/api/v1/import"),
+            &[("Content-Encoding", "gzip")],
+            gzip(ok_line.as_bytes()),
+        )
+        .await;
+        assert_eq!(status, 204, "{doc}");
         // Well-formed bodies after all of them are stored.
         let (status, doc) = post(
             &c,
@@ -186,7 +237,12 @@ async fn malformed_bodies_are_refused_whole_in_their_protocol_s_shape() {
     }
     // Nothing of the refused bodies is stored; the good ones are, once per node they went to
     // (each was a new batch).
-    for (metric, want) in [("err_m_f", 0u64), ("err_ok_f", 4), ("err_rw", 2)] {
+    for (metric, want) in [
+        ("err_m_f", 0u64),
+        ("err_ok_f", 4),
+        ("err_rw", 2),
+        ("err_imp", 4),
+    ] {
         let (status, doc) = c
             .get_json(&c.url(&format!(
                 "/aggregate?metric={metric}&agg=count&consistency=strong"

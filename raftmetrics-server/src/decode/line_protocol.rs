@@ -79,12 +79,12 @@ use raftmetrics_core::error::{Error, FieldError};
 use raftmetrics_core::model::{Limits, Point, Record, Tags, check_metric_name, validate_batch};
 use raftmetrics_core::time::Timestamp;
 
+use super::{name_lines, quote};
+
 /// Longest line, in bytes (its `\r\n` excluded).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Most bad lines listed in one error.
 const MAX_ERRORS: usize = 100;
-/// Longest piece of a line quoted in an error message, in characters.
-const MAX_QUOTED_CHARS: usize = 64;
 /// Bytes inflated per read of a gzip body.
 const GUNZIP_CHUNK: usize = 16 * 1024;
 
@@ -717,50 +717,6 @@ fn parse_timestamp(token: &str, precision: Precision) -> Result<Timestamp, Strin
         .to_micros(value)
         .map(Timestamp::from_micros)
         .ok_or_else(|| format!("timestamp {value} in precision {precision} is out of range"))
-}
-
-/// `text` quoted for an error message, cut to [`MAX_QUOTED_CHARS`] characters.
-fn quote(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{:?}...", &text[..cut]),
-        None => format!("{text:?}"),
-    }
-}
-
-/// Names the errors of [`validate_batch`] (`points[4].tags.host`) by the line each point
-/// came from (`line 2`, `tag "host": ...`); errors about the batch as a whole are named
-/// `body`. Repeats (one per field of a line) are dropped.
-fn name_lines(err: Error, lines: &[usize]) -> Error {
-    let Error::Validation(fields) = err else {
-        return err;
-    };
-    let mut named: Vec<FieldError> = Vec::with_capacity(fields.len());
-    for field in fields {
-        let field = name_line(field, lines);
-        if !named.contains(&field) {
-            named.push(field);
-        }
-    }
-    Error::Validation(named)
-}
-
-fn name_line(error: FieldError, lines: &[usize]) -> FieldError {
-    if error.field == "points" {
-        return FieldError::new("body", error.error);
-    }
-    let parsed = error
-        .field
-        .strip_prefix("points[")
-        .and_then(|rest| rest.split_once("]."))
-        .and_then(|(index, what)| Some((lines.get(index.parse::<usize>().ok()?)?, what)));
-    let Some((line, what)) = parsed else {
-        return error;
-    };
-    let what = match what.strip_prefix("tags.") {
-        Some(key) => format!("tag {}", quote(key)),
-        None => what.to_string(),
-    };
-    FieldError::new(format!("line {line}"), format!("{what}: {}", error.error))
 }
 
 #[cfg(test)]

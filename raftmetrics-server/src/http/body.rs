@@ -1,5 +1,7 @@
 //! Request and response bodies in JSON or bincode, chosen by `Content-Type` and `Accept`.
 
+use std::borrow::Cow;
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +12,7 @@ use raftmetrics_core::{BatchId, Point, Timestamp, codec};
 use serde::Serialize;
 
 use super::error::ApiError;
+use crate::decode::line_protocol::gunzip_bounded;
 
 /// A body codec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +135,39 @@ fn json_points(body: &Bytes) -> Result<Vec<Point>, ApiError> {
     Ok(parsed.into_points())
 }
 
+/// The request body, inflated when it came with `Content-Encoding: gzip` (into at most
+/// `limit` bytes, see [`gunzip_bounded`]); any other encoding, or more than one, is refused.
+pub fn inflated<'a>(
+    headers: &HeaderMap,
+    body: &'a [u8],
+    limit: usize,
+) -> Result<Cow<'a, [u8]>, Error> {
+    match content_encoding(headers)?.as_deref() {
+        None | Some("identity") => Ok(Cow::Borrowed(body)),
+        Some("gzip") => gunzip_bounded(body, limit).map(Cow::Owned),
+        Some(other) => Err(Error::InvalidRequest(format!(
+            "Content-Encoding {other:?} is not supported: send the body plain or gzip"
+        ))),
+    }
+}
+
+/// The body's `Content-Encoding`, lower case; more than one is refused.
+fn content_encoding(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let mut values = headers.get_all(header::CONTENT_ENCODING).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Error::InvalidRequest(
+            "more than one Content-Encoding header".into(),
+        ));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| Error::InvalidRequest("Content-Encoding is not text".into()))?;
+    Ok(Some(text.trim().to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +199,15 @@ mod tests {
         let body = Bytes::from_static(br#"[{"metric":"a","value":1},{"metric":"a","value":"x"}]"#);
         let err = json_points(&body).unwrap_err();
         assert!(format!("{err}").contains("points[1]"), "{err}");
+    }
+
+    #[test]
+    fn one_content_encoding_at_most() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(content_encoding(&headers).unwrap(), None);
+        headers.insert(header::CONTENT_ENCODING, "GZip".parse().unwrap());
+        assert_eq!(content_encoding(&headers).unwrap().as_deref(), Some("gzip"));
+        headers.append(header::CONTENT_ENCODING, "br".parse().unwrap());
+        assert!(content_encoding(&headers).is_err());
     }
 }

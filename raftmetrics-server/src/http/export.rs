@@ -44,6 +44,7 @@ use raftmetrics_core::model::Tags;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use crate::export::Precision;
 use crate::frontend::Frontend;
 
 /// Most points on one JSON line.
@@ -64,15 +65,6 @@ pub fn routes<F: Frontend>(frontend: Arc<F>) -> Router {
             .route("/api/v1/export/csv", get(export_csv::<F>));
     }
     routes.with_state(frontend)
-}
-
-/// The unit of exported JSON timestamps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// Milliseconds (VictoriaMetrics' unit), rounded down.
-    Millis,
-    /// Microseconds: exactly what is stored.
-    Micros,
 }
 
 /// How exported points are written.
@@ -210,10 +202,7 @@ fn write_json_series(
             if i > 0 {
                 chunks.out.push(b',');
             }
-            let t = match precision {
-                Precision::Millis => t.div_euclid(1_000),
-                Precision::Micros => *t,
-            };
+            let t = precision.of_micros(*t);
             let _ = write!(chunks.out, "{t}");
             chunks.cut_if_full();
         }
@@ -287,9 +276,10 @@ fn parse(params: &[(String, String)], csv: bool) -> Result<(LineFormat, ExportRe
         }
         seen.push(key);
         match (key.as_str(), value.as_str()) {
-            ("precision", "ms") => precision = Precision::Millis,
-            ("precision", "us") => precision = Precision::Micros,
-            ("precision", _) => errors.push(FieldError::new("precision", "must be ms or us")),
+            ("precision", text) => match Precision::parse(text) {
+                Some(p) => precision = p,
+                None => errors.push(FieldError::new("precision", Precision::EXPECTED)),
+            },
             (_, text) => match text.parse::<usize>() {
                 Ok(n) if (1..=MAX_ROWS_PER_LINE).contains(&n) => max_rows_per_line = n,
                 _ => errors.push(FieldError::new(

@@ -16,17 +16,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use raftmetrics_core::Timestamp;
 use raftmetrics_core::error::{Error, FieldError};
 
-use super::body::batch_id;
+use super::body::{batch_id, inflated};
 use super::error::ApiError;
-use crate::decode::line_protocol::{
-    LineProtocolOptions, Precision, decode_records, gunzip_bounded,
-};
+use crate::decode::line_protocol::{LineProtocolOptions, Precision, decode_records};
 use crate::frontend::{self, Frontend};
 
 /// The query parameters of `/write` (InfluxDB 1.x).
@@ -70,24 +68,11 @@ async fn write<F: Frontend>(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let precision = precision(params, known)?;
-    let inflated;
-    let body: &[u8] = match content_encoding(headers)?.as_deref() {
-        None | Some("identity") => body,
-        Some("gzip") => {
-            inflated = gunzip_bounded(body, frontend.protocols().max_body_bytes)?;
-            &inflated
-        }
-        Some(other) => {
-            return Err(Error::InvalidRequest(format!(
-                "Content-Encoding {other:?} is not supported: send the body plain or gzip"
-            ))
-            .into());
-        }
-    };
+    let body = inflated(headers, body, frontend.protocols().max_body_bytes)?;
     let mut opts = LineProtocolOptions::new(Timestamp::now(), frontend.limits());
     opts.precision = precision;
     opts.separator = frontend.protocols().influx_separator.clone();
-    let records = decode_records(body, &opts, frontend.limits())?;
+    let records = decode_records(&body, &opts, frontend.limits())?;
     let id = batch_id(headers)?;
     frontend::insert(frontend, id, records).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -130,23 +115,6 @@ fn precision(params: &[(String, String)], known: &[&str]) -> Result<Precision, E
     }
 }
 
-/// The body's `Content-Encoding`, lower case; more than one is refused.
-fn content_encoding(headers: &HeaderMap) -> Result<Option<String>, Error> {
-    let mut values = headers.get_all(header::CONTENT_ENCODING).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Error::InvalidRequest(
-            "more than one Content-Encoding header".into(),
-        ));
-    }
-    let text = value
-        .to_str()
-        .map_err(|_| Error::InvalidRequest("Content-Encoding is not text".into()))?;
-    Ok(Some(text.trim().to_ascii_lowercase()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,15 +149,5 @@ mod tests {
             let err = precision(&params(&pairs), known).expect_err("refused");
             assert!(matches!(err, Error::Validation(_)), "{pairs:?}: {err}");
         }
-    }
-
-    #[test]
-    fn one_content_encoding_at_most() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(content_encoding(&headers).unwrap(), None);
-        headers.insert(header::CONTENT_ENCODING, "GZip".parse().unwrap());
-        assert_eq!(content_encoding(&headers).unwrap().as_deref(), Some("gzip"));
-        headers.append(header::CONTENT_ENCODING, "br".parse().unwrap());
-        assert!(content_encoding(&headers).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The public HTTP API: one module per protocol over [`crate::frontend::Frontend`] (`seed`:
 //! the API reference's JSON and bincode endpoints; `influx`: the line protocol's writes;
-//! `remote_write`: Prometheus remote write; `export`: points out as JSON lines or CSV), and
-//! the shared layers: the error format and its per-protocol shapes, authentication, rate
+//! `remote_write`: Prometheus remote write; `export`: points out as JSON lines or CSV;
+//! `import`: the export's JSON lines back in), and the shared layers: the error format and its per-protocol shapes, authentication, rate
 //! limits, body codecs, the `/aggregate` document, the layer stack and the bounded
 //! listener.
 
@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod export;
+pub mod import;
 pub mod influx;
 pub mod listener;
 pub mod rate_limit;
