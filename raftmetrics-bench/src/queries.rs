@@ -466,7 +466,7 @@ fn agrees(agg: Agg, cluster: Option<f64>, reference: Option<f64>) -> bool {
     match (cluster, reference) {
         (None, None) => true,
         (Some(a), Some(b)) => match agg {
-            Agg::Count | Agg::Min | Agg::Max => a == b,
+            Agg::Count | Agg::Min | Agg::Max | Agg::Last | Agg::First => a == b,
             Agg::Sum | Agg::Avg => (a - b).abs() <= SUM_TOLERANCE * a.abs().max(b.abs()).max(1.0),
             Agg::Percentile(_) => (a - b).abs() <= PERCENTILE_TOLERANCE * b.abs() + 1e-12,
         },

@@ -923,6 +923,18 @@ mod tests {
         q.consistency = Consistency::Eventual;
         let url = endpoint(&c.inner.bases[0], "aggregate", &q.to_params()).unwrap();
         assert_eq!(url.query(), Some("metric=m&agg=count"));
+        // Value bounds and last/first travel as the parameters of the same names.
+        q = Query {
+            aggs: vec![Agg::Last, Agg::First],
+            ..Query::new("m").value_gt(90.0).value_le(-1.5e-7)
+        };
+        let url = endpoint(&c.inner.bases[0], "aggregate", &q.to_params()).unwrap();
+        assert_eq!(
+            url.query(),
+            Some("metric=m&agg=last%2Cfirst&value_gt=90&value_le=-0.00000015")
+        );
+        let decoded: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(Query::from_params(&decoded).unwrap(), q);
     }
 
     #[tokio::test]

@@ -51,6 +51,17 @@
 //!     ),
 //! }
 //!
+//! // The hosts that had a reading above 90, each with the latest such reading: value
+//! // bounds select points before aggregating; `last` is the value of the latest point.
+//! let hot = Query {
+//!     aggs: vec![Agg::Last, Agg::Count],
+//!     group_by: vec!["host".into()],
+//!     ..Query::new("cpu_usage").value_gt(90.0)
+//! };
+//! for group in client.aggregate(&hot).await?.into_complete()?.groups {
+//!     println!("{:?}: {:?}", group.key, group.aggregations);
+//! }
+//!
 //! // Or refuse partial answers outright.
 //! let average = client.analytics(Some("cpu_usage")).await?.into_complete()?.average;
 //! println!("average: {average:?}");
@@ -59,6 +70,18 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Queries
+//!
+//! A [`Query`] is sent as the parameters of `GET /aggregate` ([`Query::to_params`]); the
+//! server parses them back with [`Query::from_params`], so a query means the same in the
+//! embedded engine and in a cluster (`docs/query.md`). Its aggregations ([`Agg`]) include
+//! [`Agg::Last`] and [`Agg::First`]: the value of the latest and the earliest point, a tie
+//! of timestamps going to the greatest value for `last` and the smallest for `first`, so
+//! the answer never depends on partitioning. [`Query::value_gt`], [`Query::value_ge`],
+//! [`Query::value_lt`] and [`Query::value_le`] (the fields of [`ValueFilter`] in
+//! [`Query::values`]) keep only points whose value satisfies every bound, before anything
+//! is aggregated; bounds must be finite numbers.
 //!
 //! ## Several control nodes
 //!
@@ -154,5 +177,5 @@ pub use raftmetrics_types::api::{
 };
 pub use raftmetrics_types::{
     Agg, Consistency, Coverage, ErrorCode, FieldError, OrderBy, OrderKey, Point, Query,
-    QueryResult, Tags, Timestamp,
+    QueryResult, Tags, Timestamp, ValueFilter,
 };

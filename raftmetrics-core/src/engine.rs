@@ -9,6 +9,16 @@
 //! query.aggs = vec![Agg::Avg, Agg::P95];
 //! let result = engine.query(&query)?;
 //! println!("avg = {:?}", result.get(Agg::Avg));
+//!
+//! // Per host that went above 90: its latest reading above 90 and how many there were.
+//! let hot = Query {
+//!     aggs: vec![Agg::Last, Agg::Count],
+//!     group_by: vec!["host".into()],
+//!     ..Query::new("cpu_usage").value_gt(90.0)
+//! };
+//! for group in engine.query(&hot)?.groups {
+//!     println!("{:?}: {:?}", group.key, group.aggregations);
+//! }
 //! # Ok::<(), raftmetrics_core::Error>(())
 //! ```
 //!

@@ -57,13 +57,14 @@ pub use raftmetrics_types::{
 
 pub use aggregate::{
     AggValue, BucketResult, Coverage, GroupResult, PartialAggregate, PartialState, QueryResult,
+    TimedValue,
 };
 pub use engine::{Engine, EngineConfig, InsertReport};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use idempotency::BatchId;
 pub use model::{Limits, Point, Record, Tags};
 pub use partition::{HashPartitioner, PartitionId, Partitioner};
-pub use query::{Agg, Consistency, OrderBy, OrderKey, Query};
+pub use query::{Agg, Consistency, OrderBy, OrderKey, Query, ValueFilter};
 pub use series::Series;
 pub use sketch::{Sketch, SketchConfig};
 pub use store::{DuckDbStore, Store};

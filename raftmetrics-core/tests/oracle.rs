@@ -1,7 +1,10 @@
 //! Oracle tests: seeded data split over several DuckDB stores as partitions, queried through
 //! partial states + merge + finalize, must equal one plain DuckDB query over all rows.
 //! count/sum/min/max/avg exactly (relative 1e-9), p50/p95/p99 within the sketch's relative
-//! error of DuckDB's `quantile_disc`.
+//! error of DuckDB's `quantile_disc`, `last` and `first` exactly (DuckDB's ordered
+//! `last(value ORDER BY ts, value)` and `first(value ORDER BY ts, value)`, over data with
+//! many points at equal timestamps in different partitions). Value bounds are plain SQL
+//! conditions on `value`.
 
 use std::collections::BTreeMap;
 
@@ -77,6 +80,38 @@ fn points(seed: u64) -> Vec<Point> {
                 .tag("host", host.as_str())
                 .tag("datacenter", "us-west"),
         );
+    }
+    // Ties: points of several series (so several partitions), duplicates of one series
+    // among them, at the very first and last timestamps of `cpu_usage` and on bucket
+    // boundaries, with different values.
+    for ts in [T0, T0 + 48 * HOUR, T0 + 6 * HOUR, T0 + 30 * HOUR - 1] {
+        for _ in 0..24 {
+            let host = &hosts[rng.below(6) as usize];
+            let dc = ["us-west", "us-east", "eu-central"][rng.below(3) as usize];
+            let value = (rng.below(9) as f64 - 4.0) * 12.5;
+            out.push(
+                Point::new("cpu_usage", value)
+                    .at(Timestamp::from_micros(ts))
+                    .tag("host", host.as_str())
+                    .tag("datacenter", dc),
+            );
+        }
+    }
+    // A metric of nothing but ties: every point on one of 40 half hours, values from a
+    // handful, so that every group and bucket ends and starts with several points.
+    for _ in 0..3_000 {
+        let host = &hosts[rng.below(hosts.len() as u64) as usize];
+        let dc = ["us-west", "us-east", "eu-central"][rng.below(3) as usize];
+        let ts = T0 + rng.below(40) as i64 * HOUR / 2;
+        let value = rng.below(7) as f64 - 3.0;
+        let mut p = Point::new("ties", value)
+            .at(Timestamp::from_micros(ts))
+            .tag("host", host.as_str())
+            .tag("datacenter", dc);
+        if rng.below(2) == 0 {
+            p = p.tag("env", "prod");
+        }
+        out.push(p);
     }
     for (file, metric, host) in [
         (
@@ -202,7 +237,21 @@ fn like_pattern(glob: &str) -> String {
 }
 
 const ORACLE_AGGS: &str = "count(*), sum(value), min(value), max(value), avg(value),
-    quantile_disc(value, 0.5), quantile_disc(value, 0.95), quantile_disc(value, 0.99)";
+    quantile_disc(value, 0.5), quantile_disc(value, 0.95), quantile_disc(value, 0.99),
+    last(value ORDER BY ts, value), first(value ORDER BY ts, value)";
+
+/// The aggregations of [`ORACLE_AGGS`] after `count(*)`, in order.
+const ORACLE_COLUMNS: [Agg; 9] = [
+    Agg::Sum,
+    Agg::Min,
+    Agg::Max,
+    Agg::Avg,
+    Agg::P50,
+    Agg::P95,
+    Agg::P99,
+    Agg::Last,
+    Agg::First,
+];
 
 /// Runs the query on the plain DuckDB table, written independently of the engine: SQL
 /// filters with LIKE, `time_bucket` for windows, a join against window ends for rolling.
@@ -216,6 +265,15 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
     if let Some(to) = q.to {
         conds.push("ts < make_timestamp(?::BIGINT)".into());
         args.push(to.as_micros().into());
+    }
+    for (cond, bound) in ["value > ?", "value >= ?", "value < ?", "value <= ?"]
+        .into_iter()
+        .zip(q.values.bounds())
+    {
+        if let Some(v) = bound {
+            conds.push(cond.into());
+            args.push(v.into());
+        }
     }
     for f in &q.filters {
         assert!(["host", "datacenter", "env"].contains(&f.key.as_str()));
@@ -251,8 +309,7 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
                  ext AS (SELECT {gcols} (min(epoch_us(ts)) // {s}) * {s} + {s} AS lo,
                                 (max(epoch_us(ts)) // {s}) * {s} + {s} AS hi FROM sel GROUP BY ALL),
                  ends AS (SELECT {gcols} unnest(range(lo, hi + 1, {s})) AS e FROM ext)
-                 SELECT {gsel} ends.e - {w}, count(*), sum(value), min(value), max(value), avg(value),
-                        quantile_disc(value, 0.5), quantile_disc(value, 0.95), quantile_disc(value, 0.99)
+                 SELECT {gsel} ends.e - {w}, {ORACLE_AGGS}
                  FROM ends JOIN sel ON epoch_us(sel.ts) >= ends.e - {w} AND epoch_us(sel.ts) < ends.e {gjoin}
                  GROUP BY ALL",
                 gsel = groups.iter().map(|g| format!("ends.{g}, ")).collect::<String>(),
@@ -274,18 +331,7 @@ fn oracle(fx: &Fixture, q: &Query, grouped: bool, windowed: bool) -> Vec<Row> {
             let start: Option<i64> = row.get(n)?;
             let count: i64 = row.get(n + 1)?;
             let mut vals = BTreeMap::new();
-            for (i, agg) in [
-                Agg::Sum,
-                Agg::Min,
-                Agg::Max,
-                Agg::Avg,
-                Agg::P50,
-                Agg::P95,
-                Agg::P99,
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (i, agg) in ORACLE_COLUMNS.into_iter().enumerate() {
                 vals.insert(agg, row.get::<_, Option<f64>>(n + 2 + i)?);
             }
             vals.insert(Agg::Count, Some(count as f64));
@@ -308,6 +354,8 @@ fn close(agg: Agg, got: Option<f64>, want: Option<f64>, alpha: f64) -> bool {
         (Some(g), Some(w)) if agg.is_percentile() => {
             (g - w).abs() <= alpha * w.abs() * (1.0 + 1e-9)
         }
+        // One point's value, exactly.
+        (Some(g), Some(w)) if matches!(agg, Agg::Last | Agg::First) => g == w,
         (Some(g), Some(w)) => (g - w).abs() <= 1e-9 * w.abs().max(1e-300) || g == w,
         _ => false,
     }
@@ -441,7 +489,7 @@ fn check(fx: &Fixture, q: &Query) -> QueryResult {
 }
 
 fn query(params: &[(&str, &str)]) -> Query {
-    let mut all = vec![("agg", "avg,min,max,sum,count,p50,p95,p99")];
+    let mut all = vec![("agg", "avg,min,max,sum,count,p50,p95,p99,last,first")];
     all.extend_from_slice(params);
     Query::from_params(&all).unwrap()
 }
@@ -592,6 +640,179 @@ fn every_query_shape_matches_plain_duckdb() {
         ];
         for shape in shapes {
             check(&fx, &query(&shape));
+        }
+    }
+}
+
+#[test]
+fn last_first_and_value_bounds_match_plain_duckdb() {
+    let fx = fixture(4);
+    let shapes: Vec<Vec<(&str, &str)>> = vec![
+        vec![("metric", "ties")],
+        vec![("metric", "ties"), ("group_by", "host")],
+        vec![("metric", "ties"), ("window", "1h")],
+        vec![
+            ("metric", "ties"),
+            ("window", "3h"),
+            ("group_by", "datacenter,env"),
+        ],
+        vec![
+            ("metric", "ties"),
+            ("window", "2h"),
+            ("rolling", "true"),
+            ("step", "30m"),
+        ],
+        vec![
+            ("metric", "ties"),
+            ("window", "4h"),
+            ("rolling", "true"),
+            ("step", "1h"),
+            ("group_by", "env"),
+        ],
+        vec![("metric", "ties"), ("value_ge", "0")],
+        vec![
+            ("metric", "ties"),
+            ("value_gt", "-2"),
+            ("value_lt", "2"),
+            ("group_by", "host"),
+            ("order_by", "last:desc"),
+            ("limit", "5"),
+        ],
+        vec![
+            ("metric", "ties"),
+            ("group_by", "host"),
+            ("order_by", "first:asc"),
+        ],
+        vec![
+            ("metric", "ties"),
+            ("window", "1h"),
+            ("order_by", "last:desc"),
+            ("limit", "7"),
+        ],
+        vec![
+            ("metric", "ties"),
+            ("hosts", "web-*"),
+            ("from", "2024-01-20T03:00:00Z"),
+            ("to", "2024-01-20T15:00:00Z"),
+            ("value_le", "1"),
+            ("group_by", "datacenter"),
+            ("window", "2h"),
+        ],
+        // TSBS high-cpu: how many readings above 90, and which hosts had one.
+        vec![("metric", "cpu_usage"), ("value_gt", "90")],
+        vec![
+            ("metric", "cpu_usage"),
+            ("group_by", "host"),
+            ("value_gt", "90"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("value_gt", "30"),
+            ("value_le", "60"),
+            ("tags", "env:prod"),
+            ("from", "2024-01-20T06:00:00Z"),
+            ("to", "2024-01-21T03:30:00Z"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("value_lt", "0"),
+            ("hosts", "web-*"),
+            ("window", "6h"),
+            ("group_by", "datacenter"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("value_ge", "20"),
+            ("value_le", "20"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("value_gt", "50"),
+            ("value_lt", "10"),
+            ("group_by", "host"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("group_by", "host"),
+            ("value_ge", "0"),
+            ("order_by", "first:desc"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("group_by", "datacenter"),
+            ("window", "1d"),
+        ],
+        vec![
+            ("metric", "cpu_usage"),
+            ("window", "1h"),
+            ("order_by", "last:desc"),
+            ("limit", "5"),
+        ],
+        vec![
+            ("metric", "latency_ms"),
+            ("value_gt", "1000000"),
+            ("window", "12h"),
+            ("rolling", "true"),
+            ("step", "1h"),
+        ],
+        vec![
+            ("metric", "latency_ms"),
+            ("value_ge", "-1e9"),
+            ("value_lt", "1e9"),
+            ("group_by", "host"),
+            ("order_by", "p95:desc"),
+        ],
+    ];
+    for shape in shapes {
+        check(&fx, &query(&shape));
+    }
+    // The high-cpu answers say something: some readings are above 90, not all.
+    let hot = check(&fx, &query(&[("metric", "cpu_usage"), ("value_gt", "90")]));
+    let all = check(&fx, &query(&[("metric", "cpu_usage")]));
+    let (hot, all) = (hot.get(Agg::Count).unwrap(), all.get(Agg::Count).unwrap());
+    assert!(hot > 0.0 && hot < all, "{hot} of {all}");
+    // An empty range is an answer over no points.
+    let none = check(
+        &fx,
+        &query(&[("metric", "ties"), ("value_gt", "5"), ("value_lt", "3")]),
+    );
+    assert_eq!(none.get(Agg::Count), Some(0.0));
+    assert_eq!(none.get(Agg::Last), None);
+}
+
+/// The embedded engine answers `last`, `first` and value bounds as the stores and merge do.
+#[test]
+fn the_engine_answers_last_first_and_value_bounds() {
+    let fx = fixture(5);
+    let engine =
+        raftmetrics_core::Engine::open_in_memory(raftmetrics_core::EngineConfig::default())
+            .unwrap();
+    let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+    let records = validate_batch(points(5), now, &Limits::default()).unwrap();
+    engine.insert_records(records).unwrap();
+    for shape in [
+        vec![("metric", "ties"), ("group_by", "host"), ("value_ge", "-1")],
+        vec![
+            ("metric", "cpu_usage"),
+            ("value_gt", "90"),
+            ("window", "6h"),
+        ],
+    ] {
+        let q = query(&shape);
+        let got = engine.query(&q).unwrap();
+        let want = check(&fx, &q);
+        assert_eq!(got.groups.len(), want.groups.len());
+        assert_eq!(got.buckets.len(), want.buckets.len());
+        for agg in [Agg::Count, Agg::Min, Agg::Max, Agg::Last, Agg::First] {
+            assert_eq!(got.get(agg), want.get(agg), "{agg} of {q:?}");
+            for (g, w) in got.groups.iter().zip(&want.groups) {
+                assert_eq!(g.key, w.key);
+                assert_eq!(find(&g.aggregations, agg), find(&w.aggregations, agg));
+            }
+            for (g, w) in got.buckets.iter().zip(&want.buckets) {
+                assert_eq!(g.start, w.start);
+                assert_eq!(find(&g.aggregations, agg), find(&w.aggregations, agg));
+            }
         }
     }
 }

@@ -11,14 +11,15 @@ fn now() -> Timestamp {
     Timestamp::parse("2026-01-01T00:00:00Z").unwrap()
 }
 
-type Obs = (u8, u8, f64);
+/// Group, bucket, timestamp (a few, so that ties are common), value.
+type Obs = (u8, u8, u8, f64);
 
 fn aggregate(obs: &[Obs]) -> PartialAggregate {
     let cfg = SketchConfig::default();
     let mut p = PartialAggregate::default();
-    for &(g, b, v) in obs {
+    for &(g, b, t, v) in obs {
         p.state_mut(vec![Some(format!("g{g}"))], i64::from(b))
-            .add(&cfg, v, true);
+            .add_at(&cfg, i64::from(t), v, true);
     }
     p
 }
@@ -32,6 +33,7 @@ fn assert_same(a: &PartialAggregate, b: &PartialAggregate) {
         for (k, x) in buckets {
             let y: &PartialState = &b.groups[g][k];
             assert_eq!((x.count, x.min, x.max), (y.count, y.min, y.max));
+            assert_eq!((x.last, x.first), (y.last, y.first));
             assert_eq!(x.sketch, y.sketch);
             assert!((x.sum - y.sum).abs() <= 1e-9 * x.sum.abs().max(1.0));
         }
@@ -52,9 +54,9 @@ proptest! {
 
     #[test]
     fn merge_is_associative_and_commutative(
-        a in prop::collection::vec((0u8..4, 0u8..3, value()), 0..60),
-        b in prop::collection::vec((0u8..4, 0u8..3, value()), 0..60),
-        c in prop::collection::vec((0u8..4, 0u8..3, value()), 0..60),
+        a in prop::collection::vec((0u8..4, 0u8..3, 0u8..5, value()), 0..60),
+        b in prop::collection::vec((0u8..4, 0u8..3, 0u8..5, value()), 0..60),
+        c in prop::collection::vec((0u8..4, 0u8..3, 0u8..5, value()), 0..60),
     ) {
         let (pa, pb, pc) = (aggregate(&a), aggregate(&b), aggregate(&c));
         let mut left = pa.clone();
@@ -77,6 +79,8 @@ proptest! {
         for (g, buckets) in &left.groups {
             for (k, s) in buckets {
                 prop_assert_eq!(s.value(Agg::P95, &cfg), swapped.groups[g][k].value(Agg::P95, &cfg));
+                prop_assert_eq!(s.value(Agg::Last, &cfg), swapped.groups[g][k].value(Agg::Last, &cfg));
+                prop_assert_eq!(s.value(Agg::First, &cfg), swapped.groups[g][k].value(Agg::First, &cfg));
             }
         }
     }

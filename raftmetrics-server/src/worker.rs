@@ -839,8 +839,7 @@ async fn compute(
         ComputeRequest::default()
     } else {
         match request_format(&headers)? {
-            Format::Json => serde_json::from_slice(&body)
-                .map_err(|e| Error::InvalidRequest(format!("invalid compute request: {e}")))?,
+            Format::Json => ComputeRequest::from_json(&body)?,
             Format::Bincode => codec::decode(&body)?,
         }
     };

@@ -5,7 +5,7 @@ mod common;
 
 use common::{DevCluster, TOKEN};
 use raftmetrics_client::{Answer, Client};
-use raftmetrics_core::{Agg, ErrorCode, Point, Query, Timestamp};
+use raftmetrics_core::{Agg, ErrorCode, OrderBy, OrderKey, Point, Query, Timestamp};
 
 const T0: i64 = 1_705_708_800_000_000;
 
@@ -83,6 +83,57 @@ async fn typed_client_round_trips_and_reports_partiality() {
     );
     assert_eq!(count_of("value", None), Some(1.0));
     assert_eq!(result.get(Agg::Count), Some(3_001.0));
+
+    // last and first with a value bound, by host, ordered by the latest value.
+    let hot = Query {
+        aggs: vec![Agg::Last, Agg::First, Agg::Count],
+        group_by: vec!["host".into()],
+        order_by: Some(OrderBy {
+            key: OrderKey::Agg(Agg::Last),
+            descending: true,
+        }),
+        ..Query::new("latency_ms").value_gt(50.0).value_le(90.0)
+    };
+    let result = bin.aggregate(&hot).await.unwrap().into_complete().unwrap();
+    let selected: Vec<&Point> = batch
+        .iter()
+        .filter(|p| p.value > 50.0 && p.value <= 90.0)
+        .collect();
+    let pick = |points: &[&Point], latest: bool| {
+        let key = |p: &&&Point| (p.timestamp.unwrap().as_micros(), p.value);
+        let chosen = if latest {
+            points
+                .iter()
+                .max_by(|a, b| key(a).partial_cmp(&key(b)).unwrap())
+        } else {
+            points
+                .iter()
+                .min_by(|a, b| key(a).partial_cmp(&key(b)).unwrap())
+        };
+        chosen.map(|p| p.value)
+    };
+    assert_eq!(result.get(Agg::Count), Some(selected.len() as f64));
+    assert_eq!(result.get(Agg::Last), pick(&selected, true));
+    assert_eq!(result.get(Agg::First), pick(&selected, false));
+    assert_eq!(result.groups.len(), 5);
+    let mut previous = f64::INFINITY;
+    for g in &result.groups {
+        let host = g.key[0].1.as_deref().unwrap();
+        let mine: Vec<&Point> = selected
+            .iter()
+            .copied()
+            .filter(|p| p.tags["host"] == host)
+            .collect();
+        let last = raftmetrics_core::aggregate::find(&g.aggregations, Agg::Last);
+        assert_eq!(last, pick(&mine, true), "{host}");
+        assert_eq!(
+            raftmetrics_core::aggregate::find(&g.aggregations, Agg::First),
+            pick(&mine, false),
+            "{host}"
+        );
+        assert!(last.unwrap() <= previous, "ordered by last, descending");
+        previous = last.unwrap();
+    }
 
     let a = json.analytics(None).await.unwrap().into_complete().unwrap();
     assert_eq!((a.count, a.average), (1, Some(4.0)));

@@ -96,6 +96,83 @@ impl Oracle {
     }
 }
 
+impl Oracle {
+    /// `(count, last, first)` of `metric`'s points with a value above `above` (every point
+    /// when `None`) over `parts` (all if None), by `key` (a column, or `'all'`). `last` and
+    /// `first` by DuckDB's ordered aggregates: the greatest value at the greatest timestamp,
+    /// the smallest at the smallest.
+    fn picks(
+        &self,
+        metric: &str,
+        parts: Option<&[u32]>,
+        key: &str,
+        above: Option<f64>,
+    ) -> BTreeMap<String, (f64, f64, f64)> {
+        let part_filter = match parts {
+            Some(ps) => format!(
+                "AND part IN ({})",
+                ps.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {key}, count(*)::DOUBLE, last(value ORDER BY ts, value), \
+             first(value ORDER BY ts, value) \
+             FROM pts WHERE metric = ? AND value > ? {part_filter} GROUP BY 1"
+        );
+        let mut stmt = self.db.prepare(&sql).unwrap();
+        let rows = stmt
+            .query_map(params![metric, above.unwrap_or(f64::MIN)], |r| {
+                Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+}
+
+/// Checks `count`, `last` and `first` of an `aggregations` object: exact.
+fn check_picks(got: &Value, want: (f64, f64, f64), what: &str) {
+    let g = |name: &str| {
+        got[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: no {name} in {got}"))
+    };
+    assert_eq!(
+        (g("count"), g("last"), g("first")),
+        want,
+        "{what}: count, last, first"
+    );
+}
+
+/// Points at a few shared timestamps (before, inside and after the range of
+/// [`cpu_points`]) from many hosts, so on several partitions, with values that repeat:
+/// `last` and `first` must break the ties by value.
+fn tie_points() -> Vec<Point> {
+    let mut out = Vec::new();
+    for (k, ts) in [
+        T0 - 1_000_000,
+        T0 + 1_800 * 1_000_000,
+        T0 + 10_000 * 1_000_000,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for i in 0..30usize {
+            let value = [95.0, -30.0, 50.0, 91.5, 0.0, 12.25][(i * 7 + k) % 6];
+            out.push(
+                Point::new("cpu_usage", value)
+                    .at(Timestamp::from_micros(ts))
+                    .tag("host", format!("web-{}", i % 13))
+                    .tag("datacenter", ["us-west", "us-east", "eu-central"][i % 3]),
+            );
+        }
+    }
+    out
+}
+
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12)
 }
@@ -352,6 +429,100 @@ async fn seed_flow_errors_limits_and_partial_answers_with_two_workers() {
     let buckets = win["buckets"].as_array().unwrap();
     assert_eq!(buckets.len(), 2);
     assert_eq!(buckets[0]["aggregations"]["count"], 3_600);
+
+    // --- last and first with ties at equal timestamps across partitions, and value bounds.
+    let ties = tie_points();
+    let resp = post_bincode(&c, &c.url("/insert"), &ties).await;
+    assert_eq!(resp.status(), 200);
+    oracle.add(&ties, PARTS);
+    for above in [None, Some(40.0), Some(90.0)] {
+        let bound = above.map_or(String::new(), |v| format!("&value_gt={v}"));
+        let (s, doc) = c
+            .get_json(&c.url(&format!(
+                "/aggregate?metric=cpu_usage&agg=count,last,first&group_by=datacenter{bound}"
+            )))
+            .await;
+        assert_eq!(s, 200, "{doc}");
+        let want = oracle.picks("cpu_usage", None, "'all'", above);
+        check_picks(
+            &doc["aggregations"],
+            want["all"],
+            &format!("overall {bound}"),
+        );
+        let by_dc = oracle.picks("cpu_usage", None, "dc", above);
+        assert_eq!(doc["by_datacenter"].as_object().unwrap().len(), by_dc.len());
+        for (dc, want) in by_dc {
+            check_picks(&doc["by_datacenter"][&dc], want, &format!("{dc} {bound}"));
+        }
+        // Each worker's /compute: what it holds, with the same bounds in its JSON body.
+        for (w, parts) in &held {
+            let mut body = json!({"metric": "cpu_usage", "aggregations": ["last", "first"]});
+            if let Some(v) = above {
+                body["value_gt"] = json!(v);
+            }
+            let (s, comp) = c.post_json(&c.worker_url(*w, "/compute"), &body).await;
+            assert_eq!(s, 200, "{comp}");
+            match oracle
+                .picks("cpu_usage", Some(parts.as_slice()), "'all'", above)
+                .get("all")
+            {
+                Some(want) => check_picks(&comp["results"], *want, &format!("worker {w} {bound}")),
+                None => assert_eq!(comp["count"], 0, "{comp}"),
+            }
+        }
+    }
+    // TSBS high-cpu: the hosts with any reading above 90, ordered by their latest one.
+    let (s, doc) = c
+        .get_json(&c.url(
+            "/aggregate?metric=cpu_usage&agg=last,count&group_by=host&value_gt=90&order_by=last:desc",
+        ))
+        .await;
+    assert_eq!(s, 200, "{doc}");
+    let hot = oracle.picks("cpu_usage", None, "host", Some(90.0));
+    let groups = doc["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), hot.len(), "{doc}");
+    assert!(!hot.is_empty());
+    let lasts: Vec<f64> = groups
+        .iter()
+        .map(|g| g["aggregations"]["last"].as_f64().unwrap())
+        .collect();
+    assert!(lasts.windows(2).all(|w| w[0] >= w[1]), "{lasts:?}");
+    for g in groups {
+        let host = g["key"]["host"].as_str().unwrap();
+        let (count, last, _) = hot[host];
+        assert_eq!(g["aggregations"]["count"].as_f64(), Some(count), "{host}");
+        assert_eq!(g["aggregations"]["last"].as_f64(), Some(last), "{host}");
+    }
+    // Bad bounds: every one named, on /aggregate and on a worker's /compute.
+    let (s, e) = c
+        .get_json(
+            &c.url("/aggregate?metric=cpu_usage&value_gt=abc&value_lt=NaN&value_ge=inf&agg=last"),
+        )
+        .await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (400, Some("VALIDATION_ERROR")),
+        "{e}"
+    );
+    let fields: Vec<&str> = e["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["value_gt", "value_lt", "value_ge"], "{e}");
+    let (s, e) = c
+        .post_json(
+            &c.worker_url(1, "/compute"),
+            &json!({"value_gt": "abc", "value_le": "90"}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (400, Some("VALIDATION_ERROR")),
+        "{e}"
+    );
+    assert_eq!(e["details"]["fields"].as_array().unwrap().len(), 2, "{e}");
 
     // --- Bad input: clear errors, nothing stored.
     let before = count_of(&c, "cpu_usage").await;

@@ -1,6 +1,8 @@
 //! Every decoder that reads bytes from outside, fed random and mutated input for a bounded
 //! number of cases: JSON and bincode insert bodies, InfluxDB line protocol bodies and their
-//! gzip encoding, import (JSON lines) bodies, query parameters, node-to-node frames and raft entries. None may panic;
+//! gzip encoding, import (JSON lines) bodies, query parameters, node-to-node frames, the
+//! compute calls and answers they carry (queries with value bounds, states of `last` and
+//! `first`) and raft entries. None may panic;
 //! each answers a value or an error, and a lying length prefix costs no memory.
 //!
 //! Inputs are both raw random bytes and valid encodings with bytes flipped, cut or inserted,
@@ -10,6 +12,8 @@
 use axum::body::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
+use raftmetrics_core::SketchConfig;
+use raftmetrics_core::aggregate::{Coverage, PartialAggregate, finalize};
 use raftmetrics_core::model::Point;
 use raftmetrics_core::model::{Limits, Record, validate_batch};
 use raftmetrics_core::query::Query;
@@ -17,6 +21,7 @@ use raftmetrics_core::raft::decode_entry;
 use raftmetrics_core::raft::{LogEntry, encode_entry};
 use raftmetrics_core::time::Timestamp;
 use raftmetrics_server::http::body::{Format, decode_records};
+use raftmetrics_server::rpc::{Request, Response};
 use raftmetrics_server::wire::frame::{
     HEADER_LEN, MAGIC, PROTOCOL_VERSION, WireMessage, encode_frame, read_frame_limited,
 };
@@ -94,7 +99,11 @@ fn read_frame_from(bytes: &[u8]) -> Result<WireMessage, String> {
 }
 
 /// Keys the query parser knows, and some it does not.
-const PARAM_KEYS: [&str; 20] = [
+const PARAM_KEYS: [&str; 24] = [
+    "value_gt",
+    "value_ge",
+    "value_lt",
+    "value_le",
     "metric",
     "key",
     "from",
@@ -125,8 +134,64 @@ fn param_value() -> impl Strategy<Value = String> {
         Just("99999999999999999999h".to_string()),
         Just("2024-01-20T15:30:00Z".to_string()),
         Just("value:desc".to_string()),
+        Just("last:desc".to_string()),
+        Just("last,first,p95".to_string()),
+        Just("90".to_string()),
+        Just("-1.5e300".to_string()),
+        Just("NaN".to_string()),
+        Just("inf".to_string()),
+        Just("1e400".to_string()),
         any::<String>(),
     ]
+}
+
+/// A query with every kind of field set, value bounds and `last`/`first` among them.
+fn full_query() -> Query {
+    Query::from_params(&[
+        ("metric", "usage_user,usage_system"),
+        ("from", "2024-01-20T00:00:00Z"),
+        ("to", "2024-01-21T00:00:00Z"),
+        ("window", "1h"),
+        ("rolling", "true"),
+        ("step", "10m"),
+        ("tags", "env:prod"),
+        ("hosts", "web-*"),
+        ("agg", "last,first,avg,p99.9"),
+        ("group_by", "hostname"),
+        ("order_by", "last:desc"),
+        ("limit", "10"),
+        ("value_gt", "90"),
+        ("value_ge", "-0.5"),
+        ("value_lt", "1e300"),
+        ("value_le", "100"),
+    ])
+    .expect("a valid query")
+}
+
+/// A compute call between nodes, as bincode.
+fn compute_call() -> Vec<u8> {
+    raftmetrics_core::codec::encode(&Request::Compute {
+        partitions: vec![0, 3, 7],
+        query: full_query(),
+        strong: true,
+    })
+    .expect("encode")
+}
+
+/// A compute answer between nodes with `last` and `first` states, as bincode.
+fn computed_answer() -> Vec<u8> {
+    let cfg = SketchConfig::default();
+    let mut partial = PartialAggregate::default();
+    for (i, (ts, v)) in [(5, 91.0), (5, 99.0), (2, 93.5)].into_iter().enumerate() {
+        partial
+            .state_mut(vec![Some(format!("host_{}", i % 2))], 3_600_000_000)
+            .add_at(&cfg, ts, v, true);
+    }
+    raftmetrics_core::codec::encode(&Response::Computed {
+        partial,
+        missing: vec![1],
+    })
+    .expect("encode")
 }
 
 /// An insert body decoded and validated as an insert is.
@@ -198,6 +263,34 @@ proptest! {
         let result = read_frame_from(&bytes);
         if len as usize > tail.len() {
             prop_assert!(result.is_err());
+        }
+    }
+
+    #[test]
+    fn mutated_compute_calls_decode_or_fail_cleanly(ops in mutations()) {
+        let bytes = mutate(&compute_call(), &ops);
+        if let Ok(Request::Compute { query, .. }) = raftmetrics_core::codec::decode::<Request>(&bytes) {
+            // A worker validates what it decoded before it computes: bounds that are not
+            // finite never reach a store.
+            if query.validate().is_ok() {
+                prop_assert!(query.values.bounds().iter().flatten().all(|v| v.is_finite()));
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_compute_answers_decode_or_fail_cleanly(ops in mutations()) {
+        let bytes = mutate(&computed_answer(), &ops);
+        if let Ok(Response::Computed { partial, .. }) = raftmetrics_core::codec::decode::<Response>(&bytes) {
+            // Whatever a state holds, merging and finalizing it answers. (Tumbling buckets:
+            // rolling windows span the range between buckets, which mutated keys stretch.)
+            let mut query = full_query();
+            query.rolling = false;
+            query.step_micros = None;
+            let mut merged = PartialAggregate::default();
+            merged.merge(partial.clone());
+            merged.merge(partial);
+            let _ = finalize(&query, &SketchConfig::default(), &merged, Coverage::complete());
         }
     }
 

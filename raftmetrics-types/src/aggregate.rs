@@ -1,8 +1,9 @@
 //! Mergeable partial aggregate states and their finalization.
 //!
 //! A store computes, for every (group, time bucket) it holds, a [`PartialState`]: count,
-//! sum, min, max and, when percentiles are asked for, a [`Sketch`]. States from any number
-//! of partitions merge associatively and commutatively ([`PartialAggregate::merge`]); only
+//! sum, min, max, when percentiles are asked for a [`Sketch`], and when `last` or `first`
+//! is asked for the latest or earliest point ([`TimedValue`]). States from any number of
+//! partitions merge associatively and commutatively ([`PartialAggregate::merge`]); only
 //! then does [`finalize`] compute averages (`sum / count`) and percentiles (from the merged
 //! sketch). There is never an average of averages nor a percentile of percentiles.
 
@@ -26,6 +27,12 @@ pub struct PartialState {
     pub max: f64,
     /// Present when the query asks for percentiles.
     pub sketch: Option<Sketch>,
+    /// The latest point ([`TimedValue::latest`]); present when the query asks for `last`
+    /// and the state holds a point.
+    pub last: Option<TimedValue>,
+    /// The earliest point ([`TimedValue::earliest`]); present when the query asks for
+    /// `first` and the state holds a point.
+    pub first: Option<TimedValue>,
 }
 
 impl Default for PartialState {
@@ -36,6 +43,55 @@ impl Default for PartialState {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             sketch: None,
+            last: None,
+            first: None,
+        }
+    }
+}
+
+/// A point's timestamp (µs since the epoch) and value: the state of `last` and `first`.
+///
+/// Several points may share a timestamp (the store keeps duplicates), so a timestamp alone
+/// does not decide which point is the latest. Points are ordered by timestamp, then by
+/// value ([`f64::total_cmp`]): `last` is the value of the greatest point in that order (at
+/// the greatest timestamp, the greatest value), `first` of the smallest (at the smallest
+/// timestamp, the smallest value). Both are a maximum or minimum of a total order, so they
+/// merge associatively and commutatively and never depend on partitioning or merge order.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimedValue {
+    pub micros: i64,
+    pub value: f64,
+}
+
+impl TimedValue {
+    pub fn new(micros: i64, value: f64) -> Self {
+        TimedValue { micros, value }
+    }
+
+    /// Timestamp first, then value.
+    fn order(&self, other: &TimedValue) -> std::cmp::Ordering {
+        self.micros
+            .cmp(&other.micros)
+            .then(self.value.total_cmp(&other.value))
+    }
+
+    /// The later of two points (of equal timestamps, the greater value); either may be
+    /// absent.
+    pub fn latest(a: Option<TimedValue>, b: Option<TimedValue>) -> Option<TimedValue> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(if y.order(&x).is_gt() { y } else { x }),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+
+    /// The earlier of two points (of equal timestamps, the smaller value); either may be
+    /// absent.
+    pub fn earliest(a: Option<TimedValue>, b: Option<TimedValue>) -> Option<TimedValue> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(if y.order(&x).is_lt() { y } else { x }),
+            (x, None) => x,
+            (None, y) => y,
         }
     }
 }
@@ -52,6 +108,15 @@ impl PartialState {
         }
     }
 
+    /// Adds one point at `micros`: [`PartialState::add`], and the point counts for `last`
+    /// and `first`.
+    pub fn add_at(&mut self, cfg: &SketchConfig, micros: i64, value: f64, with_sketch: bool) {
+        self.add(cfg, value, with_sketch);
+        let point = Some(TimedValue::new(micros, value));
+        self.last = TimedValue::latest(self.last, point);
+        self.first = TimedValue::earliest(self.first, point);
+    }
+
     /// Folds `other` into `self`. Associative and commutative (sums up to floating-point
     /// rounding).
     pub fn merge(&mut self, other: &PartialState) {
@@ -62,10 +127,12 @@ impl PartialState {
         if let Some(theirs) = &other.sketch {
             self.sketch.get_or_insert_with(Sketch::new).merge(theirs);
         }
+        self.last = TimedValue::latest(self.last, other.last);
+        self.first = TimedValue::earliest(self.first, other.first);
     }
 
-    /// The final value of one aggregation; `None` where it is undefined (no values, or a
-    /// percentile without a sketch).
+    /// The final value of one aggregation; `None` where it is undefined (no values, a
+    /// percentile without a sketch, `last` or `first` without their point).
     pub fn value(&self, agg: Agg, cfg: &SketchConfig) -> Option<f64> {
         let any = self.count > 0;
         match agg {
@@ -74,6 +141,8 @@ impl PartialState {
             Agg::Avg => any.then(|| self.sum / self.count as f64),
             Agg::Min => any.then_some(self.min),
             Agg::Max => any.then_some(self.max),
+            Agg::Last => self.last.map(|p| p.value),
+            Agg::First => self.first.map(|p| p.value),
             // The sketch answers a bucket's representative value; the true quantile lies
             // within [min, max], so clamping only ever moves the answer closer to it. Stores
             // compute min and max with every sketch (`Query::needs_extremes`), so the answer
@@ -414,6 +483,116 @@ mod tests {
         assert_eq!(a.value(Agg::Avg, &cfg), Some(13.0 / 4.0));
         assert_eq!(a.value(Agg::Min, &cfg), Some(1.0));
         assert_eq!(a.value(Agg::Max, &cfg), Some(10.0));
+    }
+
+    #[test]
+    fn last_and_first_break_timestamp_ties_by_value() {
+        let cfg = SketchConfig::default();
+        let points = [
+            (5, 1.0),
+            (9, 3.0),
+            (9, 7.0),
+            (9, -2.0),
+            (1, 4.0),
+            (1, -6.0),
+            (1, 0.5),
+        ];
+        let mut s = PartialState::default();
+        for (t, v) in points {
+            s.add_at(&cfg, t, v, false);
+        }
+        assert_eq!(s.value(Agg::Last, &cfg), Some(7.0));
+        assert_eq!(s.value(Agg::First, &cfg), Some(-6.0));
+        assert_eq!(s.last, Some(TimedValue::new(9, 7.0)));
+        assert_eq!(s.first, Some(TimedValue::new(1, -6.0)));
+        // One point per state, merged in either direction: the same answer.
+        let single: Vec<PartialState> = points
+            .iter()
+            .map(|&(t, v)| {
+                let mut s = PartialState::default();
+                s.add_at(&cfg, t, v, false);
+                s
+            })
+            .collect();
+        let mut forward = PartialState::default();
+        single.iter().for_each(|x| forward.merge(x));
+        let mut backward = PartialState::default();
+        single.iter().rev().for_each(|x| backward.merge(x));
+        assert_eq!(forward, backward);
+        assert_eq!(forward.value(Agg::Last, &cfg), Some(7.0));
+        // Undefined without points, and in a state computed without them.
+        let empty = PartialState::default();
+        assert_eq!(empty.value(Agg::Last, &cfg), None);
+        assert_eq!(empty.value(Agg::First, &cfg), None);
+        assert_eq!(state(&[1.0]).value(Agg::Last, &cfg), None);
+    }
+
+    mod last_first_props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Few timestamps and values, so that ties are the rule.
+        fn points() -> impl Strategy<Value = Vec<(i64, f64, usize)>> {
+            prop::collection::vec(
+                (
+                    0i64..6,
+                    prop_oneof![(-3i32..4).prop_map(f64::from), -1e9..1e9f64],
+                    0usize..5,
+                ),
+                0..40,
+            )
+        }
+
+        fn parts(points: &[(i64, f64, usize)]) -> Vec<PartialState> {
+            let cfg = SketchConfig::default();
+            let mut parts = vec![PartialState::default(); 5];
+            for &(t, v, p) in points {
+                parts[p].add_at(&cfg, t, v, false);
+            }
+            parts
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn last_and_first_merge_in_any_order_and_grouping(
+                points in points(),
+                order in Just((0usize..5).collect::<Vec<_>>()).prop_shuffle(),
+            ) {
+                let cfg = SketchConfig::default();
+                let parts = parts(&points);
+                // Left fold in a shuffled order.
+                let mut folded = PartialState::default();
+                for &i in &order {
+                    folded.merge(&parts[i]);
+                }
+                // (a ⋅ b) ⋅ (c ⋅ (d ⋅ e)): another grouping.
+                let mut ab = parts[order[0]].clone();
+                ab.merge(&parts[order[1]]);
+                let mut de = parts[order[3]].clone();
+                de.merge(&parts[order[4]]);
+                let mut cde = parts[order[2]].clone();
+                cde.merge(&de);
+                ab.merge(&cde);
+                prop_assert_eq!(folded.last, ab.last);
+                prop_assert_eq!(folded.first, ab.first);
+                // The rule, by brute force over every point.
+                let want_last = points
+                    .iter()
+                    .map(|&(t, v, _)| (t, v))
+                    .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+                let want_first = points
+                    .iter()
+                    .map(|&(t, v, _)| (t, v))
+                    .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+                prop_assert_eq!(folded.value(Agg::Last, &cfg), want_last.map(|p| p.1));
+                prop_assert_eq!(folded.value(Agg::First, &cfg), want_first.map(|p| p.1));
+                prop_assert_eq!(folded.last.map(|p| p.micros), want_last.map(|p| p.0));
+                prop_assert_eq!(folded.first.map(|p| p.micros), want_first.map(|p| p.0));
+            }
+        }
     }
 
     #[test]

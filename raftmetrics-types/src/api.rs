@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, FieldError};
 use crate::model::{Point, Tags};
-use crate::query::Query;
+use crate::query::{Query, ValueFilter};
 use crate::time::Timestamp;
 
 /// Metric of points sent without one (`{"partition_key": "user123", "value": 42.5}`), and
@@ -129,6 +130,42 @@ pub struct ComputeRequest {
     /// At most one tag: the worker answers `groups` keyed by its value.
     #[serde(default)]
     pub group_by: Vec<String>,
+    /// Bounds on point values, as `/aggregate`'s parameters of the same names: finite
+    /// numbers, every one given must hold.
+    #[serde(default)]
+    pub value_gt: Option<f64>,
+    #[serde(default)]
+    pub value_ge: Option<f64>,
+    #[serde(default)]
+    pub value_lt: Option<f64>,
+    #[serde(default)]
+    pub value_le: Option<f64>,
+}
+
+impl ComputeRequest {
+    /// Reads a JSON body. A value bound that is not a number is a validation error naming
+    /// every such field (`value_gt`, ...), as `/aggregate` reports its parameters; any other
+    /// malformed body is an invalid request.
+    pub fn from_json(body: &[u8]) -> crate::Result<ComputeRequest> {
+        let invalid =
+            |e: serde_json::Error| Error::InvalidRequest(format!("invalid compute request: {e}"));
+        let doc: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+        if let Some(fields) = doc.as_object() {
+            let bad: Vec<FieldError> = ValueFilter::PARAMS
+                .iter()
+                .filter(|name| {
+                    fields
+                        .get(**name)
+                        .is_some_and(|v| !(v.is_null() || v.is_number()))
+                })
+                .map(|name| FieldError::new(*name, "must be a finite number"))
+                .collect();
+            if !bad.is_empty() {
+                return Err(Error::Validation(bad));
+            }
+        }
+        serde_json::from_value(doc).map_err(invalid)
+    }
 }
 
 /// `POST /compute` answer: only what this worker holds.
@@ -326,6 +363,12 @@ pub fn compute_query(req: &ComputeRequest) -> crate::Result<Query> {
     if !req.group_by.is_empty() {
         params.push(("group_by".into(), req.group_by.join(",")));
     }
+    let bounds = [req.value_gt, req.value_ge, req.value_lt, req.value_le];
+    for (name, bound) in ValueFilter::PARAMS.iter().zip(bounds) {
+        if let Some(v) = bound {
+            params.push((name.to_string(), v.to_string()));
+        }
+    }
     Query::from_params(&params)
 }
 
@@ -356,6 +399,45 @@ mod tests {
         let q = compute_query(&ComputeRequest::default()).unwrap();
         assert_eq!(q.metric, DEFAULT_METRIC);
         assert!(q.aggs.contains(&crate::Agg::Avg) && q.aggs.contains(&crate::Agg::Count));
+    }
+
+    #[test]
+    fn compute_requests_carry_value_bounds() {
+        let req = ComputeRequest::from_json(
+            br#"{"metric": "usage_user", "aggregations": ["last", "first"],
+                 "value_gt": 90, "value_le": 99.5, "value_lt": null}"#,
+        )
+        .unwrap();
+        let q = compute_query(&req).unwrap();
+        assert_eq!(q.values.gt, Some(90.0));
+        assert_eq!(q.values.le, Some(99.5));
+        assert_eq!(q.values.lt, None);
+        assert!(q.aggs.contains(&crate::Agg::Last) && q.aggs.contains(&crate::Agg::First));
+        // Every bound that is not a number is named.
+        match ComputeRequest::from_json(br#"{"value_gt": "abc", "value_lt": [1], "value_ge": 1}"#) {
+            Err(Error::Validation(f)) => assert_eq!(
+                f.into_iter().map(|f| f.field).collect::<Vec<_>>(),
+                vec!["value_gt", "value_lt"]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ComputeRequest::from_json(br#"{"value_gt": 1, "colour": 2}"#),
+            Err(Error::InvalidRequest(_))
+        ));
+        // A bound that is not finite (possible in bincode) is refused by the query's rules.
+        let req = ComputeRequest {
+            value_gt: Some(f64::NAN),
+            value_lt: Some(f64::NEG_INFINITY),
+            ..ComputeRequest::default()
+        };
+        match compute_query(&req) {
+            Err(Error::Validation(f)) => assert_eq!(
+                f.into_iter().map(|f| f.field).collect::<Vec<_>>(),
+                vec!["value_gt", "value_lt"]
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -70,4 +70,34 @@ mod tests {
         // allocated.
         assert!(decode::<Vec<Point>>(&[0xfc, 0xff, 0xff, 0xff, 0x7f]).is_err());
     }
+
+    #[test]
+    fn queries_and_partial_states_round_trip_with_value_bounds_and_last_first() {
+        use crate::aggregate::{PartialAggregate, TimedValue};
+        use crate::query::{Agg, Query};
+        use crate::sketch::SketchConfig;
+
+        let query = Query {
+            aggs: vec![Agg::Last, Agg::First, Agg::P95],
+            ..Query::new("usage_user")
+                .value_gt(90.0)
+                .value_le(-0.0)
+                .value_ge(f64::MIN_POSITIVE)
+        };
+        let bytes = encode(&query).unwrap();
+        assert_eq!(decode::<Query>(&bytes).unwrap(), query);
+        let mut partial = PartialAggregate::default();
+        let cfg = SketchConfig::default();
+        partial
+            .state_mut(vec![Some("host_1".into())], 0)
+            .add_at(&cfg, -5, 91.25, true);
+        partial.state_mut(vec![None], 7).add(&cfg, 3.0, false);
+        let bytes = encode(&partial).unwrap();
+        let back = decode::<PartialAggregate>(&bytes).unwrap();
+        assert_eq!(back, partial);
+        let state = &back.groups[&vec![Some("host_1".to_string())]][&0];
+        assert_eq!(state.last, Some(TimedValue::new(-5, 91.25)));
+        assert_eq!(state.first, state.last);
+        assert_eq!(back.groups[&vec![None]][&7].last, None);
+    }
 }

@@ -40,6 +40,12 @@ pub enum Agg {
     Max,
     Sum,
     Count,
+    /// The value of the latest point: the greatest timestamp; among several points there,
+    /// the greatest value.
+    Last,
+    /// The value of the earliest point: the smallest timestamp; among several points
+    /// there, the smallest value.
+    First,
     /// A percentile in hundredths of a percent: `Percentile(9500)` is p95, `Percentile(9990)`
     /// is p99.9.
     Percentile(u16),
@@ -71,6 +77,8 @@ impl fmt::Display for Agg {
             Agg::Max => f.write_str("max"),
             Agg::Sum => f.write_str("sum"),
             Agg::Count => f.write_str("count"),
+            Agg::Last => f.write_str("last"),
+            Agg::First => f.write_str("first"),
             Agg::Percentile(h) => {
                 let (whole, frac) = (h / 100, h % 100);
                 match frac {
@@ -86,16 +94,19 @@ impl fmt::Display for Agg {
 impl FromStr for Agg {
     type Err = String;
 
-    /// `avg`, `min`, `max`, `sum`, `count`, or `pNN` with NN from 0 to 100 and at most two
-    /// decimals (`p50`, `p99.9`).
+    /// `avg`, `min`, `max`, `sum`, `count`, `last`, `first`, or `pNN` with NN from 0 to 100
+    /// and at most two decimals (`p50`, `p99.9`).
     fn from_str(s: &str) -> Result<Self, String> {
-        const ERR: &str = "must be one of avg, min, max, sum, count, or pNN (p50, p95, p99, p99.9)";
+        const ERR: &str =
+            "must be one of avg, min, max, sum, count, last, first, or pNN (p50, p95, p99, p99.9)";
         match s {
             "avg" => Ok(Agg::Avg),
             "min" => Ok(Agg::Min),
             "max" => Ok(Agg::Max),
             "sum" => Ok(Agg::Sum),
             "count" => Ok(Agg::Count),
+            "last" => Ok(Agg::Last),
+            "first" => Ok(Agg::First),
             _ => {
                 let num = s.strip_prefix('p').ok_or(ERR)?;
                 let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
@@ -168,6 +179,65 @@ pub struct TagFilter {
     pub patterns: Vec<String>,
 }
 
+/// Predicates on the values of points (`value_gt`, `value_ge`, `value_lt`, `value_le`):
+/// every bound given must hold. A point is selected by them before any aggregation, so they
+/// combine with the metric, tag filters and time range like any other filter. Bounds that
+/// no value satisfies (`gt: 5, lt: 3`) select nothing; that is an answer over no points,
+/// not an error. Bounds are finite ([`Query::validate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValueFilter {
+    /// `value > gt`.
+    pub gt: Option<f64>,
+    /// `value >= ge`.
+    pub ge: Option<f64>,
+    /// `value < lt`.
+    pub lt: Option<f64>,
+    /// `value <= le`.
+    pub le: Option<f64>,
+}
+
+impl ValueFilter {
+    /// The parameter names, in the order of [`ValueFilter::bounds`].
+    pub const PARAMS: [&'static str; 4] = ["value_gt", "value_ge", "value_lt", "value_le"];
+
+    /// No bound: every value is selected.
+    pub fn is_empty(&self) -> bool {
+        self.bounds().iter().all(Option::is_none)
+    }
+
+    /// `[gt, ge, lt, le]`, in the order of [`ValueFilter::PARAMS`].
+    pub fn bounds(&self) -> [Option<f64>; 4] {
+        [self.gt, self.ge, self.lt, self.le]
+    }
+
+    fn bound_mut(&mut self, param: &str) -> Option<&mut Option<f64>> {
+        match param {
+            "value_gt" => Some(&mut self.gt),
+            "value_ge" => Some(&mut self.ge),
+            "value_lt" => Some(&mut self.lt),
+            "value_le" => Some(&mut self.le),
+            _ => None,
+        }
+    }
+
+    /// Whether `value` satisfies every bound.
+    pub fn matches(&self, value: f64) -> bool {
+        self.gt.is_none_or(|b| value > b)
+            && self.ge.is_none_or(|b| value >= b)
+            && self.lt.is_none_or(|b| value < b)
+            && self.le.is_none_or(|b| value <= b)
+    }
+}
+
+/// Parses a value bound: a finite decimal number (`90`, `-1.5`, `2e3`); `NaN` and infinities
+/// are refused.
+fn parse_bound(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("{text:?} must be a finite number")),
+    }
+}
+
 /// An analytics query.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Query {
@@ -186,6 +256,8 @@ pub struct Query {
     pub step_micros: Option<i64>,
     /// All filters must hold (AND); a filter holds when the tag matches any of its patterns.
     pub filters: Vec<TagFilter>,
+    /// Bounds on point values (`value_gt`, ...), applied before aggregation.
+    pub values: ValueFilter,
     pub aggs: Vec<Agg>,
     pub group_by: Vec<String>,
     pub order_by: Option<OrderBy>,
@@ -212,6 +284,7 @@ impl Query {
             rolling: false,
             step_micros: None,
             filters: Vec::new(),
+            values: ValueFilter::default(),
             aggs: DEFAULT_AGGS.to_vec(),
             group_by: Vec::new(),
             order_by: None,
@@ -302,6 +375,14 @@ impl Query {
                     }
                 }
                 "order_by" => order_text = Some(value),
+                "value_gt" | "value_ge" | "value_lt" | "value_le" => match parse_bound(value) {
+                    Ok(v) => {
+                        if let Some(bound) = q.values.bound_mut(key) {
+                            *bound = Some(v);
+                        }
+                    }
+                    Err(e) => errors.push(FieldError::new(key, e)),
+                },
                 "limit" => match value.parse::<usize>() {
                     Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = Some(n),
                     _ => errors.push(FieldError::new(
@@ -418,6 +499,11 @@ impl Query {
         if !self.group_by.is_empty() {
             push("group_by", self.group_by.join(","));
         }
+        for (name, bound) in ValueFilter::PARAMS.into_iter().zip(self.values.bounds()) {
+            if let Some(v) = bound {
+                push(name, v.to_string());
+            }
+        }
         if let Some(order) = self.order_by {
             let key = match order.key {
                 OrderKey::Agg(agg) => agg.to_string(),
@@ -492,6 +578,11 @@ impl Query {
                 "tags",
                 format!("filter patterns may be at most {MAX_PATTERN_BYTES} bytes"),
             ));
+        }
+        for (name, bound) in ValueFilter::PARAMS.into_iter().zip(self.values.bounds()) {
+            if bound.is_some_and(|v| !v.is_finite()) {
+                errors.push(FieldError::new(name, "must be a finite number"));
+            }
         }
         if let Some(OrderBy {
             key: OrderKey::Agg(a),
@@ -569,6 +660,40 @@ impl Query {
     /// Whether percentiles are asked for (stores then also compute sketches).
     pub fn needs_sketch(&self) -> bool {
         self.aggs.iter().any(|a| a.is_percentile())
+    }
+
+    /// Whether a store computes the latest point of each row (`last`).
+    pub fn needs_last(&self) -> bool {
+        self.aggs.contains(&Agg::Last)
+    }
+
+    /// Whether a store computes the earliest point of each row (`first`).
+    pub fn needs_first(&self) -> bool {
+        self.aggs.contains(&Agg::First)
+    }
+
+    /// Keeps only points whose value is above `bound` (`value_gt`).
+    pub fn value_gt(mut self, bound: f64) -> Self {
+        self.values.gt = Some(bound);
+        self
+    }
+
+    /// Keeps only points whose value is at least `bound` (`value_ge`).
+    pub fn value_ge(mut self, bound: f64) -> Self {
+        self.values.ge = Some(bound);
+        self
+    }
+
+    /// Keeps only points whose value is below `bound` (`value_lt`).
+    pub fn value_lt(mut self, bound: f64) -> Self {
+        self.values.lt = Some(bound);
+        self
+    }
+
+    /// Keeps only points whose value is at most `bound` (`value_le`).
+    pub fn value_le(mut self, bound: f64) -> Self {
+        self.values.le = Some(bound);
+        self
     }
 
     /// Whether a store computes the minimum and maximum: asked for, or a percentile is,
@@ -802,17 +927,89 @@ mod tests {
     #[test]
     fn agg_names_round_trip() {
         for name in [
-            "avg", "min", "max", "sum", "count", "p0", "p50", "p95", "p99", "p99.9", "p99.99",
-            "p100",
+            "avg", "min", "max", "sum", "count", "last", "first", "p0", "p50", "p95", "p99",
+            "p99.9", "p99.99", "p100",
         ] {
             let agg: Agg = name.parse().unwrap();
             assert_eq!(agg.to_string(), name);
         }
         assert_eq!("p99.9".parse::<Agg>().unwrap().quantile(), Some(0.999));
         for bad in [
-            "p", "p101", "p-1", "p9.", "p.5", "p99.999", "P50", "mean", "p1e2",
+            "p", "p101", "p-1", "p9.", "p.5", "p99.999", "P50", "mean", "p1e2", "Last", "latest",
         ] {
             assert!(bad.parse::<Agg>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn value_bounds_parse_and_bad_ones_are_each_reported() {
+        let q = parse(&[
+            ("metric", "usage_user"),
+            ("agg", "count,last,first"),
+            ("value_gt", "90"),
+            ("value_le", "-1.5e2"),
+            ("order_by", "last:desc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            q.values,
+            ValueFilter {
+                gt: Some(90.0),
+                le: Some(-150.0),
+                ..ValueFilter::default()
+            }
+        );
+        assert_eq!(q.aggs, vec![Agg::Count, Agg::Last, Agg::First]);
+        assert_eq!(
+            q.order_by,
+            Some(OrderBy {
+                key: OrderKey::Agg(Agg::Last),
+                descending: true
+            })
+        );
+        let at_most = ValueFilter {
+            le: Some(-150.0),
+            ..ValueFilter::default()
+        };
+        assert!(at_most.matches(-150.0) && !at_most.matches(-149.0));
+        let above = ValueFilter {
+            gt: Some(90.0),
+            ..ValueFilter::default()
+        };
+        assert!(above.matches(90.5) && !above.matches(90.0));
+        assert_eq!(
+            bad_fields(&[
+                ("metric", "m"),
+                ("value_gt", "abc"),
+                ("value_ge", "NaN"),
+                ("value_lt", "inf"),
+                ("value_le", "-infinity"),
+            ]),
+            vec!["value_gt", "value_ge", "value_lt", "value_le"]
+        );
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("value_gt", "1"), ("value_gt", "2")]),
+            vec!["value_gt"]
+        );
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("value_lt", ""), ("value_ge", "1e400")]),
+            vec!["value_lt", "value_ge"]
+        );
+        assert_eq!(
+            bad_fields(&[("metric", "m"), ("agg", "last"), ("order_by", "first")]),
+            vec!["order_by"]
+        );
+        // An empty range is a query over no points, not an error.
+        let q = parse(&[("metric", "m"), ("value_gt", "5"), ("value_lt", "3")]).unwrap();
+        assert!(!(-10..10).any(|v| q.values.matches(f64::from(v))));
+        // A hand-built query with a bound that is not finite is refused too.
+        let q = Query::new("m").value_ge(f64::NAN).value_lt(f64::INFINITY);
+        match q.validate() {
+            Err(Error::Validation(f)) => assert_eq!(
+                f.into_iter().map(|f| f.field).collect::<Vec<_>>(),
+                vec!["value_ge", "value_lt"]
+            ),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -929,6 +1126,16 @@ mod tests {
             &[("metric", "m"), ("agg", "p95,count,max,min,avg")],
             &[
                 ("metric", "m"),
+                ("agg", "last,first,count"),
+                ("order_by", "last:desc"),
+                ("value_gt", "90"),
+                ("value_ge", "-0.25"),
+                ("value_lt", "1e300"),
+                ("value_le", "0.1"),
+            ],
+            &[("metric", "m"), ("value_le", "-3"), ("group_by", "host")],
+            &[
+                ("metric", "m"),
                 ("consistency", "eventual"),
                 ("allow_partial", "true"),
                 ("rolling", "false"),
@@ -975,6 +1182,8 @@ mod tests {
                 Just(Agg::Max),
                 Just(Agg::Sum),
                 Just(Agg::Count),
+                Just(Agg::Last),
+                Just(Agg::First),
                 (0u16..=10_000).prop_map(Agg::Percentile),
             ]
         }
@@ -1028,6 +1237,11 @@ mod tests {
                 limit in proptest::option::of(1usize..=MAX_LIMIT),
                 allow_partial in any::<bool>(),
                 strong in any::<bool>(),
+                values in proptest::array::uniform4(proptest::option::of(prop_oneof![
+                    -1e6..1e6f64,
+                    any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                    Just(0.0),
+                ])),
             ) -> Query {
                 let aggs = dedup(aggs);
                 let mut q = Query::new(metric);
@@ -1053,6 +1267,8 @@ mod tests {
                 q.limit = limit;
                 q.allow_partial = allow_partial;
                 q.consistency = if strong { Consistency::Strong } else { Consistency::Eventual };
+                let [gt, ge, lt, le] = values;
+                q.values = ValueFilter { gt, ge, lt, le };
                 q
             }
         }

@@ -19,7 +19,7 @@ use crate::export::{Cursor, ExportPage, Selection};
 use crate::idempotency::{BatchId, IdSpan, WINDOW_MICROS};
 use crate::model::{Record, Tags};
 use crate::partition::PartitionId;
-use crate::query::{Agg, Query, TagFilter};
+use crate::query::{Agg, Query, TagFilter, ValueFilter};
 use crate::series::{self, Series};
 use crate::sketch::SketchConfig;
 use crate::time::Timestamp;
@@ -33,6 +33,7 @@ pub fn run(make: Factory<'_>) {
     replaying_an_applied_index_changes_nothing(&*make());
     a_call_is_atomic_across_partitions(&*make());
     computes_exact_partial_states(&*make());
+    last_first_and_value_bounds_are_exact(&*make());
     keeps_partitions_apart(&*make());
     hostile_strings_are_data(&*make());
     export_import_round_trips(&*make(), &*make());
@@ -545,6 +546,95 @@ fn a_batch_id_is_stored_once(store: &dyn Store, replica: &dyn Store) {
         .apply(&[with_ids(2, 1, &rows[..10], &first[..1], late)])
         .unwrap();
     assert_eq!(count_in(store, &[2], "cpu"), 10);
+}
+
+/// `last` and `first` with ties at equal timestamps (points of several series at one
+/// second, duplicates of one series among them) and value bounds, alone and together,
+/// against states built point by point.
+fn last_first_and_value_bounds_are_exact(store: &dyn Store) {
+    let cfg = SketchConfig::default();
+    let mut rows = sample(13, 1_500);
+    // Ten seconds shared by many points: every group's latest and earliest second holds
+    // several, with different values, and some exact duplicates.
+    let mut rng = SplitMix(14);
+    for r in rows.iter_mut() {
+        let second = 1_700_000_000
+            + [0, 1, 2, 3, 7_196, 7_197, 7_198, 7_199, 3_600, 60][rng.below(10) as usize];
+        let value = (rng.below(21) as f64 - 10.0) * 5.0;
+        *r = Record::new(
+            r.series.clone(),
+            Timestamp::from_micros(second * 1_000_000),
+            value,
+        );
+    }
+    store
+        .apply(&[write(0, 1, &rows[..700]), write(1, 1, &rows[700..])])
+        .unwrap();
+    let bounds = [
+        ValueFilter::default(),
+        ValueFilter {
+            gt: Some(0.0),
+            ..ValueFilter::default()
+        },
+        ValueFilter {
+            ge: Some(-25.0),
+            le: Some(25.0),
+            ..ValueFilter::default()
+        },
+        ValueFilter {
+            gt: Some(-10.0),
+            ge: Some(-20.0),
+            lt: Some(40.0),
+            le: Some(45.0),
+        },
+        ValueFilter {
+            gt: Some(30.0),
+            lt: Some(-30.0),
+            ..ValueFilter::default()
+        },
+    ];
+    for values in bounds {
+        for (group_by, window) in [(vec![], None), (vec!["host".to_string()], Some(3_600))] {
+            let mut q = Query::new("cpu");
+            q.aggs = vec![Agg::Last, Agg::First, Agg::Count, Agg::Max];
+            q.values = values;
+            q.group_by = group_by;
+            q.window_micros = window.map(|w| w * 1_000_000);
+            let got = store.compute(&[0, 1], &q, &cfg).unwrap();
+            let mut want = PartialAggregate::default();
+            for r in rows.iter().filter(|r| values.matches(r.value)) {
+                let bucket = match q.window_micros {
+                    Some(w) => r.timestamp.as_micros() / w * w,
+                    None => WHOLE_RANGE,
+                };
+                want.state_mut(q.group_key(r.metric(), r.tags()), bucket)
+                    .add_at(&cfg, r.timestamp.as_micros(), r.value, false);
+            }
+            assert_eq!(
+                got.groups.keys().collect::<Vec<_>>(),
+                want.groups.keys().collect::<Vec<_>>(),
+                "groups of {q:?}"
+            );
+            for (group, buckets) in &want.groups {
+                assert_eq!(
+                    got.groups[group].keys().collect::<Vec<_>>(),
+                    buckets.keys().collect::<Vec<_>>(),
+                    "buckets of {group:?} in {q:?}"
+                );
+                for (bucket, w) in buckets {
+                    let g = &got.groups[group][bucket];
+                    assert_eq!(
+                        (g.count, g.max, g.last, g.first),
+                        (w.count, w.max, w.last, w.first),
+                        "{group:?}/{bucket} of {q:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Without `last` and `first` asked, states carry neither.
+    let got = total(&store.compute(&[0, 1], &everything("cpu"), &cfg).unwrap());
+    assert_eq!((got.last, got.first), (None, None));
 }
 
 fn one_query_covers_several_metrics(store: &dyn Store) {

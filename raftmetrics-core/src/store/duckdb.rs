@@ -24,7 +24,10 @@
 //!   partition, which decides, while the rows are committed with the points.
 //!
 //! Series are resolved and filtered in memory (a catalog loaded at open), so tag filters and
-//! wildcards are plain Rust string matching and never reach SQL. Writes go through the
+//! wildcards are plain Rust string matching and never reach SQL. Aggregates are computed in
+//! SQL: the time range and value bounds (`value_gt`, ...) are conditions of the `WHERE`
+//! clause with bound parameters, and `last`/`first` the greatest and smallest
+//! `(ts, value)` struct of each row. Writes go through the
 //! Appender inside one transaction with the applied index. External file access is disabled
 //! and the configuration locked once the schema exists.
 //!
@@ -47,7 +50,7 @@ use super::checkpointer::{
     BACKSTOP_UNSAVED_ROWS, BACKSTOP_WAL_AUTOCHECKPOINT, Checkpointer, Saved, Trigger,
 };
 use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
-use crate::aggregate::{PartialAggregate, PartialState, WHOLE_RANGE};
+use crate::aggregate::{PartialAggregate, PartialState, TimedValue, WHOLE_RANGE};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::export::{Cursor, ExportPage, PageBuilder, Selection};
@@ -684,7 +687,13 @@ struct AggregateSql {
     width: Option<i64>,
     from: Option<i64>,
     to: Option<i64>,
+    /// The query's value bounds that are given, in the order of their placeholders.
+    bounds: Vec<f64>,
 }
+
+/// The condition on `p.value` of each bound of a [`crate::query::ValueFilter`], in the
+/// order of [`crate::query::ValueFilter::bounds`].
+const VALUE_CONDITIONS: [&str; 4] = ["p.value > ?", "p.value >= ?", "p.value < ?", "p.value <= ?"];
 
 impl AggregateSql {
     fn new(query: &Query, source: &Source, aggregates: &str) -> Self {
@@ -726,6 +735,13 @@ impl AggregateSql {
         if to.is_some() {
             conds.push("p.ts < ?".into());
         }
+        let mut bounds = Vec::new();
+        for (cond, bound) in VALUE_CONDITIONS.iter().zip(query.values.bounds()) {
+            if let Some(v) = bound {
+                conds.push((*cond).into());
+                bounds.push(v);
+            }
+        }
         let filter = if conds.is_empty() {
             String::new()
         } else {
@@ -742,6 +758,7 @@ impl AggregateSql {
             width,
             from,
             to,
+            bounds,
         }
     }
 
@@ -764,8 +781,17 @@ impl AggregateSql {
         }
         args.extend(self.from.map(Value::BigInt));
         args.extend(self.to.map(Value::BigInt));
+        args.extend(self.bounds.iter().map(|&v| Value::Double(v)));
         args
     }
+}
+
+/// The (timestamp, value) pair in columns `at` and `at + 1` of an aggregate row; `None`
+/// where the query did not ask for it (both `NULL`).
+fn timed(row: &duckdb::Row<'_>, at: usize) -> Result<Option<TimedValue>> {
+    let micros: Option<i64> = row.get(at).map_err(storage("query"))?;
+    let value: Option<f64> = row.get(at + 1).map_err(storage("query"))?;
+    Ok(micros.zip(value).map(|(t, v)| TimedValue::new(t, v)))
 }
 
 /// A read connection that goes back to the pool when dropped.
@@ -1308,8 +1334,12 @@ impl Store for DuckDbStore {
         {
             // Only the aggregates the query needs; the others keep their neutral values.
             // Minimum and maximum come with every percentile (`Query::needs_extremes`).
+            // `last` and `first`: the greatest and smallest (timestamp, value) pair, a struct
+            // compared field by field, so a tie of timestamps goes to the greater (smaller)
+            // value whatever order DuckDB reads the rows in (`TimedValue`). DuckDB
+            // computes each of the two aggregates once, for both fields.
             let columns = format!(
-                "count(*), {}, {}",
+                "count(*), {}, {}, {}, {}",
                 if query.aggs.iter().any(|a| matches!(a, Agg::Sum | Agg::Avg)) {
                     "sum(p.value)"
                 } else {
@@ -1320,6 +1350,18 @@ impl Store for DuckDbStore {
                 } else {
                     "'inf'::DOUBLE, '-inf'::DOUBLE"
                 },
+                if query.needs_last() {
+                    "struct_extract(max(struct_pack(t := p.ts, v := p.value)), 't'),
+                     struct_extract(max(struct_pack(t := p.ts, v := p.value)), 'v')"
+                } else {
+                    "NULL::BIGINT, NULL::DOUBLE"
+                },
+                if query.needs_first() {
+                    "struct_extract(min(struct_pack(t := p.ts, v := p.value)), 't'),
+                     struct_extract(min(struct_pack(t := p.ts, v := p.value)), 'v')"
+                } else {
+                    "NULL::BIGINT, NULL::DOUBLE"
+                },
             );
             let sql = AggregateSql::new(query, &source, &columns);
             let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
@@ -1327,14 +1369,22 @@ impl Store for DuckDbStore {
                 .query(duckdb::params_from_iter(sql.args(None, &source)))
                 .map_err(storage("query"))?;
             while let Some(row) = rows.next().map_err(storage("query"))? {
+                let count = row.get::<_, i64>(2).map_err(storage("query"))? as u64;
+                if count == 0 {
+                    // Grouped by constants only, DuckDB answers one row even when no point
+                    // is selected (the sum and extremes of nothing are NULL).
+                    continue;
+                }
                 let g: u32 = row.get(0).map_err(storage("query"))?;
                 let b: i64 = row.get(1).map_err(storage("query"))?;
                 let state = PartialState {
-                    count: row.get::<_, i64>(2).map_err(storage("query"))? as u64,
+                    count,
                     sum: row.get(3).map_err(storage("query"))?,
                     min: row.get(4).map_err(storage("query"))?,
                     max: row.get(5).map_err(storage("query"))?,
                     sketch: query.needs_sketch().then(Sketch::new),
+                    last: timed(row, 6)?,
+                    first: timed(row, 8)?,
                 };
                 if let Some(key) = group_of(g) {
                     out.state_mut(key, bucket_key(b)).merge(&state);

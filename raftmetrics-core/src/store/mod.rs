@@ -147,7 +147,10 @@ pub trait Store: Send + Sync {
         self.applied_index(partition)
     }
 
-    /// Partial aggregates of `query` over the given partitions.
+    /// Partial aggregates of `query` over the given partitions: of the points its metrics,
+    /// filters, time range and value bounds select, a state per group and bucket, carrying
+    /// what its aggregations need (the latest and earliest point only for `last` and
+    /// `first`).
     fn compute(
         &self,
         partitions: &[PartitionId],
