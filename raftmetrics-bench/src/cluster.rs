@@ -239,6 +239,28 @@ impl LocalCluster {
         self.dir.path().join("cluster").join("nodes.json")
     }
 
+    /// The pid of the `dev` process that started the nodes.
+    pub fn dev_pid(&self) -> u32 {
+        self.dev.id()
+    }
+
+    /// The pid of the control node (the first one, with several).
+    pub fn control_pid(&self) -> Result<u32> {
+        let path = self.nodes_path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(BenchError::io(format!("read {}", path.display())))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| BenchError::Cluster(format!("{} is not JSON: {e}", path.display())))?;
+        doc["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["role"] == "control")
+            .and_then(|n| n["pid"].as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| BenchError::Cluster(format!("no control node in {}", path.display())))
+    }
+
     /// The pids of every process of the cluster: `dev` and the nodes it started.
     pub fn pids(&self) -> Result<Vec<u32>> {
         let mut pids = vec![self.dev.id()];

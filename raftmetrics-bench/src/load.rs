@@ -10,6 +10,11 @@
 //! and its latency runs from when it was due, so time spent waiting for a free connection
 //! counts too.
 //!
+//! The same connections can post InfluxDB line protocol instead, to any write endpoint
+//! ([`LineTarget`]: RaftMetrics' `POST /write`, or another system's), either made from the
+//! samples as they come or from bodies built once before the run ([`LineBodies`]), so that
+//! several systems are sent the same bytes; any 2xx answer acknowledges.
+//!
 //! A [`Stop`] ends a run early (no batch is taken after it; those queued still go), and
 //! [`LoadReport::window`] measures the part of a run that fell within a time window, so one
 //! steady load can be measured before and during an event.
@@ -19,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use raftmetrics_client::{Client, Format, PointRef};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
@@ -161,10 +167,115 @@ impl LoadReport {
     }
 }
 
+/// What a batch carries: samples, sent as the spec says, or a line protocol body built
+/// before the run ([`LineBodies`]).
+enum Payload {
+    Samples(Vec<Sample>),
+    Body { points: u64, body: Bytes },
+}
+
+impl Payload {
+    fn points(&self) -> u64 {
+        match self {
+            Payload::Samples(s) => s.len() as u64,
+            Payload::Body { points, .. } => *points,
+        }
+    }
+}
+
 /// One batch and its place in the sequence.
 struct Job {
     seq: u64,
-    samples: Vec<Sample>,
+    payload: Payload,
+}
+
+/// Where a line protocol body is posted: a write endpoint and its query
+/// (`http://127.0.0.1:8086/write?db=bench&precision=u`), with the `Authorization` header to
+/// send, if any. RaftMetrics' `POST /write`, VictoriaMetrics' and InfluxDB's all take the
+/// same bodies.
+#[derive(Clone, Debug)]
+pub struct LineTarget {
+    pub url: String,
+    pub auth: Option<String>,
+}
+
+impl LineTarget {
+    /// RaftMetrics' `POST /write` at `url`, microsecond timestamps, with a token.
+    pub fn raftmetrics(url: &str, token: &str) -> LineTarget {
+        LineTarget {
+            url: format!("{}/write?precision=u", url.trim_end_matches('/')),
+            auth: Some(format!("Token {token}")),
+        }
+    }
+}
+
+/// The line protocol bodies of a span of the dataset, in batches of `batch` points, built
+/// once (by [`line_protocol`]) so that several systems can be sent the very same bytes, and
+/// no system's run pays for building them.
+pub struct LineBodies {
+    batches: Vec<(u64, Bytes)>,
+}
+
+impl LineBodies {
+    /// Builds the bodies of intervals `span` in batches of `batch` samples.
+    pub fn build(dataset: &Dataset, span: Span, batch: usize) -> Result<LineBodies> {
+        if batch == 0 {
+            return Err(BenchError::Config("the batch must be at least 1".into()));
+        }
+        let mut samples = dataset.samples(span.first, span.count);
+        let mut batches = Vec::new();
+        loop {
+            let chunk = samples.take_batch(batch);
+            if chunk.is_empty() {
+                break;
+            }
+            let body = line_protocol(dataset, &chunk);
+            batches.push((chunk.len() as u64, Bytes::from(body)));
+        }
+        Ok(LineBodies { batches })
+    }
+
+    /// Points in all bodies.
+    pub fn points(&self) -> u64 {
+        self.batches.iter().map(|(n, _)| n).sum()
+    }
+
+    /// Bytes in all bodies.
+    pub fn bytes(&self) -> u64 {
+        self.batches.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+}
+
+/// How the connections of a run send their batches.
+#[derive(Clone)]
+enum Sender {
+    Client(Client),
+    Line(LineProtocolSender),
+}
+
+impl Sender {
+    async fn send(&self, dataset: &Dataset, payload: &Payload) -> Result<()> {
+        match (self, payload) {
+            (Sender::Line(sender), Payload::Body { body, .. }) => sender.post(body.clone()).await,
+            (Sender::Line(sender), Payload::Samples(samples)) => {
+                sender
+                    .post(Bytes::from(line_protocol(dataset, samples)))
+                    .await
+            }
+            (Sender::Client(client), Payload::Samples(samples)) => {
+                // Points borrow their metric and tags from the dataset: a batch of them
+                // costs no allocation per point (as a producer that keeps its series
+                // would).
+                let points: Vec<PointRef<'_>> =
+                    samples.iter().map(|s| dataset.point_ref(s)).collect();
+                client.insert_refs(&points).await?;
+                Ok(())
+            }
+            (Sender::Client(_), Payload::Body { .. }) => Err(BenchError::Config(
+                "a line protocol body cannot go through the typed client".into(),
+            )),
+        }
+    }
 }
 
 /// Sends intervals `span` of `dataset` to the cluster at `url` and waits for every
@@ -188,23 +299,22 @@ pub async fn run_until(
     spec: &LoadSpec,
     stop: &Stop,
 ) -> Result<LoadReport> {
-    if spec.connections == 0 || spec.batch == 0 {
-        return Err(BenchError::Config(
-            "connections and batch must be at least 1".into(),
-        ));
-    }
-    if spec.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        return Err(BenchError::Config("the rate must be above zero".into()));
-    }
-    let clients = (0..spec.connections)
-        .map(|_| {
-            Client::builder(url)
-                .token(token)
-                .format(spec.format)
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    check_spec(spec)?;
+    let senders = if spec.line_protocol {
+        let sender = LineProtocolSender::new(LineTarget::raftmetrics(url, token));
+        vec![Sender::Line(sender); spec.connections]
+    } else {
+        (0..spec.connections)
+            .map(|_| {
+                Client::builder(url)
+                    .token(token)
+                    .format(spec.format)
+                    .timeout(REQUEST_TIMEOUT)
+                    .build()
+                    .map(Sender::Client)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
     let total = span.count * dataset.points_per_interval();
     let (tx, rx) = mpsc::channel::<Job>(spec.connections * QUEUE_PER_CONNECTION);
     let batch = spec.batch;
@@ -225,7 +335,7 @@ pub async fn run_until(
                 || tx
                     .blocking_send(Job {
                         seq,
-                        samples: chunk,
+                        payload: Payload::Samples(chunk),
                     })
                     .is_err()
             {
@@ -233,24 +343,82 @@ pub async fn run_until(
             }
         }
     });
-
-    let line_protocol = spec.line_protocol.then(|| LineProtocolSender {
-        http: reqwest::Client::new(),
-        url: format!("{}/write?precision=u", url.trim_end_matches('/')),
-        auth: format!("Token {token}"),
-    });
-    let rx = Arc::new(Mutex::new(rx));
-    let acked = Arc::new(AtomicU64::new(0));
     // An error here means the generator thread died; joining it below reports that.
     let _ = ready_rx.await;
+    let outcome = drive(dataset, senders, rx, total, spec).await;
+    // The queue's receiver is gone, so the generator stops at its next batch.
+    tokio::task::spawn_blocking(move || producer.join())
+        .await
+        .map_err(|e| BenchError::Task(e.to_string()))?
+        .map_err(|_| BenchError::Task("the generator thread panicked".into()))?;
+    outcome
+}
+
+/// Posts line protocol bodies built before the run to `target`, over `spec.connections`
+/// connections (closed or open loop as `spec.rate` says), and waits for every
+/// acknowledgement (a 2xx answer). The same path as a line protocol run of [`run`], with
+/// the bodies already made.
+pub async fn run_line_bodies(
+    target: &LineTarget,
+    bodies: Arc<LineBodies>,
+    dataset: Arc<Dataset>,
+    spec: &LoadSpec,
+) -> Result<LoadReport> {
+    check_spec(spec)?;
+    let senders = vec![Sender::Line(LineProtocolSender::new(target.clone())); spec.connections];
+    let total = bodies.points();
+    let (tx, rx) = mpsc::channel::<Job>(spec.connections * QUEUE_PER_CONNECTION);
+    let feeder = tokio::spawn(async move {
+        for (seq, (points, body)) in bodies.batches.iter().enumerate() {
+            let job = Job {
+                seq: seq as u64,
+                payload: Payload::Body {
+                    points: *points,
+                    body: body.clone(),
+                },
+            };
+            if tx.send(job).await.is_err() {
+                break;
+            }
+        }
+    });
+    let outcome = drive(dataset, senders, rx, total, spec).await;
+    feeder.abort();
+    let _ = feeder.await;
+    outcome
+}
+
+fn check_spec(spec: &LoadSpec) -> Result<()> {
+    if spec.connections == 0 || spec.batch == 0 {
+        return Err(BenchError::Config(
+            "connections and batch must be at least 1".into(),
+        ));
+    }
+    if spec.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(BenchError::Config("the rate must be above zero".into()));
+    }
+    Ok(())
+}
+
+/// The connections of a run: each takes the next batch from `rx`, sends it (when it is due,
+/// in an open loop) and waits for its acknowledgement, until the queue is empty.
+async fn drive(
+    dataset: Arc<Dataset>,
+    senders: Vec<Sender>,
+    rx: mpsc::Receiver<Job>,
+    total: u64,
+    spec: &LoadSpec,
+) -> Result<LoadReport> {
+    let batch = spec.batch;
+    let rx = Arc::new(Mutex::new(rx));
+    let acked = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let progress = tokio::spawn(show_progress(spec.label.clone(), Arc::clone(&acked), total));
     let mut tasks = tokio::task::JoinSet::new();
-    for client in clients {
+    for sender in senders {
         let rx = Arc::clone(&rx);
         let acked = Arc::clone(&acked);
         let dataset = Arc::clone(&dataset);
-        let line_protocol = line_protocol.clone();
         let rate = spec.rate;
         tasks.spawn(async move {
             let mut timeline = Vec::new();
@@ -258,7 +426,7 @@ pub async fn run_until(
                 let Some(job) = rx.lock().await.recv().await else {
                     break;
                 };
-                let n = job.samples.len() as u64;
+                let n = job.payload.points();
                 let sent = match rate {
                     Some(rate) => {
                         let due =
@@ -268,16 +436,7 @@ pub async fn run_until(
                     }
                     None => Instant::now(),
                 };
-                if let Some(sender) = &line_protocol {
-                    sender.send(&dataset, &job.samples).await?;
-                } else {
-                    // Points borrow their metric and tags from the dataset: a batch of them
-                    // costs no allocation per point (as a producer that keeps its series
-                    // would).
-                    let points: Vec<PointRef<'_>> =
-                        job.samples.iter().map(|s| dataset.point_ref(s)).collect();
-                    client.insert_refs(&points).await?;
-                }
+                sender.send(&dataset, &job.payload).await?;
                 let sent_at = sent.saturating_duration_since(start).as_micros() as u64;
                 timeline.push((sent_at, sent.elapsed().as_micros() as u64, n));
                 acked.fetch_add(n, Ordering::Relaxed);
@@ -305,11 +464,6 @@ pub async fn run_until(
     let elapsed = start.elapsed();
     progress.abort();
     let _ = progress.await;
-    // The queue's receiver is gone, so the generator stops at its next batch.
-    tokio::task::spawn_blocking(move || producer.join())
-        .await
-        .map_err(|e| BenchError::Task(e.to_string()))?
-        .map_err(|_| BenchError::Task("the generator thread panicked".into()))?;
     if let Some(e) = failure {
         finish_progress_line();
         return Err(e);
@@ -409,6 +563,31 @@ mod tests {
     }
 
     #[test]
+    fn bodies_built_once_hold_every_point_in_batches() {
+        let dataset = Dataset::new(crate::generator::Config::new(1, 3));
+        let span = Span { first: 0, count: 4 };
+        let bodies = LineBodies::build(&dataset, span, 25).unwrap();
+        // 3 hosts x 10 fields x 4 intervals = 120 points: four batches of 25, one of 20.
+        assert_eq!(bodies.points(), 120);
+        let sizes: Vec<u64> = bodies.batches.iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, [25, 25, 25, 25, 20]);
+        let all: Vec<Sample> = dataset.samples(0, 4).take_batch(1_000);
+        let text: String = bodies
+            .batches
+            .iter()
+            .map(|(_, b)| std::str::from_utf8(b).unwrap())
+            .collect();
+        let fields: usize = text.lines().map(|l| l.matches("usage_").count()).sum();
+        assert_eq!(fields, 120);
+        assert_eq!(bodies.bytes(), text.len() as u64);
+        assert!(text.starts_with(&line_protocol(&dataset, &all[..10])));
+        assert!(LineBodies::build(&dataset, span, 0).is_err());
+        let target = LineTarget::raftmetrics("http://127.0.0.1:8080/", "t");
+        assert_eq!(target.url, "http://127.0.0.1:8080/write?precision=u");
+        assert_eq!(target.auth.as_deref(), Some("Token t"));
+    }
+
+    #[test]
     fn latency_percentiles_are_nearest_rank() {
         let report = LoadReport {
             points: 1_000,
@@ -479,31 +658,40 @@ mod tests {
     }
 }
 
-/// Sends samples as InfluxDB line protocol to a node's `POST /write`.
+/// Posts line protocol bodies to a [`LineTarget`]; any 2xx answer acknowledges.
 #[derive(Clone)]
 struct LineProtocolSender {
     http: reqwest::Client,
-    url: String,
-    auth: String,
+    target: LineTarget,
 }
 
 impl LineProtocolSender {
-    async fn send(&self, dataset: &Dataset, samples: &[Sample]) -> Result<()> {
-        let body = line_protocol(dataset, samples);
-        let answer = self
+    fn new(target: LineTarget) -> LineProtocolSender {
+        LineProtocolSender {
+            http: reqwest::Client::new(),
+            target,
+        }
+    }
+
+    async fn post(&self, body: Bytes) -> Result<()> {
+        let mut request = self
             .http
-            .post(&self.url)
-            .header("Authorization", &self.auth)
+            .post(&self.target.url)
             .timeout(REQUEST_TIMEOUT)
-            .body(body)
+            .body(body);
+        if let Some(auth) = &self.target.auth {
+            request = request.header("Authorization", auth);
+        }
+        let answer = request
             .send()
             .await
             .map_err(|e| BenchError::Task(format!("line protocol write: {e}")))?;
         let status = answer.status();
-        if status.as_u16() != 204 {
+        if !status.is_success() {
             let text = answer.text().await.unwrap_or_default();
             return Err(BenchError::Task(format!(
-                "line protocol write answered {status}: {text}"
+                "line protocol write to {} answered {status}: {text}",
+                self.target.url
             )));
         }
         Ok(())

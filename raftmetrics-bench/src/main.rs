@@ -7,6 +7,8 @@
 //! raftmetrics-bench ingest --url URL --token T --connections 8 --batch 10000
 //! raftmetrics-bench query --url URL --token T
 //! raftmetrics-bench rebalance --points 1000000 --rate 30000   # 3 -> 4 workers under load
+//! raftmetrics-bench peers --points 1000000   # beside VictoriaMetrics and InfluxDB
+//! raftmetrics-bench export --scale 100 --points 10000000   # export, re-import, compare
 //! ```
 //!
 //! See `docs/benchmarks.md` for what is measured and the results.
@@ -14,8 +16,10 @@
 mod cluster;
 mod cpu;
 mod error;
+mod export;
 mod generator;
 mod load;
+mod peers;
 mod protocols;
 mod queries;
 mod rebalance;
@@ -122,6 +126,12 @@ enum Command {
         /// Skip the replication factor 3 cluster.
         #[arg(long)]
         skip_rf3: bool,
+        /// Skip the comparison with VictoriaMetrics and InfluxDB (run when either is
+        /// installed).
+        #[arg(long)]
+        skip_peers: bool,
+        #[command(flatten)]
+        peers: PeerArgs,
     },
     /// Scales a local cluster out from 3 to 4 workers (replication factor 3) under a steady
     /// open-loop ingest, and compares its rate and acknowledgement latency during the
@@ -162,6 +172,27 @@ enum Command {
         #[arg(long)]
         latency_log: Option<PathBuf>,
     },
+    /// Exports a loaded cluster through `GET /api/v1/export` while sampling the control
+    /// node's memory, imports the export into a fresh cluster through `POST /api/v1/import`,
+    /// and compares the two clusters' aggregates.
+    Export {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long, default_value_t = 2)]
+        workers: u16,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u32,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// Keep the export in this file [default: a temporary file].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The server binary [default: raftmetrics-server next to this executable].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
     /// The insert rate of the InfluxDB line protocol (`POST /write`) beside bincode through
     /// the typed client, alternating runs on one local cluster (replication factor 1); each
     /// run sends the dataset's `--points`.
@@ -181,6 +212,54 @@ enum Command {
         #[arg(long)]
         server_bin: Option<PathBuf>,
     },
+    /// RaftMetrics beside VictoriaMetrics and InfluxDB 1.x on this machine: each started
+    /// alone and loaded with the dataset's points (same connections and batch size), then
+    /// ingest rate, server CPU per million points, the query set (answers checked against
+    /// RaftMetrics' where their meaning agrees), data on disk and peak RSS. A peer whose
+    /// binary is missing is skipped.
+    Peers {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Timed runs per query (the median is reported), after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Loads of every system, each into a fresh one (the median rate is reported; the
+        /// queries run after the last).
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Workers of the RaftMetrics cluster (replication factor 1).
+        #[arg(long, default_value_t = 2)]
+        workers: u16,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// The server binary [default: raftmetrics-server next to this executable].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        #[command(flatten)]
+        peers: PeerArgs,
+    },
+}
+
+/// Where the peers of `peers` are installed.
+#[derive(Args, Debug, Clone)]
+struct PeerArgs {
+    /// VictoriaMetrics' single-node binary (Debian package `victoria-metrics`).
+    #[arg(long, default_value = "/usr/bin/victoria-metrics")]
+    victoria_metrics_bin: PathBuf,
+    /// InfluxDB 1.x's server binary (Debian package `influxdb`).
+    #[arg(long, default_value = "/usr/bin/influxd")]
+    influxd_bin: PathBuf,
+}
+
+impl PeerArgs {
+    fn bins(&self) -> peers::PeerBins {
+        peers::PeerBins {
+            victoria_metrics: self.victoria_metrics_bin.clone(),
+            influxd: self.influxd_bin.clone(),
+        }
+    }
 }
 
 /// Which data.
@@ -376,6 +455,8 @@ async fn run(command: Command) -> Result<bool> {
             partitions,
             server_bin,
             skip_rf3,
+            skip_peers,
+            peers,
         } => {
             let (dataset, intervals) = data.dataset()?;
             let server_bin = match server_bin {
@@ -395,6 +476,7 @@ async fn run(command: Command) -> Result<bool> {
                 partitions,
                 server_bin,
                 skip_rf3,
+                peers: (!skip_peers).then(|| peers.bins()),
             };
             let report = suite::run_all(&options).await?;
             report.print();
@@ -446,6 +528,33 @@ async fn run(command: Command) -> Result<bool> {
             report.print();
             Ok(report.consistent())
         }
+        Command::Export {
+            data,
+            load,
+            workers,
+            replication_factor,
+            partitions,
+            out,
+            server_bin,
+        } => {
+            let (dataset, intervals) = data.dataset()?;
+            let server_bin = match server_bin {
+                Some(p) => p,
+                None => cluster::default_server_bin()?,
+            };
+            let options = export::ExportOptions {
+                dataset,
+                intervals,
+                connections: load.connections,
+                batch: load.batch,
+                workers,
+                replication_factor,
+                partitions,
+                server_bin,
+                out,
+            };
+            export::run(&options).await
+        }
         Command::Protocols {
             data,
             load,
@@ -470,6 +579,37 @@ async fn run(command: Command) -> Result<bool> {
                 server_bin,
             };
             protocols::run(&options).await
+        }
+        Command::Peers {
+            data,
+            load,
+            runs,
+            rounds,
+            workers,
+            partitions,
+            server_bin,
+            peers,
+        } => {
+            let (dataset, intervals) = data.dataset()?;
+            let server_bin = match server_bin {
+                Some(p) => p,
+                None => cluster::default_server_bin()?,
+            };
+            let options = peers::PeersOptions {
+                dataset,
+                intervals,
+                connections: load.connections,
+                batch: load.batch,
+                runs,
+                rounds: rounds.max(1),
+                workers,
+                partitions,
+                server_bin,
+                bins: peers.bins(),
+            };
+            let report = peers::run(&options).await?;
+            report.print();
+            Ok(report.answers_agree())
         }
     }
 }

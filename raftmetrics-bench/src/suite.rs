@@ -8,7 +8,9 @@
 //!    while to measure the acknowledgement latency at half load, and loads more points over
 //!    JSON;
 //! 3. starts a cluster with replication factor 3 and does the same full and half loads;
-//! 4. prints the tables, every result as a ratio to its reference.
+//! 4. unless `--skip-peers`, runs `peers` (beside VictoriaMetrics and InfluxDB) when either
+//!    is installed;
+//! 5. prints the tables, every result as a ratio to its reference.
 //!
 //! Points written after the query set (half load, JSON) continue the same walks after the
 //! end of the dataset, so the queries see exactly the reference's points.
@@ -24,6 +26,7 @@ use crate::cpu::CpuSample;
 use crate::error::{BenchError, Result};
 use crate::generator::{Dataset, FIELDS};
 use crate::load::{self, LoadReport, LoadSpec, Span};
+use crate::peers::{self, PeerBins, PeersOptions, PeersReport};
 use crate::queries::{self, Case};
 use crate::reference::{IngestTiming, Reference};
 use crate::report::{IngestRow, QueryRow, ingest_table, query_table};
@@ -41,6 +44,9 @@ pub const HALF_LOAD_P99_GOAL: Duration = Duration::from_millis(30);
 pub struct Measured {
     pub report: LoadReport,
     pub cpu: CpuSample,
+    /// How long after the last acknowledgement every acknowledged point was queryable
+    /// (counted in the report's time).
+    pub queryable_after: Duration,
 }
 
 /// Runs `spec` over `span` against the cluster at `url`, measuring the CPU time of `pids`
@@ -65,7 +71,11 @@ pub async fn measure_load(
     );
     report.elapsed += settled;
     let cpu = CpuSample::take(pids)?.since(before);
-    Ok(Measured { report, cpu })
+    Ok(Measured {
+        report,
+        cpu,
+        queryable_after: settled,
+    })
 }
 
 /// Waits until the cluster answers for everything it acknowledged: a complete strong count
@@ -229,23 +239,32 @@ pub struct AllOptions {
     pub partitions: u32,
     pub server_bin: std::path::PathBuf,
     pub skip_rf3: bool,
+    /// The peers to compare with at the end (`peers`), when one of them is installed;
+    /// `None`: skipped.
+    pub peers: Option<PeerBins>,
 }
 
 /// What `all` found: the two tables and whether every answer agreed.
 pub struct AllReport {
     pub ingest: Vec<IngestRow>,
     pub queries: Vec<QueryRow>,
+    /// Beside VictoriaMetrics and InfluxDB, when run.
+    pub peers: Option<PeersReport>,
 }
 
 impl AllReport {
     /// Whether every answer of the cluster matched the reference's.
     pub fn answers_agree(&self) -> bool {
         self.queries.iter().all(|q| q.answers.is_ok())
+            && self.peers.as_ref().is_none_or(|p| p.answers_agree())
     }
 
     pub fn print(&self) {
         println!("\n## Ingest\n\n{}", ingest_table(&self.ingest).render());
         println!("## Queries\n\n{}", query_table(&self.queries).render());
+        if let Some(peers) = &self.peers {
+            peers.print();
+        }
     }
 }
 
@@ -480,8 +499,33 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
         .await?;
         ingest.extend(rows);
     }
+
+    // Beside VictoriaMetrics and InfluxDB, when either is installed.
+    let peers = match &o.peers {
+        Some(bins) if bins.any() => Some(
+            peers::run(&PeersOptions {
+                dataset: Arc::clone(dataset),
+                intervals: o.intervals,
+                connections: o.connections,
+                batch: o.batch,
+                runs: o.runs,
+                rounds: 1,
+                workers: o.workers,
+                partitions: o.partitions,
+                server_bin: o.server_bin.clone(),
+                bins: bins.clone(),
+            })
+            .await?,
+        ),
+        Some(_) => {
+            eprintln!("neither VictoriaMetrics nor InfluxDB is installed: skipping the peers");
+            None
+        }
+        None => None,
+    };
     Ok(AllReport {
         ingest,
         queries: query_rows,
+        peers,
     })
 }
