@@ -624,6 +624,8 @@ impl Metrics {
         self.render_raft(&mut out);
         self.render_connections(&mut out);
         self.render_moves(&mut out);
+        // The raft log engine's own write and fsync latencies, sizes and file counts.
+        out.push_str(&raftmetrics_core::raft::engine_metrics::render());
         out
     }
 

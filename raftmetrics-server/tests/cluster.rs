@@ -600,6 +600,16 @@ async fn seed_flow_errors_limits_and_partial_answers_with_two_workers() {
         .await
         .unwrap();
     assert!(text.contains("raftmetrics_raft_leader"), "{text}");
+    // Beside the node's own families, the raft log engine's: its writes and fsyncs, counted.
+    let synced = text
+        .lines()
+        .find_map(|l| l.strip_prefix("raft_engine_sync_log_duration_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(synced.is_some_and(|n| n > 0), "no fsyncs counted: {text}");
+    assert!(
+        text.contains("# TYPE raft_engine_write_duration_seconds histogram"),
+        "{text}"
+    );
 
     // --- Rate limits are per token: exhaust TOKEN_C, TOKEN_B is untouched.
     let mut limited = None;
