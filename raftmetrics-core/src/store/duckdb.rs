@@ -1284,11 +1284,20 @@ impl Store for DuckDbStore {
         if groups.is_empty() {
             return Ok(out);
         }
-        // 2. Aggregate in DuckDB, in one read transaction: the partitions the store holds are
+        // 2. Aggregate in DuckDB, reading one snapshot: the partitions the store holds are
         // read from the same snapshot as the points (a write adds its partition's
         // `rm_partitions` row in the transaction of its points).
-        let conn = self.reader()?;
-        let conn = conn.unchecked_transaction().map_err(storage("query"))?;
+        // One statement alone reads one snapshot without a transaction of its own: the
+        // transaction (two statements more) is only for the filter's read of the partitions
+        // held, and for the sketch's second statement.
+        let reader = self.reader()?;
+        let transaction;
+        let conn: &Connection = if by_filter || query.needs_sketch() {
+            transaction = reader.unchecked_transaction().map_err(storage("query"))?;
+            &transaction
+        } else {
+            &reader
+        };
         let source = if by_filter {
             let held = conn
                 .prepare_cached("SELECT partition_id FROM rm_partitions")
