@@ -6,17 +6,19 @@
 //! | `single-groupby-1-1-1` | max of `usage_user` of one host over one hour, by minute |
 //! | `double-groupby-1` | avg of `usage_user` per host per hour over 12 hours |
 //! | `cpu-max-all-8` | max of all ten fields of 8 hosts per hour over 8 hours (one query over the ten metrics, grouped by metric) |
-//! | `high-cpu-all` | hosts whose `usage_user` went above 90 in 12 hours, with their max (see below) |
-//! | `lastpoint` | the last `usage_user` of every host (see below) |
+//! | `high-cpu-all` | the number of readings of `usage_user` above 90 in 12 hours (`agg=count&value_gt=90`) |
+//! | `high-cpu-hosts` | the hosts with a reading of `usage_user` above 90 in the same 12 hours, with their max |
+//! | `lastpoint` | the last `usage_user` of every host (`agg=last`), over all the data |
 //! | `groupby-orderby-limit` | max of `usage_user` by minute, the last 5 minutes before a time |
 //! | `p95-p99-by-datacenter` | p95 and p99 of `usage_user` per datacenter, all points |
 //!
-//! Two TSBS queries have no exact form in the query model, which has no predicate on values
-//! and no `last` aggregation; both sides then run the nearest expressible query:
-//! `high-cpu-all` asks for the max per host and keeps hosts above 90 (the reference:
-//! `HAVING max(value) > 90`) rather than returning every reading above 90; `lastpoint` reads
-//! a one-minute lookback before the end of the data in 10 s buckets and keeps each host's
-//! last bucket (the reference: `arg_max(value, ts)` over the same minute).
+//! TSBS's `high-cpu-all` returns every reading above 90 in the range; the query model
+//! aggregates, so the set asks the number of those readings (the reference: `count(*) ...
+//! WHERE value > 90`) and, as `high-cpu-hosts`, which hosts had them and their max (`GROUP BY
+//! hostname` over the same `WHERE`). `lastpoint` is the latest reading of each host; the
+//! reference breaks a tie of timestamps as the query model does, by the greatest value
+//! (`last(value ORDER BY ts, value)`, where `arg_max(value, ts)` would return whichever tied
+//! row its scan meets first).
 //!
 //! Hosts and time ranges are drawn from the seed, inside the data's time range (a range
 //! longer than the data is cut to it). Answers must agree: counts, minima and maxima exactly,
@@ -42,17 +44,6 @@ pub const PERCENTILE_TOLERANCE: f64 = 0.01;
 /// Relative tolerance of sums and averages (floating-point summation order).
 const SUM_TOLERANCE: f64 = 1e-9;
 
-/// How rows are taken from the cluster's answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Post {
-    /// Every row.
-    All,
-    /// Rows whose first value is above this.
-    Above(f64),
-    /// The last bucket of each group, keyed by the group alone.
-    LastBucket,
-}
-
 /// One query of the set.
 #[derive(Clone, Debug)]
 pub struct Case {
@@ -64,7 +55,6 @@ pub struct Case {
     /// The reference: key columns (VARCHAR) then value columns (DOUBLE), in `aggs` order.
     pub sql: String,
     key_columns: usize,
-    post: Post,
 }
 
 /// A row of an answer: its key (metric, group values, bucket start) and its values.
@@ -128,7 +118,6 @@ pub fn cases(dataset: &Dataset, intervals: u64) -> Result<Vec<Case>> {
             bucket_sql(MINUTE)
         ),
         key_columns: 1,
-        post: Post::All,
     });
 
     let (from, to) = window(&mut rng, 12 * HOUR);
@@ -152,7 +141,6 @@ pub fn cases(dataset: &Dataset, intervals: u64) -> Result<Vec<Case>> {
             bucket_sql(HOUR)
         ),
         key_columns: 2,
-        post: Post::All,
     });
 
     let mut hosts: Vec<u64> = Vec::new();
@@ -195,12 +183,27 @@ pub fn cases(dataset: &Dataset, intervals: u64) -> Result<Vec<Case>> {
             bucket_sql(HOUR)
         ),
         key_columns: 2,
-        post: Post::All,
     });
 
     let (from, to) = window(&mut rng, 12 * HOUR);
     cases.push(Case {
         name: "high-cpu-all",
+        description: format!("readings of usage_user > 90, {:.1} h", hours(to - from)),
+        queries: vec![query(&[
+            ("metric", "usage_user".into()),
+            ("agg", "count".into()),
+            ("value_gt", "90".into()),
+            ("from", rfc3339(from)),
+            ("to", rfc3339(to)),
+        ])?],
+        sql: format!(
+            "SELECT count(*) FROM points WHERE metric = 'usage_user' AND value > 90
+             AND ts >= {from} AND ts < {to}"
+        ),
+        key_columns: 0,
+    });
+    cases.push(Case {
+        name: "high-cpu-hosts",
         description: format!(
             "hosts with usage_user > 90 and their max, {:.1} h",
             hours(to - from)
@@ -209,34 +212,29 @@ pub fn cases(dataset: &Dataset, intervals: u64) -> Result<Vec<Case>> {
             ("metric", "usage_user".into()),
             ("agg", "max".into()),
             ("group_by", "hostname".into()),
+            ("value_gt", "90".into()),
             ("from", rfc3339(from)),
             ("to", rfc3339(to)),
         ])?],
         sql: format!(
-            "SELECT hostname, max(value) FROM points WHERE metric = 'usage_user'
-             AND ts >= {from} AND ts < {to} GROUP BY hostname HAVING max(value) > 90"
+            "SELECT hostname, max(value) FROM points WHERE metric = 'usage_user' AND value > 90
+             AND ts >= {from} AND ts < {to} GROUP BY hostname"
         ),
         key_columns: 1,
-        post: Post::Above(90.0),
     });
 
-    let from = (end - MINUTE).max(start);
     cases.push(Case {
         name: "lastpoint",
-        description: "last usage_user per host (1 min lookback)".into(),
+        description: "last usage_user per host, all points".into(),
         queries: vec![query(&[
             ("metric", "usage_user".into()),
-            ("agg", "max".into()),
+            ("agg", "last".into()),
             ("group_by", "hostname".into()),
-            ("window", format!("{}s", step / 1_000_000)),
-            ("from", rfc3339(from)),
         ])?],
-        sql: format!(
-            "SELECT hostname, arg_max(value, ts) FROM points WHERE metric = 'usage_user'
-             AND ts >= {from} GROUP BY hostname"
-        ),
+        sql: "SELECT hostname, last(value ORDER BY ts, value) FROM points
+              WHERE metric = 'usage_user' GROUP BY hostname"
+            .into(),
         key_columns: 1,
-        post: Post::LastBucket,
     });
 
     let (_, to) = window(&mut rng, HOUR);
@@ -257,7 +255,6 @@ pub fn cases(dataset: &Dataset, intervals: u64) -> Result<Vec<Case>> {
                WHERE metric = 'usage_user' AND ts < {to} GROUP BY b ORDER BY b DESC LIMIT 5)"
         ),
         key_columns: 1,
-        post: Post::All,
     });
 
     cases.push(Case {
@@ -272,7 +269,6 @@ pub fn cases(dataset: &Dataset, intervals: u64) -> Result<Vec<Case>> {
               FROM points WHERE metric = 'usage_user' GROUP BY datacenter"
             .into(),
         key_columns: 1,
-        post: Post::All,
     });
     Ok(cases)
 }
@@ -343,31 +339,14 @@ impl Case {
                     .cloned()
                     .chain(g.key.iter().map(|(_, v)| v.clone().unwrap_or_default()))
                     .collect();
-                match (self.post, q.window_micros) {
-                    (Post::LastBucket, _) => {
-                        if let Some(last) = g.buckets.last() {
-                            rows.push(Row {
-                                key,
-                                values: values(&last.aggregations),
-                            });
-                        }
-                    }
-                    (_, Some(_)) => rows.extend(bucket_rows(&key, &g.buckets)),
-                    (_, None) => rows.push(Row {
+                match q.window_micros {
+                    Some(_) => rows.extend(bucket_rows(&key, &g.buckets)),
+                    None => rows.push(Row {
                         key,
                         values: values(&g.aggregations),
                     }),
                 }
             }
-        }
-        if let Post::Above(limit) = self.post {
-            rows.retain(|r| {
-                r.values
-                    .first()
-                    .copied()
-                    .flatten()
-                    .is_some_and(|v| v > limit)
-            });
         }
         rows
     }
@@ -512,7 +491,7 @@ mod tests {
         let d = Dataset::new(Config::new(1, 10));
         let intervals = 500;
         let cases = cases(&d, intervals).expect("cases");
-        assert_eq!(cases.len(), 7);
+        assert_eq!(cases.len(), 8);
         let end = d.time_of(intervals);
         for c in &cases {
             assert!(!c.queries.is_empty(), "{}", c.name);
@@ -529,5 +508,70 @@ mod tests {
         // The same seed draws the same parameters.
         let again = super::cases(&d, intervals).expect("cases");
         assert_eq!(cases[0].sql, again[0].sql);
+        // The TSBS forms: readings above 90, the hosts that had them, the last point.
+        let by_name = |n: &str| cases.iter().find(|c| c.name == n).expect(n);
+        let (high, hosts) = (by_name("high-cpu-all"), by_name("high-cpu-hosts"));
+        assert_eq!(high.queries[0].aggs, [Agg::Count]);
+        assert_eq!(high.queries[0].values.gt, Some(90.0));
+        assert!(high.queries[0].group_by.is_empty());
+        assert_eq!(hosts.queries[0].values.gt, Some(90.0));
+        assert_eq!(hosts.queries[0].group_by, ["hostname"]);
+        assert_eq!(
+            (high.queries[0].from, high.queries[0].to),
+            (hosts.queries[0].from, hosts.queries[0].to)
+        );
+        let last = &by_name("lastpoint").queries[0];
+        assert_eq!(last.aggs, [Agg::Last]);
+        assert_eq!((last.from, last.to, last.window_micros), (None, None, None));
+    }
+
+    #[test]
+    fn references_select_above_the_bound_and_break_ties_by_value() {
+        let d = Dataset::new(Config::new(1, 10));
+        let cases = cases(&d, 500).expect("cases");
+        let by_name = |n: &str| cases.iter().find(|c| c.name == n).expect(n);
+        let high = by_name("high-cpu-all");
+        let from = high.queries[0].from.expect("from").as_micros();
+        let conn = Connection::open_in_memory().expect("duckdb");
+        conn.execute_batch(
+            "CREATE TABLE points (metric VARCHAR, hostname VARCHAR, datacenter VARCHAR,
+             ts BIGINT, value DOUBLE)",
+        )
+        .expect("table");
+        let rows: [(&str, &str, i64, f64); 8] = [
+            ("usage_user", "host_1", from, 95.0),
+            ("usage_user", "host_1", from + 10, 90.0),
+            ("usage_user", "host_2", from + 10, 91.0),
+            ("usage_user", "host_2", from - 10, 99.0),
+            ("usage_idle", "host_2", from + 20, 99.0),
+            // Two points of host_3 at its latest time: `last` is the greater.
+            ("usage_user", "host_3", from + 30, 7.0),
+            ("usage_user", "host_3", from + 30, 8.0),
+            ("usage_user", "host_3", from + 30, 5.0),
+        ];
+        for (metric, host, ts, value) in rows {
+            conn.execute(
+                "INSERT INTO points VALUES (?, ?, 'dc', ?, ?)",
+                duckdb::params![metric, host, ts, value],
+            )
+            .expect("insert");
+        }
+        let row = |key: &[&str], v: f64| Row {
+            key: key.iter().map(|k| k.to_string()).collect(),
+            values: vec![Some(v)],
+        };
+        assert_eq!(high.run_reference(&conn).unwrap(), [row(&[], 2.0)]);
+        assert_eq!(
+            by_name("high-cpu-hosts").run_reference(&conn).unwrap(),
+            [row(&["host_1"], 95.0), row(&["host_2"], 91.0)]
+        );
+        assert_eq!(
+            by_name("lastpoint").run_reference(&conn).unwrap(),
+            [
+                row(&["host_1"], 90.0),
+                row(&["host_2"], 91.0),
+                row(&["host_3"], 8.0)
+            ]
+        );
     }
 }

@@ -4,18 +4,20 @@
 //! `cpu`, one field per `usage_*` and the host's tags. A query is one `SELECT` over
 //! `[from, to)` (`time >= from AND time < to`, nanosecond literals) with one column per field
 //! and aggregation, `GROUP BY time(w)` (buckets on the epoch, as RaftMetrics') and the group
-//! tags, `fill(none)`. Aggregations: `count`, `min`, `max`, `sum`, `mean`, `last` (for
-//! `lastpoint`), and `percentile(f, p)`, which InfluxDB computes exactly from the sorted
-//! points (the element of rank `floor(n * p + 0.5)`, where RaftMetrics' nearest rank is
-//! `ceil(n * p)`); `groupby-orderby-limit` is TSBS's form, `time < to ... ORDER BY time DESC
-//! LIMIT 5`. `high-cpu-all` keeps the hosts above 90 from the answer, as RaftMetrics' does.
+//! tags, `fill(none)`. Aggregations: `count`, `min`, `max`, `sum`, `mean`, `last`, `first`,
+//! and `percentile(f, p)`, which InfluxDB computes exactly from the sorted points (the
+//! element of rank `floor(n * p + 0.5)`, where RaftMetrics' nearest rank is `ceil(n * p)`);
+//! `groupby-orderby-limit` is TSBS's form, `time < to ... ORDER BY time DESC LIMIT 5`. Bounds
+//! on values are conditions on the field (`"usage_user" > 90`), as TSBS's `high-cpu-all`
+//! puts them; with several fields a condition would select rows of all of them, so bounds
+//! are translated for one field only.
 
 use std::path::Path;
 
 use raftmetrics_client::Agg;
 use serde_json::Value;
 
-use super::plan::{MEASUREMENT, Plan, Rows, Shape};
+use super::plan::{MEASUREMENT, Plan, Rows};
 use super::{Server, free_port, json_answer};
 use crate::error::{BenchError, Result};
 use crate::generator::FIELDS;
@@ -116,10 +118,6 @@ pub fn statement(plan: &Plan) -> Result<String, String> {
     let mut columns = Vec::new();
     for f in &plan.fields {
         let f = ident(f);
-        if plan.shape == Shape::Last {
-            columns.push(format!("last({f})"));
-            continue;
-        }
         for agg in &plan.aggs {
             columns.push(match agg {
                 Agg::Count => format!("count({f})"),
@@ -149,6 +147,17 @@ pub fn statement(plan: &Plan) -> Result<String, String> {
         } else {
             format!("({})", alts.join(" OR "))
         });
+    }
+    if !plan.values.is_empty() {
+        let [field] = plan.fields.as_slice() else {
+            return Err("bounds on values over several fields".into());
+        };
+        let ops = [">", ">=", "<", "<="];
+        for (op, bound) in ops.into_iter().zip(plan.values.bounds()) {
+            if let Some(b) = bound {
+                conditions.push(format!("{} {op} {b}", ident(field)));
+            }
+        }
     }
     if plan.newest.is_none() {
         conditions.push(format!("time >= {}", plan.from * 1000));
@@ -196,11 +205,7 @@ fn statement_error(answer: &Value) -> Result<()> {
 /// The rows of an answer (`epoch=u`) to [`statement`].
 pub fn rows_of(plan: &Plan, answer: &Value) -> Result<Vec<Row>> {
     statement_error(answer)?;
-    let per_field = if plan.shape == Shape::Last {
-        1
-    } else {
-        plan.aggs.len()
-    };
+    let per_field = plan.aggs.len();
     let mut rows = Rows::default();
     let series = answer["results"][0]["series"].as_array();
     for s in series.into_iter().flatten() {
@@ -258,6 +263,7 @@ pub async fn count(http: &reqwest::Client, url: &str) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::peers::plan::buckets;
+    use raftmetrics_client::ValueFilter;
 
     const MIN: i64 = 60_000_000;
     const T0: i64 = 1_451_606_400_000_000;
@@ -284,12 +290,12 @@ mod tests {
             fields: vec!["usage_user".into()],
             group_by: vec!["hostname".into()],
             filters: vec![("hostname".into(), vec!["host_1".into(), "host_2".into()])],
+            values: ValueFilter::default(),
             aggs: vec![Agg::Avg, Agg::P95],
             from,
             to: from + MIN,
             window: Some(MIN),
             buckets: buckets(from, from + MIN, MIN),
-            shape: Shape::All,
             newest: None,
         };
         assert_eq!(
@@ -312,10 +318,10 @@ mod tests {
              GROUP BY time(60000000u) fill(none) ORDER BY time DESC LIMIT 5"
         );
         let last = Plan {
-            shape: Shape::Last,
             window: None,
+            buckets: Vec::new(),
             filters: Vec::new(),
-            aggs: vec![Agg::Max],
+            aggs: vec![Agg::Last],
             ..p.clone()
         };
         assert_eq!(
@@ -327,17 +333,86 @@ mod tests {
     }
 
     #[test]
+    fn value_bounds_are_conditions_on_the_field() {
+        let from = T0;
+        let to = T0 + 12 * 60 * MIN;
+        let high = Plan {
+            fields: vec!["usage_user".into()],
+            group_by: Vec::new(),
+            filters: Vec::new(),
+            values: ValueFilter {
+                gt: Some(90.0),
+                ..ValueFilter::default()
+            },
+            aggs: vec![Agg::Count],
+            from,
+            to,
+            window: None,
+            buckets: Vec::new(),
+            newest: None,
+        };
+        assert_eq!(
+            statement(&high).unwrap(),
+            "SELECT count(\"usage_user\") FROM \"cpu\" WHERE \"usage_user\" > 90 AND \
+             time >= 1451606400000000000 AND time < 1451649600000000000"
+        );
+        let hosts = Plan {
+            group_by: vec!["hostname".into()],
+            aggs: vec![Agg::Max],
+            ..high.clone()
+        };
+        assert_eq!(
+            statement(&hosts).unwrap(),
+            "SELECT max(\"usage_user\") FROM \"cpu\" WHERE \"usage_user\" > 90 AND \
+             time >= 1451606400000000000 AND time < 1451649600000000000 GROUP BY \"hostname\""
+        );
+        let all = Plan {
+            values: ValueFilter {
+                gt: None,
+                ge: Some(-1.5),
+                lt: None,
+                le: Some(2e3),
+            },
+            ..high.clone()
+        };
+        assert!(
+            statement(&all)
+                .unwrap()
+                .contains("WHERE \"usage_user\" >= -1.5 AND \"usage_user\" <= 2000 AND time")
+        );
+        let fields = Plan {
+            fields: vec!["usage_user".into(), "usage_idle".into()],
+            group_by: vec!["metric".into()],
+            ..high.clone()
+        };
+        assert!(statement(&fields).is_err());
+        // An answer without a time bucket: the time column is InfluxDB's, not a key.
+        let answer = serde_json::json!({"results": [{"statement_id": 0, "series": [
+            {"name": "cpu", "tags": {"hostname": "host_2"}, "columns": ["time", "max"],
+             "values": [[T0 + MIN, 97.5]]},
+            {"name": "cpu", "tags": {"hostname": "host_1"}, "columns": ["time", "max"],
+             "values": [[T0, 91.25]]}]}]});
+        let rows = rows_of(&hosts, &answer).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].key.as_slice(), rows[0].values.as_slice()),
+            (["host_1".to_string()].as_slice(), [Some(91.25)].as_slice())
+        );
+        assert_eq!(rows[1].values, [Some(97.5)]);
+    }
+
+    #[test]
     fn answers_become_rows_keyed_like_raftmetrics() {
         let p = Plan {
             fields: vec!["usage_user".into(), "usage_idle".into()],
             group_by: vec!["metric".into()],
             filters: Vec::new(),
+            values: ValueFilter::default(),
             aggs: vec![Agg::Max],
             from: T0,
             to: T0 + 2 * MIN,
             window: Some(MIN),
             buckets: buckets(T0, T0 + 2 * MIN, MIN),
-            shape: Shape::All,
             newest: None,
         };
         let answer = serde_json::json!({"results": [{"statement_id": 0, "series": [{

@@ -3,40 +3,21 @@
 //! the buckets with the exact part of each that holds points (`[lo, hi)`), so that each
 //! peer's translation can select exactly the points RaftMetrics aggregates.
 //!
+//! Bounds on values (`value_gt`, ...) travel with the plan; each peer translates the ones it
+//! can say exactly and refuses the others.
+//!
 //! The rows the peers' answers become have RaftMetrics' keys (see `queries::Row`): the group
 //! values in `group_by` order (`metric` as the field's name), then a bucket's start in
 //! microseconds when the query has buckets.
 
-use raftmetrics_client::Agg;
 use raftmetrics_client::raftmetrics_types::query::OrderKey;
+use raftmetrics_client::{Agg, ValueFilter};
 
 use crate::queries::{Case, Row};
 
 /// The line protocol measurement the load tool writes (`cpu`): VictoriaMetrics names the
 /// series `cpu_<field>`, InfluxDB keeps the fields in measurement `cpu`.
 pub const MEASUREMENT: &str = "cpu";
-
-/// How rows are taken from an answer, beyond the query itself (see `queries.rs`: the two
-/// TSBS queries the query model has no exact form for).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Shape {
-    /// Every row.
-    All,
-    /// Rows whose first value is above this (`high-cpu-all`).
-    Above(f64),
-    /// The last point of each group (`lastpoint`: RaftMetrics takes the max of each host's
-    /// last 10 s bucket, and a host has one point per 10 s, so that is its last point).
-    Last,
-}
-
-/// The shape of a case of `queries::cases`, by its name.
-pub fn shape_of(name: &str) -> Shape {
-    match name {
-        "high-cpu-all" => Shape::Above(90.0),
-        "lastpoint" => Shape::Last,
-        _ => Shape::All,
-    }
-}
 
 /// A bucket: its start (the row key) and the part of it that holds the query's points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +38,8 @@ pub struct Plan {
     pub group_by: Vec<String>,
     /// Tag key and the exact values it may take.
     pub filters: Vec<(String, Vec<String>)>,
+    /// Bounds on the points' values.
+    pub values: ValueFilter,
     pub aggs: Vec<Agg>,
     /// Points in `[from, to)`, microseconds.
     pub from: i64,
@@ -65,7 +48,6 @@ pub struct Plan {
     pub window: Option<i64>,
     /// The buckets, in time order, when the rows are buckets.
     pub buckets: Vec<Bucket>,
-    pub shape: Shape,
     /// Newest buckets first, this many (`order_by=key:desc&limit=n`); `buckets` holds them.
     pub newest: Option<usize>,
 }
@@ -80,9 +62,6 @@ impl Plan {
         if q.rolling {
             return Err("rolling windows".into());
         }
-        if !q.values.is_empty() {
-            return Err("bounds on values".into());
-        }
         let fields: Vec<String> = q.metrics().iter().map(|m| m.to_string()).collect();
         let by_metric = q.group_by.iter().any(|g| g == "metric");
         if fields.len() > 1 && !by_metric {
@@ -95,7 +74,6 @@ impl Plan {
             }
             filters.push((f.key.clone(), f.patterns.clone()));
         }
-        let shape = shape_of(case.name);
         let from = q.from.map_or(data_start, |t| t.as_micros().max(data_start));
         let to = q.to.map_or(data_end, |t| t.as_micros().min(data_end));
         let newest = match (q.order_by, q.limit) {
@@ -103,10 +81,7 @@ impl Plan {
             (Some(o), Some(n)) if o.key == OrderKey::Key && o.descending => Some(n),
             _ => return Err("an order or limit other than the newest buckets".into()),
         };
-        let window = match shape {
-            Shape::Last => None,
-            _ => q.window_micros,
-        };
+        let window = q.window_micros;
         if newest.is_some() && window.is_none() {
             return Err("a limit without buckets".into());
         }
@@ -119,12 +94,12 @@ impl Plan {
             fields,
             group_by: q.group_by.clone(),
             filters,
+            values: q.values,
             aggs: q.aggs.clone(),
             from,
             to,
             window,
             buckets,
-            shape,
             newest,
         })
     }
@@ -155,17 +130,8 @@ impl Plan {
             .collect()
     }
 
-    /// Rows as RaftMetrics gives them: the shape's filter applied, sorted by key.
+    /// Rows as RaftMetrics gives them: sorted by key.
     pub fn finish(&self, mut rows: Vec<Row>) -> Vec<Row> {
-        if let Shape::Above(limit) = self.shape {
-            rows.retain(|r| {
-                r.values
-                    .first()
-                    .copied()
-                    .flatten()
-                    .is_some_and(|v| v > limit)
-            });
-        }
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows
     }
@@ -269,8 +235,11 @@ mod tests {
             Plan::new(c, start, end).unwrap()
         };
         let last = by_name("lastpoint");
-        assert_eq!((last.shape, last.window), (Shape::Last, None));
-        assert_eq!(last.to - last.from, MIN);
+        assert_eq!(
+            (last.aggs.as_slice(), last.window),
+            ([Agg::Last].as_slice(), None)
+        );
+        assert_eq!((last.from, last.to), (start, end));
         let newest = by_name("groupby-orderby-limit");
         assert_eq!(newest.newest, Some(5));
         assert_eq!(newest.buckets.len(), 5);
@@ -278,7 +247,17 @@ mod tests {
         assert!(all8.by_metric());
         assert_eq!(all8.fields.len(), 10);
         assert_eq!(all8.filters[0].1.len(), 8);
-        assert_eq!(by_name("high-cpu-all").shape, Shape::Above(90.0));
+        let high = by_name("high-cpu-all");
+        assert_eq!(
+            (high.values.gt, high.aggs.as_slice()),
+            (Some(90.0), [Agg::Count].as_slice())
+        );
+        let hosts = by_name("high-cpu-hosts");
+        assert_eq!(
+            (hosts.values.gt, hosts.group_by.as_slice()),
+            (Some(90.0), ["hostname".to_string()].as_slice())
+        );
+        assert_eq!((hosts.from, hosts.to), (high.from, high.to));
         let p = by_name("p95-p99-by-datacenter");
         assert_eq!((p.from, p.to), (start, end));
         assert_eq!(p.key("usage_user", |_| Some("eu".into()), None), ["eu"]);
@@ -289,15 +268,14 @@ mod tests {
     }
 
     #[test]
-    fn finishing_filters_and_sorts() {
+    fn finishing_sorts() {
         let d = Dataset::new(Config::new(1, 10));
         let cases = queries::cases(&d, 5_000).unwrap();
-        let high = cases.iter().find(|c| c.name == "high-cpu-all").unwrap();
-        let plan = Plan::new(high, 0, d.time_of(5_000).as_micros()).unwrap();
+        let hosts = cases.iter().find(|c| c.name == "high-cpu-hosts").unwrap();
+        let plan = Plan::new(hosts, 0, d.time_of(5_000).as_micros()).unwrap();
         let mut rows = Rows::default();
         rows.set(vec!["host_2".into()], 1, 0, Some(95.0));
         rows.set(vec!["host_1".into()], 1, 0, Some(91.0));
-        rows.set(vec!["host_3".into()], 1, 0, Some(90.0));
         let out = plan.finish(rows.into_rows());
         let keys: Vec<&str> = out.iter().map(|r| r.key[0].as_str()).collect();
         assert_eq!(keys, ["host_1", "host_2"]);

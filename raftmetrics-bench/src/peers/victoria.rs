@@ -16,12 +16,22 @@
 //!
 //! Aggregations across series: max and min of the per-series `max_over_time` /
 //! `min_over_time`, count and sum as sums of `count_over_time` / `sum_over_time`, avg as
-//! their quotient, `lastpoint` and last as the max of `last_over_time` (first as the min of
+//! their quotient, last as the max of `last_over_time` (first as the min of
 //! `first_over_time`: RaftMetrics breaks ties of time by value); groups by `by (...)` (the metric by
-//! `__name__`, kept through the rollup by `keep_metric_names`). Percentiles over many series
-//! have no exact form: `histogram_quantile(phi, sum by (..., vmrange)
-//! (histogram_over_time(...)))` estimates them from VictoriaMetrics' log buckets (about 18
-//! per decade), so they are approximate.
+//! `__name__`, kept through the rollup by `keep_metric_names`).
+//!
+//! Bounds on values, where a rollup says them exactly: a count above (at most) a bound is the
+//! sum of `count_gt_over_time(s[w], b)` (`count_le_over_time`), the groups and buckets
+//! without such a point dropped (`> 0`: RaftMetrics has none); the max of the points above
+//! (at least) a bound is the series' `max_over_time` kept when above it (`> b`, `>= b`: a
+//! series' max above the bound is the max of its points above it, and a series without a
+//! point above it drops out), and the min below a bound likewise. MetricsQL has no
+//! `count_ge_over_time` or `count_lt_over_time`, and a subquery (`(s > b)[w:step]`) samples
+//! at its step rather than reading every point, so other bounds are not translated.
+//!
+//! Percentiles over many series have no exact form: `histogram_quantile(phi, sum by (...,
+//! vmrange) (histogram_over_time(...)))` estimates them from VictoriaMetrics' log buckets
+//! (about 18 per decade), so they are approximate.
 //!
 //! Values: VictoriaMetrics stores a float as a decimal mantissa and exponent and keeps about
 //! 12 significant digits (`42.12345678901234` is read back as `42.123456789`), so even its
@@ -30,10 +40,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use raftmetrics_client::Agg;
+use raftmetrics_client::{Agg, ValueFilter};
 use serde_json::Value;
 
-use super::plan::{Bucket, MEASUREMENT, Plan, Rows, Shape};
+use super::plan::{Bucket, MEASUREMENT, Plan, Rows};
 use super::{Server, free_port, json_answer};
 use crate::error::{BenchError, Result};
 use crate::generator::FIELDS;
@@ -155,7 +165,13 @@ pub fn expression(plan: &Plan, agg: Agg, window_ms: i64, offset_ms: i64) -> Resu
     } else {
         format!(" offset {offset_ms}ms")
     };
-    let rollup = |f: &str| format!("{f}({sel}[{window_ms}ms]{offset}){keep}");
+    // `f(s[w] offset o, arg)`: a rollup over the window, with the threshold of those that
+    // take one.
+    let rollup_with = |f: &str, arg: Option<f64>| {
+        let arg = arg.map(|a| format!(", {a}")).unwrap_or_default();
+        format!("{f}({sel}[{window_ms}ms]{offset}{arg}){keep}")
+    };
+    let rollup = |f: &str| rollup_with(f, None);
     let labels: Vec<&str> = plan
         .group_by
         .iter()
@@ -172,8 +188,14 @@ pub fn expression(plan: &Plan, agg: Agg, window_ms: i64, offset_ms: i64) -> Resu
     } else {
         format!(" by ({})", labels.join(", "))
     };
-    if plan.shape == Shape::Last {
-        return Ok(format!("max{by} ({})", rollup("last_over_time")));
+    if !plan.values.is_empty() {
+        return bounded(
+            plan,
+            agg,
+            &rollup_with,
+            &by,
+            !labels.is_empty() || plan.window.is_some(),
+        );
     }
     Ok(match agg {
         Agg::Max => format!("max{by} ({})", rollup("max_over_time")),
@@ -203,6 +225,51 @@ pub fn expression(plan: &Plan, agg: Agg, window_ms: i64, offset_ms: i64) -> Resu
                 rollup("histogram_over_time")
             )
         }
+    })
+}
+
+/// The MetricsQL of aggregation `agg` over the points inside the plan's value bounds
+/// (`rollup` gives a rollup function over the windows, with its threshold; `keyed`: the rows
+/// are groups or buckets, which RaftMetrics has only for points inside the bounds).
+fn bounded(
+    plan: &Plan,
+    agg: Agg,
+    rollup: &dyn Fn(&str, Option<f64>) -> String,
+    by: &str,
+    keyed: bool,
+) -> Result<String, String> {
+    let refused = || {
+        let given: Vec<String> = ValueFilter::PARAMS
+            .iter()
+            .zip(plan.values.bounds())
+            .filter_map(|(name, b)| b.map(|b| format!("{name}={b}")))
+            .collect();
+        format!("{agg} with {}", given.join("&"))
+    };
+    Ok(match (agg, plan.values.bounds()) {
+        (Agg::Count, [Some(b), None, None, None] | [None, None, None, Some(b)]) => {
+            let f = if plan.values.gt.is_some() {
+                "count_gt_over_time"
+            } else {
+                "count_le_over_time"
+            };
+            let inner = rollup(f, Some(b));
+            let sum = format!("sum{by} ({inner})");
+            if keyed { format!("{sum} > 0") } else { sum }
+        }
+        (Agg::Max, [Some(b), None, None, None]) => {
+            format!("max{by} ({} > {})", rollup("max_over_time", None), b)
+        }
+        (Agg::Max, [None, Some(b), None, None]) => {
+            format!("max{by} ({} >= {})", rollup("max_over_time", None), b)
+        }
+        (Agg::Min, [None, None, Some(b), None]) => {
+            format!("min{by} ({} < {})", rollup("min_over_time", None), b)
+        }
+        (Agg::Min, [None, None, None, Some(b)]) => {
+            format!("min{by} ({} <= {})", rollup("min_over_time", None), b)
+        }
+        _ => return Err(refused()),
     })
 }
 
@@ -366,12 +433,12 @@ mod tests {
             fields: vec!["usage_user".into()],
             group_by: group_by.iter().map(|g| g.to_string()).collect(),
             filters: vec![("hostname".into(), vec!["host_3".into()])],
+            values: ValueFilter::default(),
             aggs,
             from,
             to,
             window,
             buckets: window.map(|w| buckets(from, to, w)).unwrap_or_default(),
-            shape: Shape::All,
             newest: None,
         }
     }
@@ -455,6 +522,82 @@ mod tests {
             selector(&["a.b".into()], &[("k".into(), vec!["x\"y".into()])]),
             "cpu_a.b{k=\"x\\\"y\"}"
         );
+    }
+
+    #[test]
+    fn value_bounds_become_rollups_with_thresholds() {
+        let range = 12 * 60 * MIN;
+        // high-cpu-all: the readings above 90, over every series.
+        let mut high = plan(&[], vec![Agg::Count], None, T0, T0 + range);
+        high.filters.clear();
+        high.values.gt = Some(90.0);
+        let r = requests(&high).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0].params[0].1,
+            "sum (count_gt_over_time(cpu_usage_user[43200000ms], 90))"
+        );
+        assert_eq!(r[0].params[1].1, "1451649599.999");
+        // Per host, a host without a reading above the bound has no row.
+        let mut per_host = high.clone();
+        per_host.group_by = vec!["hostname".into()];
+        per_host.values = ValueFilter {
+            le: Some(2.5),
+            ..ValueFilter::default()
+        };
+        assert_eq!(
+            expression(&per_host, Agg::Count, 1000, 0).unwrap(),
+            "sum by (hostname) (count_le_over_time(cpu_usage_user[1000ms], 2.5)) > 0"
+        );
+        // high-cpu-hosts: a series' max above the bound is the max of its points above it.
+        let mut hosts = plan(&["hostname"], vec![Agg::Max], None, T0, T0 + range);
+        hosts.filters.clear();
+        hosts.values.gt = Some(90.0);
+        assert_eq!(
+            requests(&hosts).unwrap()[0].params[0].1,
+            "max by (hostname) (max_over_time(cpu_usage_user[43200000ms]) > 90)"
+        );
+        hosts.values = ValueFilter {
+            ge: Some(-1.5),
+            ..ValueFilter::default()
+        };
+        assert_eq!(
+            expression(&hosts, Agg::Max, 1000, 0).unwrap(),
+            "max by (hostname) (max_over_time(cpu_usage_user[1000ms]) >= -1.5)"
+        );
+        hosts.values = ValueFilter {
+            lt: Some(10.0),
+            ..ValueFilter::default()
+        };
+        assert_eq!(
+            expression(&hosts, Agg::Min, 1000, 0).unwrap(),
+            "min by (hostname) (min_over_time(cpu_usage_user[1000ms]) < 10)"
+        );
+        // No exact form: a max below a bound, an average, a count at least a bound, two bounds.
+        assert!(expression(&hosts, Agg::Max, 1000, 0).is_err());
+        assert!(expression(&hosts, Agg::Avg, 1000, 0).is_err());
+        hosts.values = ValueFilter {
+            ge: Some(90.0),
+            ..ValueFilter::default()
+        };
+        let why = expression(&hosts, Agg::Count, 1000, 0).unwrap_err();
+        assert_eq!(why, "count with value_ge=90");
+        hosts.values.lt = Some(95.0);
+        assert!(expression(&hosts, Agg::Max, 1000, 0).is_err());
+    }
+
+    #[test]
+    fn lastpoint_is_each_host_s_last_point_over_the_whole_range() {
+        let mut p = plan(&["hostname"], vec![Agg::Last], None, T0, T0 + 24 * 60 * MIN);
+        p.filters.clear();
+        let r = requests(&p).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].path, "/api/v1/query");
+        assert_eq!(
+            r[0].params[0].1,
+            "max by (hostname) (last_over_time(cpu_usage_user[86400000ms]))"
+        );
+        assert_eq!(r[0].params[1].1, "1451692799.999");
     }
 
     #[test]
