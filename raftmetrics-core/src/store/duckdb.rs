@@ -689,6 +689,12 @@ struct AggregateSql {
     to: Option<i64>,
     /// The query's value bounds that are given, in the order of their placeholders.
     bounds: Vec<f64>,
+    /// With [`AggregateSql::at_times`]: the (group, timestamp) pairs read, as two
+    /// comma-separated lists.
+    times: Option<(String, String)>,
+    /// The text before the point of the optional join of [`AggregateSql::at_times`], the
+    /// text after it, and the group expression.
+    parts: (String, String, &'static str),
 }
 
 /// The condition on `p.value` of each bound of a [`crate::query::ValueFilter`], in the
@@ -747,19 +753,38 @@ impl AggregateSql {
         } else {
             format!("WHERE {}", conds.join(" AND "))
         };
-        let text = format!(
+        let head = format!(
             "SELECT {group} AS g, {bucket} AS b, {aggregates}
-             FROM rm_points p {join}
+             FROM rm_points p {join}"
+        );
+        let tail = format!(
+            "
              {filter}
              GROUP BY ALL"
         );
         AggregateSql {
-            text,
+            text: format!("{head}{tail}"),
             width,
             from,
             to,
             bounds,
+            times: None,
+            parts: (head, tail, group),
         }
+    }
+
+    /// Keeps only the points of the given (group, timestamp) pairs: `groups` and `times`
+    /// are comma-separated lists of one length, the groups numbered as this statement
+    /// numbers them.
+    fn at_times(&mut self, groups: String, times: String) {
+        let (head, tail, group) = &self.parts;
+        self.text = format!(
+            "{head}
+             JOIN (SELECT unnest(string_split(?, ','))::UINTEGER AS tg,
+                          unnest(string_split(?, ','))::BIGINT AS tt) t
+               ON {group} = t.tg AND p.ts = t.tt{tail}"
+        );
+        self.times = Some((groups, times));
     }
 
     fn args(&self, ln_gamma: Option<f64>, source: &Source) -> Vec<Value> {
@@ -768,16 +793,18 @@ impl AggregateSql {
             args.extend([Value::BigInt(w), Value::BigInt(w)]);
         }
         args.extend(ln_gamma.map(Value::Double));
-        match source {
-            Source::Join { series, groups } => {
-                args.extend([Value::Text(series.clone()), Value::Text(groups.clone())]);
-            }
-            Source::Metrics {
-                ids, partitions, ..
-            } => {
-                args.extend(ids.iter().map(|&id| Value::UInt(id)));
-                args.extend(partitions.iter().map(|&p| Value::UInt(p)));
-            }
+        if let Source::Join { series, groups } = source {
+            args.extend([Value::Text(series.clone()), Value::Text(groups.clone())]);
+        }
+        if let Some((groups, times)) = &self.times {
+            args.extend([Value::Text(groups.clone()), Value::Text(times.clone())]);
+        }
+        if let Source::Metrics {
+            ids, partitions, ..
+        } = source
+        {
+            args.extend(ids.iter().map(|&id| Value::UInt(id)));
+            args.extend(partitions.iter().map(|&p| Value::UInt(p)));
         }
         args.extend(self.from.map(Value::BigInt));
         args.extend(self.to.map(Value::BigInt));
@@ -792,6 +819,17 @@ fn timed(row: &duckdb::Row<'_>, at: usize) -> Result<Option<TimedValue>> {
     let micros: Option<i64> = row.get(at).map_err(storage("query"))?;
     let value: Option<f64> = row.get(at + 1).map_err(storage("query"))?;
     Ok(micros.zip(value).map(|(t, v)| TimedValue::new(t, v)))
+}
+
+/// A row of an aggregate that asks for `last` or `first`, waiting for the values at its
+/// latest and earliest timestamps.
+struct TimedRow {
+    /// The group (or series, see [`Source::Metrics`]) as the statement numbered it.
+    g: u32,
+    b: i64,
+    state: PartialState,
+    last: Option<i64>,
+    first: Option<i64>,
 }
 
 /// A read connection that goes back to the pool when dropped.
@@ -1289,10 +1327,13 @@ impl Store for DuckDbStore {
         // `rm_partitions` row in the transaction of its points).
         // One statement alone reads one snapshot without a transaction of its own: the
         // transaction (two statements more) is only for the filter's read of the partitions
-        // held, and for the sketch's second statement.
+        // held, and for the second statement of a sketch or of `last` and `first`.
+        // `last` and `first` by a second statement (see below): without buckets.
+        let at_times =
+            query.bucket_micros().is_none() && (query.needs_last() || query.needs_first());
         let reader = self.reader()?;
         let transaction;
-        let conn: &Connection = if by_filter || query.needs_sketch() {
+        let conn: &Connection = if by_filter || query.needs_sketch() || at_times {
             transaction = reader.unchecked_transaction().map_err(storage("query"))?;
             &transaction
         } else {
@@ -1340,13 +1381,27 @@ impl Store for DuckDbStore {
                 WHOLE_RANGE
             }
         };
+        let mut timed_rows: Vec<TimedRow> = Vec::new();
         {
             // Only the aggregates the query needs; the others keep their neutral values.
             // Minimum and maximum come with every percentile (`Query::needs_extremes`).
-            // `last` and `first`: the greatest and smallest (timestamp, value) pair, a struct
-            // compared field by field, so a tie of timestamps goes to the greater (smaller)
-            // value whatever order DuckDB reads the rows in (`TimedValue`). DuckDB
-            // computes each of the two aggregates once, for both fields.
+            // `last` and `first`, each a (timestamp, value) pair: the greatest and smallest
+            // pair, so a tie of timestamps goes to the greater (smaller) value whatever order
+            // DuckDB reads the rows in (`TimedValue`). Without buckets, here only the
+            // greatest and smallest timestamp, and the value at it from a second statement
+            // that reads only those timestamps ([`AggregateSql::at_times`]); with buckets,
+            // whose timestamps span the whole range, the pair here, a struct compared field
+            // by field (DuckDB computes each of the two aggregates once, for both fields).
+            let pair = |extreme: &str| {
+                if at_times {
+                    format!("{extreme}(p.ts), NULL::DOUBLE")
+                } else {
+                    format!(
+                        "struct_extract({extreme}(struct_pack(t := p.ts, v := p.value)), 't'),
+                         struct_extract({extreme}(struct_pack(t := p.ts, v := p.value)), 'v')"
+                    )
+                }
+            };
             let columns = format!(
                 "count(*), {}, {}, {}, {}",
                 if query.aggs.iter().any(|a| matches!(a, Agg::Sum | Agg::Avg)) {
@@ -1360,16 +1415,14 @@ impl Store for DuckDbStore {
                     "'inf'::DOUBLE, '-inf'::DOUBLE"
                 },
                 if query.needs_last() {
-                    "struct_extract(max(struct_pack(t := p.ts, v := p.value)), 't'),
-                     struct_extract(max(struct_pack(t := p.ts, v := p.value)), 'v')"
+                    pair("max")
                 } else {
-                    "NULL::BIGINT, NULL::DOUBLE"
+                    "NULL::BIGINT, NULL::DOUBLE".to_string()
                 },
                 if query.needs_first() {
-                    "struct_extract(min(struct_pack(t := p.ts, v := p.value)), 't'),
-                     struct_extract(min(struct_pack(t := p.ts, v := p.value)), 'v')"
+                    pair("min")
                 } else {
-                    "NULL::BIGINT, NULL::DOUBLE"
+                    "NULL::BIGINT, NULL::DOUBLE".to_string()
                 },
             );
             let sql = AggregateSql::new(query, &source, &columns);
@@ -1386,15 +1439,93 @@ impl Store for DuckDbStore {
                 }
                 let g: u32 = row.get(0).map_err(storage("query"))?;
                 let b: i64 = row.get(1).map_err(storage("query"))?;
-                let state = PartialState {
+                let mut state = PartialState {
                     count,
                     sum: row.get(3).map_err(storage("query"))?,
                     min: row.get(4).map_err(storage("query"))?,
                     max: row.get(5).map_err(storage("query"))?,
                     sketch: query.needs_sketch().then(Sketch::new),
-                    last: timed(row, 6)?,
-                    first: timed(row, 8)?,
+                    last: None,
+                    first: None,
                 };
+                let (last, first) = if at_times {
+                    (
+                        row.get::<_, Option<i64>>(6).map_err(storage("query"))?,
+                        row.get::<_, Option<i64>>(8).map_err(storage("query"))?,
+                    )
+                } else {
+                    state.last = timed(row, 6)?;
+                    state.first = timed(row, 8)?;
+                    (None, None)
+                };
+                if last.is_none() && first.is_none() {
+                    if let Some(key) = group_of(g) {
+                        out.state_mut(key, bucket_key(b)).merge(&state);
+                    }
+                } else {
+                    timed_rows.push(TimedRow {
+                        g,
+                        b,
+                        state,
+                        last,
+                        first,
+                    });
+                }
+            }
+        }
+        if !timed_rows.is_empty() {
+            // The values at each row's latest and earliest timestamps: of the points of the
+            // row's group (or series) at exactly that timestamp, the greatest (for `last`) and
+            // the smallest (for `first`), so a tie of timestamps goes to the greater
+            // (smaller) value whatever order DuckDB reads the rows in (`TimedValue`). A
+            // join on (group, timestamp) against the pairs wanted: DuckDB pushes their range
+            // of timestamps into the scan, which then skips the row groups outside it. A
+            // group's buckets are disjoint in time, so a pair names its bucket.
+            let (mut groups_text, mut times_text) = (String::new(), String::new());
+            for row in &timed_rows {
+                for t in [row.last, row.first].into_iter().flatten() {
+                    if !groups_text.is_empty() {
+                        groups_text.push(',');
+                        times_text.push(',');
+                    }
+                    groups_text.push_str(&row.g.to_string());
+                    times_text.push_str(&t.to_string());
+                }
+            }
+            let mut sql =
+                AggregateSql::new(query, &source, "p.ts AS t, max(p.value), min(p.value)");
+            sql.at_times(groups_text, times_text);
+            let mut stmt = conn.prepare_cached(&sql.text).map_err(storage("query"))?;
+            let mut rows = stmt
+                .query(duckdb::params_from_iter(sql.args(None, &source)))
+                .map_err(storage("query"))?;
+            let mut values: HashMap<(u32, i64), (f64, f64)> = HashMap::new();
+            while let Some(row) = rows.next().map_err(storage("query"))? {
+                let g: u32 = row.get(0).map_err(storage("query"))?;
+                let t: i64 = row.get(2).map_err(storage("query"))?;
+                let greatest: f64 = row.get(3).map_err(storage("query"))?;
+                let smallest: f64 = row.get(4).map_err(storage("query"))?;
+                values.insert((g, t), (greatest, smallest));
+            }
+            for TimedRow {
+                g,
+                b,
+                mut state,
+                last,
+                first,
+            } in timed_rows
+            {
+                let value_at = |t: i64, pick: fn((f64, f64)) -> f64| -> Result<TimedValue> {
+                    let found = values.get(&(g, t)).copied().ok_or_else(|| {
+                        Error::Internal(format!(
+                            "a query found no point of group {g} at its own latest or \
+                             earliest timestamp {t}"
+                        ))
+                    })?;
+                    Ok(TimedValue::new(t, pick(found)))
+                };
+                state.last = last.map(|t| value_at(t, |v| v.0)).transpose()?;
+                state.first = first.map(|t| value_at(t, |v| v.1)).transpose()?;
                 if let Some(key) = group_of(g) {
                     out.state_mut(key, bucket_key(b)).merge(&state);
                 }
