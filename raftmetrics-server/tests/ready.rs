@@ -275,6 +275,19 @@ async fn dev_prints_its_banner_and_writes_nodes_json_only_once_ready() {
     let listed: Value = serde_json::from_str(&std::fs::read_to_string(&nodes).unwrap()).unwrap();
     assert_eq!(listed["nodes"].as_array().map(Vec::len), Some(4));
     eprintln!("/ready answered 503 {seen_not_ready} time(s) before the banner");
-    let _ = dev.start_kill();
-    let _ = dev.wait().await;
+    // SIGTERM, so that dev stops the nodes it started; a SIGKILL would leave them running.
+    if let Some(pid) = dev.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .is_err()
+    {
+        let _ = dev.start_kill();
+        let _ = dev.wait().await;
+        panic!("dev did not stop within 30 s of SIGTERM");
+    }
 }
