@@ -459,10 +459,7 @@ async fn run(command: Command) -> Result<bool> {
             peers,
         } => {
             let (dataset, intervals) = data.dataset()?;
-            let server_bin = match server_bin {
-                Some(p) => p,
-                None => cluster::default_server_bin()?,
-            };
+            let server_bin = server_bin.map_or_else(cluster::default_server_bin, Ok)?;
             let options = suite::AllOptions {
                 dataset,
                 intervals,
@@ -497,10 +494,7 @@ async fn run(command: Command) -> Result<bool> {
             latency_log,
         } => {
             let (dataset, intervals) = data.dataset()?;
-            let server_bin = match server_bin {
-                Some(p) => p,
-                None => cluster::default_server_bin()?,
-            };
+            let server_bin = server_bin.map_or_else(cluster::default_server_bin, Ok)?;
             if baseline_secs == 0 || steady_connections == 0 || steady_batch == 0 {
                 return Err(BenchError::Config(
                     "--baseline-secs, --steady-connections and --steady-batch must be at least 1"
@@ -538,10 +532,7 @@ async fn run(command: Command) -> Result<bool> {
             server_bin,
         } => {
             let (dataset, intervals) = data.dataset()?;
-            let server_bin = match server_bin {
-                Some(p) => p,
-                None => cluster::default_server_bin()?,
-            };
+            let server_bin = server_bin.map_or_else(cluster::default_server_bin, Ok)?;
             let options = export::ExportOptions {
                 dataset,
                 intervals,
@@ -564,10 +555,7 @@ async fn run(command: Command) -> Result<bool> {
             server_bin,
         } => {
             let (dataset, intervals) = data.dataset()?;
-            let server_bin = match server_bin {
-                Some(p) => p,
-                None => cluster::default_server_bin()?,
-            };
+            let server_bin = server_bin.map_or_else(cluster::default_server_bin, Ok)?;
             let options = protocols::ProtocolsOptions {
                 dataset,
                 intervals,
@@ -591,10 +579,7 @@ async fn run(command: Command) -> Result<bool> {
             peers,
         } => {
             let (dataset, intervals) = data.dataset()?;
-            let server_bin = match server_bin {
-                Some(p) => p,
-                None => cluster::default_server_bin()?,
-            };
+            let server_bin = server_bin.map_or_else(cluster::default_server_bin, Ok)?;
             let options = peers::PeersOptions {
                 dataset,
                 intervals,

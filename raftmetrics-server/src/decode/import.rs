@@ -31,17 +31,14 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use raftmetrics_core::error::{Error, FieldError};
+use raftmetrics_core::error::Error;
 use raftmetrics_core::model::{Limits, Point, Record, Tags, validate_batch};
 use raftmetrics_core::time::Timestamp;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 
-use super::{name_lines, quote};
+use super::{BadLines, name_lines, quote};
 use crate::export::Precision;
-
-/// Most bad lines listed in one error.
-const MAX_ERRORS: usize = 100;
 
 /// The label that names the metric.
 pub const NAME_LABEL: &str = "__name__";
@@ -105,7 +102,7 @@ fn decode_lines(
 ) -> Result<(Vec<Point>, Vec<usize>), Error> {
     let mut points = Vec::new();
     let mut lines = Vec::new();
-    let mut errors: Vec<FieldError> = Vec::new();
+    let mut errors = BadLines::default();
     for (index, raw) in body.split(|&b| b == b'\n').enumerate() {
         let number = index + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -129,22 +126,13 @@ fn decode_lines(
             }
             Ok(_) => {}
             Err(message) => {
-                errors.push(FieldError::new(format!("line {number}"), message));
-                if errors.len() >= MAX_ERRORS {
-                    errors.push(FieldError::new(
-                        "body",
-                        "too many bad lines; stopped checking",
-                    ));
+                if !errors.add(number, message) {
                     break;
                 }
             }
         }
     }
-    if errors.is_empty() {
-        Ok((points, lines))
-    } else {
-        Err(Error::Validation(errors))
-    }
+    errors.or_ok((points, lines))
 }
 
 /// The points of one line.
@@ -200,6 +188,7 @@ fn parse_line(raw: &[u8], precision: Precision) -> Result<Vec<Point>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::MAX_BAD_LINES;
 
     const NOW: i64 = 1_705_764_600_000_000;
 
@@ -364,7 +353,7 @@ mod tests {
     fn many_bad_lines_stop_at_a_hundred() {
         let body = "x\n".repeat(1_000);
         let fields = fields(decode(&body, Precision::Millis).unwrap_err());
-        assert_eq!(fields.len(), MAX_ERRORS + 1);
+        assert_eq!(fields.len(), MAX_BAD_LINES + 1);
         assert_eq!(fields.last().unwrap().0, "body");
     }
 }

@@ -75,16 +75,14 @@
 
 use std::io::Read;
 
-use raftmetrics_core::error::{Error, FieldError};
+use raftmetrics_core::error::Error;
 use raftmetrics_core::model::{Limits, Point, Record, Tags, check_metric_name, validate_batch};
 use raftmetrics_core::time::Timestamp;
 
-use super::{name_lines, quote};
+use super::{BadLines, name_lines, quote};
 
 /// Longest line, in bytes (its `\r\n` excluded).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Most bad lines listed in one error.
-const MAX_ERRORS: usize = 100;
 /// Bytes inflated per read of a gzip body.
 const GUNZIP_CHUNK: usize = 16 * 1024;
 
@@ -270,7 +268,7 @@ struct Decoded {
 fn decode_lines(body: &[u8], opts: &LineProtocolOptions) -> Result<Decoded, Error> {
     let mut points = Vec::new();
     let mut lines = Vec::new();
-    let mut errors: Vec<FieldError> = Vec::new();
+    let mut errors = BadLines::default();
     let mut data_lines = 0usize;
     for (index, raw) in body.split(|&b| b == b'\n').enumerate() {
         let number = index + 1;
@@ -321,22 +319,13 @@ fn decode_lines(body: &[u8], opts: &LineProtocolOptions) -> Result<Decoded, Erro
             }
             Ok(_) => {}
             Err(message) => {
-                errors.push(FieldError::new(format!("line {number}"), message));
-                if errors.len() >= MAX_ERRORS {
-                    errors.push(FieldError::new(
-                        "body",
-                        "too many bad lines; stopped checking",
-                    ));
+                if !errors.add(number, message) {
                     break;
                 }
             }
         }
     }
-    if errors.is_empty() {
-        Ok(Decoded { points, lines })
-    } else {
-        Err(Error::Validation(errors))
-    }
+    errors.or_ok(Decoded { points, lines })
 }
 
 /// One parsed line, its names unescaped and its values converted.
@@ -722,6 +711,7 @@ fn parse_timestamp(token: &str, precision: Precision) -> Result<Timestamp, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::MAX_BAD_LINES;
     use std::io::Write;
 
     const NOW: i64 = 1_705_764_600_000_000;
@@ -1121,8 +1111,8 @@ mod tests {
         // A body of bad lines lists at most 100 of them.
         let body = "cpu\n".repeat(500);
         let errors = errors_with(body.as_bytes(), &opts());
-        assert_eq!(errors.len(), MAX_ERRORS + 1);
-        assert_eq!(errors[MAX_ERRORS].0, "body");
+        assert_eq!(errors.len(), MAX_BAD_LINES + 1);
+        assert_eq!(errors[MAX_BAD_LINES].0, "body");
     }
 
     #[test]

@@ -12,6 +12,45 @@ use raftmetrics_core::error::{Error, FieldError};
 /// Longest piece of a request quoted in an error message, in characters.
 const MAX_QUOTED_CHARS: usize = 64;
 
+/// Most bad lines listed in one error.
+pub(crate) const MAX_BAD_LINES: usize = 100;
+
+/// The bad lines of a body, each a [`FieldError`] named `line N`, at most [`MAX_BAD_LINES`]
+/// of them and then a `body` error saying checking stopped.
+#[derive(Default)]
+pub(crate) struct BadLines(Vec<FieldError>);
+
+impl BadLines {
+    /// Records what is wrong with line `number`; false once the list is full and checking
+    /// should stop.
+    pub(crate) fn add(&mut self, number: usize, message: String) -> bool {
+        self.0
+            .push(FieldError::new(format!("line {number}"), message));
+        if self.0.len() < MAX_BAD_LINES {
+            return true;
+        }
+        self.0.push(FieldError::new(
+            "body",
+            "too many bad lines; stopped checking",
+        ));
+        false
+    }
+
+    /// Whether no line was bad so far.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `value` when no line was bad, else every bad line as one validation error.
+    pub(crate) fn or_ok<T>(self, value: T) -> Result<T, Error> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(Error::Validation(self.0))
+        }
+    }
+}
+
 /// `text` quoted for an error message, cut to [`MAX_QUOTED_CHARS`] characters.
 pub(crate) fn quote(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTED_CHARS) {

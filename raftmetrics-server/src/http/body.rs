@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use raftmetrics_core::api::{BINCODE_MEDIA_TYPE, IDEMPOTENCY_KEY_HEADER, JsonInsert, JsonPoint};
-use raftmetrics_core::error::Error;
+use raftmetrics_core::error::{Error, FieldError};
 use raftmetrics_core::model::{Limits, Record, validate_batch, validate_encoded_batch};
 use raftmetrics_core::{BatchId, Point, Timestamp, codec};
 use serde::Serialize;
@@ -133,6 +133,33 @@ fn json_points(body: &Bytes) -> Result<Vec<Point>, ApiError> {
         }
     };
     Ok(parsed.into_points())
+}
+
+/// The query parameters of a protocol endpoint that takes `known` only, each at most once:
+/// each given one as (key, value). Every unknown or repeated parameter is listed in
+/// `errors`; the parameters after such an error are still checked.
+pub fn known_params<'a>(
+    params: &'a [(String, String)],
+    known: &[&str],
+    errors: &mut Vec<FieldError>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut given: Vec<(&str, &str)> = Vec::new();
+    for (key, value) in params {
+        if !known.contains(&key.as_str()) {
+            errors.push(FieldError::new(
+                key.clone(),
+                format!(
+                    "unknown parameter; this endpoint takes {}",
+                    known.join(", ")
+                ),
+            ));
+        } else if given.iter().any(|(k, _)| k == key) {
+            errors.push(FieldError::new(key.clone(), "must be given at most once"));
+        } else {
+            given.push((key, value));
+        }
+    }
+    given
 }
 
 /// The request body, inflated when it came with `Content-Encoding: gzip` (into at most

@@ -21,7 +21,7 @@ use axum::routing::post;
 use raftmetrics_core::Timestamp;
 use raftmetrics_core::error::{Error, FieldError};
 
-use super::body::{batch_id, inflated};
+use super::body::{batch_id, inflated, known_params};
 use super::error::ApiError;
 use crate::decode::import::decode_records;
 use crate::export::Precision;
@@ -48,30 +48,19 @@ async fn import<F: Frontend>(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The `precision` parameter, given at most once; any other parameter is refused.
+/// The `precision` parameter (milliseconds when absent), given at most once; any other
+/// parameter is refused.
 fn precision(params: &[(String, String)]) -> Result<Precision, Error> {
     let mut errors = Vec::new();
-    let mut precision = None;
-    for (key, value) in params {
-        if key != "precision" {
-            errors.push(FieldError::new(
-                key.clone(),
-                "unknown parameter; this endpoint takes precision",
-            ));
-        } else if precision.is_some() {
-            errors.push(FieldError::new(key.clone(), "must be given at most once"));
-        } else {
-            match Precision::parse(value) {
-                Some(p) => precision = Some(p),
-                None => {
-                    precision = Some(Precision::default());
-                    errors.push(FieldError::new("precision", Precision::EXPECTED));
-                }
-            }
+    let mut precision = Precision::default();
+    for (_, value) in known_params(params, &["precision"], &mut errors) {
+        match Precision::parse(value) {
+            Some(p) => precision = p,
+            None => errors.push(FieldError::new("precision", Precision::EXPECTED)),
         }
     }
     if errors.is_empty() {
-        Ok(precision.unwrap_or_default())
+        Ok(precision)
     } else {
         Err(Error::Validation(errors))
     }

@@ -20,9 +20,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use raftmetrics_core::Timestamp;
-use raftmetrics_core::error::{Error, FieldError};
+use raftmetrics_core::error::Error;
 
-use super::body::{batch_id, inflated};
+use super::body::{batch_id, inflated, known_params};
 use super::error::ApiError;
 use crate::decode::line_protocol::{LineProtocolOptions, Precision, decode_records};
 use crate::frontend::{self, Frontend};
@@ -82,24 +82,8 @@ async fn write<F: Frontend>(
 /// refused, each repeated one too.
 fn precision(params: &[(String, String)], known: &[&str]) -> Result<Precision, Error> {
     let mut errors = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
     let mut precision = Precision::Ns;
-    for (key, value) in params {
-        if !known.contains(&key.as_str()) {
-            errors.push(FieldError::new(
-                key.clone(),
-                format!(
-                    "unknown parameter; this endpoint takes {}",
-                    known.join(", ")
-                ),
-            ));
-            continue;
-        }
-        if seen.contains(&key.as_str()) {
-            errors.push(FieldError::new(key.clone(), "must be given at most once"));
-            continue;
-        }
-        seen.push(key);
+    for (key, value) in known_params(params, known, &mut errors) {
         if key == "precision" {
             match Precision::parse(value) {
                 Ok(p) => precision = p,
