@@ -58,16 +58,7 @@ impl Oracle {
         parts: Option<&[u32]>,
         by_dc: bool,
     ) -> BTreeMap<String, [f64; 8]> {
-        let part_filter = match parts {
-            Some(ps) => format!(
-                "AND part IN ({})",
-                ps.iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            None => String::new(),
-        };
+        let part_filter = part_filter(parts);
         let key = if by_dc { "dc" } else { "'all'" };
         let sql = format!(
             "SELECT {key}, count(*)::DOUBLE, sum(value), min(value), max(value), avg(value), \
@@ -96,6 +87,20 @@ impl Oracle {
     }
 }
 
+/// The SQL condition selecting `parts` (`AND part IN (...)`); empty for all partitions.
+fn part_filter(parts: Option<&[u32]>) -> String {
+    match parts {
+        Some(ps) => format!(
+            "AND part IN ({})",
+            ps.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    }
+}
+
 impl Oracle {
     /// `(count, last, first)` of `metric`'s points with a value above `above` (every point
     /// when `None`) over `parts` (all if None), by `key` (a column, or `'all'`). `last` and
@@ -108,16 +113,7 @@ impl Oracle {
         key: &str,
         above: Option<f64>,
     ) -> BTreeMap<String, (f64, f64, f64)> {
-        let part_filter = match parts {
-            Some(ps) => format!(
-                "AND part IN ({})",
-                ps.iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            None => String::new(),
-        };
+        let part_filter = part_filter(parts);
         let sql = format!(
             "SELECT {key}, count(*)::DOUBLE, last(value ORDER BY ts, value), \
              first(value ORDER BY ts, value) \
