@@ -30,10 +30,21 @@ struct Cluster {
     handles: BTreeMap<NodeId, NodeHandle>,
     stores: BTreeMap<NodeId, Arc<DuckDbStore>>,
     compact_threshold: u64,
+    /// Bytes of entries a leader keeps for followers behind (the default when `None`).
+    keep_bytes: Option<u64>,
 }
 
 impl Cluster {
     fn new(seed: u64, ids: &[NodeId], compact_threshold: u64) -> Cluster {
+        Cluster::keeping(seed, ids, compact_threshold, None)
+    }
+
+    fn keeping(
+        seed: u64,
+        ids: &[NodeId],
+        compact_threshold: u64,
+        keep_bytes: Option<u64>,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = Cluster {
             dir: tmp.path().to_path_buf(),
@@ -43,6 +54,7 @@ impl Cluster {
             handles: BTreeMap::new(),
             stores: BTreeMap::new(),
             compact_threshold,
+            keep_bytes,
         };
         for &id in ids {
             c.start(id);
@@ -62,6 +74,9 @@ impl Cluster {
         cfg.snapshot_timeout_ms = 1_000;
         cfg.compact_threshold_entries = self.compact_threshold;
         cfg.compact_keep_entries = self.compact_threshold / 4;
+        if let Some(bytes) = self.keep_bytes {
+            cfg.compact_keep_bytes = bytes;
+        }
         let node = RaftNode::start(cfg, log, store.clone(), self.net.endpoint(id)).unwrap();
         let handle = node.handle();
         let h = handle.clone();
@@ -452,6 +467,95 @@ async fn crashed_replicas_restart_from_disk() {
                 "node {n}: acknowledged point {id}"
             );
         }
+    }
+}
+
+/// A log at rest holds what its store has not saved and what followers behind still need,
+/// whatever the entry count (compaction by bytes, ADR 026): every replica compacts to its
+/// store once that is saved; a leader keeps the entries of a follower that is down, which
+/// then catches up from the log, not by snapshot; with a smaller bound on what is kept it
+/// needs a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_at_rest_compact_by_bytes_and_keep_what_followers_need() {
+    for (keep_bytes, snapshots) in [(None, 0), (Some(256 * 1024), 1)] {
+        // An entry-count threshold no test here reaches: only bytes compact.
+        let mut c = Cluster::keeping(seed_or(13), &[1, 2, 3], 100_000, keep_bytes);
+        let group = 5;
+        c.create_group(group, &[1, 2, 3]).await;
+        let mut next = 0u64;
+        // 4,000 points an entry, about 72 KB: 25 entries pass the 1 MiB threshold, also
+        // beside the 256 KiB kept for a follower.
+        let mut write_some = async |c: &Cluster| {
+            let handles: Vec<NodeHandle> = c.handles.values().cloned().collect();
+            for _ in 0..25 {
+                assert!(write(&handles, group, next..next + 4_000).await.is_some());
+                next += 4_000;
+            }
+        };
+        let status = async |c: &Cluster, node: NodeId| {
+            c.statuses()
+                .await
+                .into_iter()
+                .find(|s| s.group == group && s.node == node)
+                .unwrap()
+        };
+        write_some(&c).await;
+        c.converged(group, &[1, 2, 3]).await;
+        c.checkpoint();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for n in [1, 2, 3] {
+            // Saved and nobody behind: every entry goes.
+            loop {
+                let s = status(&c, n).await;
+                if s.first_index == s.applied_index + 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {n} kept its log: {s:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        let leader = c.wait_leader(group).await.id();
+        let down = c.live().into_iter().find(|&n| n != leader).unwrap();
+        let up = c
+            .live()
+            .into_iter()
+            .find(|&n| n != leader && n != down)
+            .unwrap();
+        let behind = status(&c, down).await.applied_index;
+        c.crash(down);
+        write_some(&c).await;
+        c.converged(group, &[leader, up]).await;
+        c.checkpoint();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (l, u) = (status(&c, leader).await, status(&c, up).await);
+            // The follower that is up keeps nothing; the leader compacts as far as the
+            // bound on what it keeps for the one that is down lets it.
+            let leader_done = match keep_bytes {
+                None => l.first_index > 1,
+                Some(_) => l.first_index > behind + 1,
+            };
+            if u.first_index == u.applied_index + 1 && leader_done {
+                if keep_bytes.is_none() {
+                    assert!(
+                        l.first_index <= behind + 1,
+                        "the leader kept too little: {l:?}"
+                    );
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "logs not compacted: {l:?} {u:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.start(down);
+        c.converged(group, &[1, 2, 3]).await;
+        assert_eq!(
+            status(&c, down).await.snapshots_installed,
+            snapshots,
+            "keeping {keep_bytes:?} bytes for followers"
+        );
+        assert_eq!(c.values(down, group).len() as u64, next);
     }
 }
 

@@ -17,7 +17,7 @@
 //! - server CPU-seconds per million points: `utime + stime` of the server's processes over
 //!   the load (RaftMetrics: `dev` and every node), from `/proc`;
 //! - data on disk: the allocated size of the server's data directories once it stops
-//!   changing after the load (checked every second, at most 30 s);
+//!   changing after the load (the same for 5 s, checked every second, at most 60 s);
 //! - the query set of `queries.rs`, a warm-up then the median of `--runs` each, and each
 //!   peer's answers against RaftMetrics' where their meaning agrees (see `plan.rs`,
 //!   `victoria.rs`, `influx.rs`);
@@ -54,8 +54,11 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// How long after the last acknowledgement every point must be queryable.
 const QUERYABLE_LIMIT: Duration = Duration::from_secs(300);
-/// How long the data directories get to stop changing.
-const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+/// How long the data directories get to stop changing...
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// ...that is, to keep one size for this long: longer than RaftMetrics takes to save a
+/// store once writes stop and delete the log files that held its points (2 s, then 1 s).
+const SETTLED_FOR: Duration = Duration::from_secs(5);
 /// Relative tolerance of VictoriaMetrics' values (it keeps about 12 significant digits).
 const VICTORIA_TOLERANCE: f64 = 1e-9;
 /// Relative tolerance of sums and averages (summation order).
@@ -251,19 +254,19 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
-/// The size of `dirs` once it stops changing (the same in two checks a second apart), or
-/// after [`SETTLE_LIMIT`].
+/// The size of `dirs` once it stops changing (the same in every check, a second apart, for
+/// [`SETTLED_FOR`]), or after [`SETTLE_LIMIT`].
 async fn settled_disk_usage(dirs: &[PathBuf]) -> u64 {
     let size = || dirs.iter().map(|d| disk_usage(d)).sum::<u64>();
     let started = Instant::now();
     let mut last = size();
-    while started.elapsed() < SETTLE_LIMIT {
+    let mut since = Instant::now();
+    while started.elapsed() < SETTLE_LIMIT && since.elapsed() < SETTLED_FOR {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = size();
-        if now == last {
-            break;
+        if now != last {
+            (last, since) = (now, Instant::now());
         }
-        last = now;
     }
     last
 }

@@ -67,6 +67,13 @@ const KEY_TRUNCATED: &[u8] = b"tr";
 /// entries are read from the log files.
 const DEFAULT_ENTRY_CACHE_BYTES: usize = 4 << 20;
 
+/// Size at which raft-engine starts a new log file ([`RaftLog::open`]).
+pub const LOG_FILE_BYTES: u64 = 4 << 20;
+
+/// Size of a node's log files past which raft-engine deletes those it no longer needs
+/// ([`RaftLog::open`]).
+pub const PURGE_THRESHOLD_BYTES: u64 = 16 << 20;
+
 /// Builds a snapshot for raft-rs when a follower is too far behind (see
 /// [`GroupStorage::set_snapshot_provider`]). Receives the group's storage (so that it can
 /// call [`GroupStorage::snapshot_metadata`] without capturing, and leaking, a clone of it)
@@ -142,11 +149,14 @@ impl RaftLog {
     /// Opens (creating it if needed) the Raft log in `dir`, replaying its files.
     ///
     /// Configuration choices (raft-engine defaults otherwise):
-    /// * `target_file_size` 32 MiB (default 128 MiB): files are the unit of purging, and a
-    ///   metrics node has few groups, so smaller files give disk space back sooner.
-    /// * `purge_threshold` 2 GiB (default 10 GiB): once the append queue is larger,
-    ///   [`RaftLog::purge_expired_files`] rewrites the live entries of old files so that
-    ///   the files can be deleted, and names the groups lagging behind.
+    /// * `target_file_size` [`LOG_FILE_BYTES`] (default 128 MiB): files are the unit of
+    ///   purging, so smaller files give disk space back sooner.
+    /// * `purge_threshold` [`PURGE_THRESHOLD_BYTES`] (default 10 GiB): raft-engine deletes
+    ///   no file, however compacted, until its files together are larger than this. Past
+    ///   it, [`RaftLog::purge_expired_files`] deletes every file whose entries are all
+    ///   compacted, rewrites the few live entries of old files so that they can go too, and
+    ///   names the groups whose many live entries keep old files. So this is what a log at
+    ///   rest may keep on disk (docs/benchmarks.md, fix 20).
     /// * `recovery_mode` tolerate-tail-corruption: a torn last write (crash during an
     ///   append) is dropped on recovery. Such a write was never acknowledged as synced, so
     ///   dropping it is correct. Damage anywhere else fails the open, with nothing changed:
@@ -155,7 +165,7 @@ impl RaftLog {
     ///   on recovery, and a damaged entry when it is read.
     /// * `recovery_threads` 2: the machines have 2 cores.
     /// * `enable_log_recycle` off: purged files are deleted instead of being kept for reuse,
-    ///   so disk usage follows the live log.
+    ///   so disk usage follows the live log, above the purge threshold.
     /// * batches above 8 KiB are LZ4-compressed (the default).
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with_cache(dir, DEFAULT_ENTRY_CACHE_BYTES)
@@ -171,8 +181,8 @@ impl RaftLog {
         })?;
         let cfg = raft_engine::Config {
             dir: dir_str.to_owned(),
-            target_file_size: ReadableSize::mb(32),
-            purge_threshold: ReadableSize::gb(2),
+            target_file_size: ReadableSize(LOG_FILE_BYTES),
+            purge_threshold: ReadableSize(PURGE_THRESHOLD_BYTES),
             recovery_mode: RecoveryMode::TolerateTailCorruption,
             recovery_threads: 2,
             batch_compression_threshold: ReadableSize::kb(8),
@@ -306,6 +316,7 @@ impl RaftLog {
             state.removed = true;
             state.cache.clear();
             state.cache_bytes = 0;
+            state.sizes.clear();
         }
         drop(state);
         if let Some(shared) = shared {
@@ -555,6 +566,8 @@ fn load_group_state(engine: &Engine, group_id: u64) -> Result<GroupState> {
         },
         cache: VecDeque::new(),
         cache_bytes: 0,
+        // Sizes of the entries already in the log are not known without reading them.
+        sizes: std::iter::repeat_n(0, (last_index - truncated_index) as usize).collect(),
     })
 }
 
@@ -665,6 +678,9 @@ struct GroupState {
     /// The most recent entries: a contiguous run ending at `view.last_index` (or empty).
     cache: VecDeque<Entry>,
     cache_bytes: u64,
+    /// The size of every entry in the log, the first index on (see [`entry_size`]); 0 for
+    /// the entries the log held when the group was loaded. For compaction by bytes.
+    sizes: VecDeque<u32>,
 }
 
 impl GroupState {
@@ -681,6 +697,9 @@ impl GroupState {
                 let Some(first) = entries.first().map(|e| e.index) else {
                     return;
                 };
+                self.sizes
+                    .truncate((first - self.view.truncated_index - 1) as usize);
+                self.sizes.extend(entries.iter().map(Entry::compute_size));
                 // The cache still ends at the old last index: cut it where the new run
                 // starts, then add the run.
                 let old_cache_first = match self.cache.front() {
@@ -713,13 +732,17 @@ impl GroupState {
             Op::Snapshot { .. } => {
                 self.cache.clear();
                 self.cache_bytes = 0;
+                self.sizes.clear();
             }
             Op::HardState(_) | Op::ConfState(_) => {}
         }
     }
 
-    /// Drops cached entries up to `index` (compaction).
+    /// Drops cached entries and sizes up to `index` (compaction), before the truncated
+    /// point moves there.
     fn cache_compact(&mut self, index: u64) {
+        let gone = index.saturating_sub(self.view.truncated_index) as usize;
+        self.sizes.drain(..gone.min(self.sizes.len()));
         while self.cache.front().is_some_and(|e| e.index <= index) {
             if let Some(e) = self.cache.pop_front() {
                 self.cache_bytes -= entry_size(&e);
@@ -1006,11 +1029,26 @@ impl GroupStorage {
             .engine
             .write(&mut batch, false)
             .map_err(|e| Error::storage("raft log compact", e))?;
+        state.cache_compact(index);
         state.view.truncated_index = index;
         state.view.truncated_term = term;
-        state.cache_compact(index);
         tracing::debug!(group_id = id, index, term, "raft log compacted");
         Ok(())
+    }
+
+    /// Calls `f` with the sizes of the log's entries, in bytes: `size(i)` for an entry `i`
+    /// in the log, 0 for any other index and for the entries the log held when the group
+    /// was loaded (their sizes are not known without reading them). The group's state
+    /// stays read-locked during `f`.
+    pub fn with_entry_sizes<R>(&self, f: impl FnOnce(&dyn Fn(u64) -> u64) -> R) -> R {
+        let state = read_lock(&self.shared.state);
+        let first = state.view.truncated_index + 1;
+        let size = |i: u64| {
+            i.checked_sub(first)
+                .and_then(|at| state.sizes.get(usize::try_from(at).ok()?))
+                .map_or(0, |&s| u64::from(s))
+        };
+        f(&size)
     }
 
     /// Metadata for a snapshot of the state machine at `index` (usually its applied
@@ -1582,6 +1620,91 @@ mod tests {
             assert_eq!(g.term(5), compacted());
             assert_eq!(all_entries(&g), vec![new_entry(7, 6)]);
         }
+    }
+
+    /// Bytes of the files under `dir`.
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn compacted_files_are_deleted_once_past_the_purge_threshold() {
+        let dir = TempDir::new().unwrap();
+        let log = RaftLog::open(dir.path()).unwrap();
+        let g = log.group(1).unwrap();
+        // Entries that LZ4 cannot shrink, 1.5 purge thresholds of them.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        let entry_bytes = 256 * 1024;
+        let count = (PURGE_THRESHOLD_BYTES * 3 / 2) / entry_bytes as u64;
+        for i in 1..=count {
+            write_with(&log, |b| {
+                g.stage_append(b, &[data_entry(i, 1, noise(entry_bytes))])
+                    .unwrap()
+            });
+        }
+        let before = dir_bytes(dir.path());
+        assert!(before > PURGE_THRESHOLD_BYTES, "{before} bytes written");
+        // Nothing compacted: nothing goes.
+        log.purge_expired_files().unwrap();
+        assert!(dir_bytes(dir.path()) >= before);
+        g.compact(count - 1).unwrap();
+        log.purge_expired_files().unwrap();
+        let after = dir_bytes(dir.path());
+        assert!(
+            after <= 2 * LOG_FILE_BYTES,
+            "{after} bytes left of {before} with one entry live"
+        );
+        assert_eq!(all_entries(&g).len(), 1);
+    }
+
+    #[test]
+    fn entry_sizes_follow_appends_overwrites_compaction_and_reopen() {
+        let dir = TempDir::new().unwrap();
+        let sizes = |g: &GroupStorage, range: std::ops::RangeInclusive<u64>| {
+            g.with_entry_sizes(|size| range.map(size).collect::<Vec<_>>())
+        };
+        {
+            let log = RaftLog::open(dir.path()).unwrap();
+            let ents: Vec<Entry> = (3..=6)
+                .map(|i| data_entry(i, 3, vec![0; i as usize * 10]))
+                .collect();
+            let g = fixture(&log, 1, &ents);
+            let want: Vec<u64> = ents.iter().map(entry_size).collect();
+            // Outside the log: 0.
+            assert_eq!(sizes(&g, 2..=7), [vec![0], want.clone(), vec![0]].concat());
+            // An append from 5 on replaces 5 and 6.
+            let newer = data_entry(5, 4, vec![1; 500]);
+            write_with(&log, |b| {
+                g.stage_append(b, std::slice::from_ref(&newer)).unwrap()
+            });
+            assert_eq!(
+                sizes(&g, 3..=6),
+                vec![want[0], want[1], entry_size(&newer), 0]
+            );
+            g.compact(3).unwrap();
+            assert_eq!(sizes(&g, 3..=5), vec![0, want[1], entry_size(&newer)]);
+        }
+        // Entries in the log when the group is loaded count 0; new ones their size.
+        let log = RaftLog::open(dir.path()).unwrap();
+        let g = log.group(1).unwrap();
+        let next = data_entry(6, 4, vec![2; 100]);
+        write_with(&log, |b| {
+            g.stage_append(b, std::slice::from_ref(&next)).unwrap()
+        });
+        assert_eq!(sizes(&g, 4..=6), vec![0, 0, entry_size(&next)]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod apply;
 pub mod chunk;
+pub mod compaction;
 pub mod engine_metrics;
 pub mod entry;
 pub mod log;

@@ -15,8 +15,9 @@
 //!    log), which writes them to the store on its own thread, many hand-overs per
 //!    transaction, and answers the proposals that wait for their application;
 //! 6. send the messages that had to wait for persistence, `advance_append`, hand over what
-//!    the light ready committed; compact logs that grew past the threshold, never past
-//!    what the store reports durable (a store behind the log saves at checkpoints).
+//!    the light ready committed; compact logs by [`super::compaction`]: never past what
+//!    the store reports durable (a store behind the log saves at checkpoints), keeping on
+//!    a leader what followers still need, within bounds.
 //!
 //! Each iteration also takes the applier's progress: applied indexes (`advance_apply_to`,
 //! reads waiting for them) or its failure (the loop stops). See [`super::apply`].
@@ -43,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::apply::{Applier, Applying};
+use super::compaction::{self, CompactionLimits, LogSpan};
 use super::entry::{LogEntry, decode_entry, encode_entry};
 use super::log::{GroupStorage, RaftLog, WriteBatch};
 use super::logger::raft_logger;
@@ -69,10 +71,14 @@ pub struct NodeConfig {
     pub max_pending_per_group: usize,
     /// After this, a waiting proposal is answered with a timeout (outcome unknown).
     pub proposal_timeout_ms: u64,
-    /// Compact a group's log once it holds more applied entries than this...
+    /// Compact a group's log once this many entries can go...
     pub compact_threshold_entries: u64,
-    /// ...keeping this many of the newest applied entries for slow followers.
+    /// ...or entries of this many bytes ([`super::compaction`]).
+    pub compact_threshold_bytes: u64,
+    /// A leader keeps at most this many of the newest applied entries for followers behind...
     pub compact_keep_entries: u64,
+    /// ...of at most this many bytes.
+    pub compact_keep_bytes: u64,
     /// Bound of the command queue.
     pub inbox_capacity: usize,
     /// Most commands handled per loop iteration.
@@ -97,7 +103,9 @@ impl NodeConfig {
             max_pending_per_group: 10_000,
             proposal_timeout_ms: 10_000,
             compact_threshold_entries: 2_000,
+            compact_threshold_bytes: 1 << 20,
             compact_keep_entries: 500,
+            compact_keep_bytes: 16 << 20,
             inbox_capacity: 16_384,
             max_commands_per_iteration: 4_096,
             sync_log: true,
@@ -164,8 +172,10 @@ enum Ack {
     Applied,
 }
 
-/// How often the loop asks raft-engine to delete fully compacted log files.
+/// How often the loop asks raft-engine to delete fully compacted log files...
 const PURGE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and how soon after a compaction, so that disk space follows the log.
+const PURGE_AFTER_COMPACTION: Duration = Duration::from_secs(1);
 
 enum Command {
     Step(Vec<Envelope>),
@@ -442,6 +452,7 @@ impl RaftNode {
             replicas: HashMap::new(),
             next_read_ctx: 1,
             applier,
+            compacted: false,
         };
         for group in driver.log.groups()? {
             let group = PartitionId::try_from(group)
@@ -562,6 +573,8 @@ struct Driver {
     /// Dropped with the driver at the end of the loop's thread: it applies what is queued
     /// (unless aborted) and joins, so a stopped node no longer writes to its store.
     applier: Applier,
+    /// A log was compacted since the last purge of log files.
+    compacted: bool,
 }
 
 /// Committed entries of one group, decoded, waiting to be applied.
@@ -665,6 +678,7 @@ impl Driver {
         let tick = Duration::from_millis(self.config.tick_interval_ms.max(1));
         let mut next_tick = Instant::now() + tick;
         let mut next_purge = Instant::now() + PURGE_INTERVAL;
+        let mut last_purge = Instant::now();
         loop {
             let now = Instant::now();
             let first = match rx.recv_timeout(next_tick.saturating_duration_since(now)) {
@@ -701,12 +715,16 @@ impl Driver {
                 }
                 next_tick = Instant::now() + tick;
             }
-            if Instant::now() >= next_purge {
+            if Instant::now() >= next_purge
+                || (self.compacted && last_purge.elapsed() >= PURGE_AFTER_COMPACTION)
+            {
                 // Log files whose entries every group has compacted away are deleted.
                 if let Err(e) = self.log.purge_expired_files() {
                     tracing::warn!(node = self.config.id, error = %e, "raft log purge failed");
                 }
-                next_purge = Instant::now() + PURGE_INTERVAL;
+                self.compacted = false;
+                last_purge = Instant::now();
+                next_purge = last_purge + PURGE_INTERVAL;
             }
             if let Err(e) = self.process() {
                 self.stop_on(e);
@@ -1193,15 +1211,40 @@ impl Driver {
     }
 
     fn maybe_compact(&mut self) -> Result<()> {
-        let (threshold, keep) = (
-            self.config.compact_threshold_entries,
-            self.config.compact_keep_entries,
-        );
+        let limits = CompactionLimits {
+            threshold_entries: self.config.compact_threshold_entries,
+            threshold_bytes: self.config.compact_threshold_bytes,
+            keep_entries: self.config.compact_keep_entries,
+            keep_bytes: self.config.compact_keep_bytes,
+        };
         for r in self.replicas.values() {
             let first = r.storage.first_index().map_err(raft_err)?;
-            if r.applied > first && r.applied - first > threshold {
-                let to = self.compactable(r)?.min(r.applied.saturating_sub(keep));
+            let durable = self.compactable(r)?;
+            if durable < first {
+                continue;
+            }
+            let raft = &r.node.raft;
+            let followers_need = (raft.state == StateRole::Leader)
+                .then(|| {
+                    raft.prs()
+                        .iter()
+                        .filter(|&(&id, _)| id != self.config.id)
+                        .map(|(_, p)| p.matched + 1)
+                        .min()
+                })
+                .flatten();
+            let span = LogSpan {
+                first,
+                applied: r.applied,
+                durable,
+                followers_need,
+            };
+            if let Some(to) = r
+                .storage
+                .with_entry_sizes(|size| compaction::compact_to(span, &limits, size))
+            {
                 r.storage.compact(to)?;
+                self.compacted = true;
             }
         }
         Ok(())

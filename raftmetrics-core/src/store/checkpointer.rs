@@ -33,8 +33,13 @@ pub const WAL_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
 /// 2,560,000 rows measured no better.
 pub const UNSAVED_ROWS_THRESHOLD: u64 = 640_000;
 /// A store behind a log with anything unsaved is checkpointed at least this often, so that
-/// a quiet store's log in front is compacted too, and a crash replays little.
+/// a crash replays little.
 pub const SAVE_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// A store behind a log with anything unsaved is checkpointed once nothing more was
+/// committed for this long: when a burst of writes ends, its log in front can be compacted
+/// and its files deleted soon after, rather than the disk holding the points twice until
+/// [`SAVE_AT_LEAST_EVERY`] (docs/benchmarks.md, fix 20).
+pub const SAVE_WHEN_QUIET_FOR: Duration = Duration::from_secs(2);
 /// DuckDB's own automatic checkpoint, for when the thread falls behind.
 pub const BACKSTOP_WAL_AUTOCHECKPOINT: &str = "256MB";
 /// Unsaved rows of a store behind a log past which its writer checkpoints itself, for when
@@ -50,7 +55,8 @@ pub enum Trigger {
     /// [`WAL_THRESHOLD_BYTES`].
     WalFile(PathBuf),
     /// DuckDB logs nothing (a store behind a log): checkpoint once [`UNSAVED_ROWS_THRESHOLD`]
-    /// rows wait, or anything has waited [`SAVE_AT_LEAST_EVERY`].
+    /// rows wait, anything has waited [`SAVE_AT_LEAST_EVERY`], or nothing was committed for
+    /// [`SAVE_WHEN_QUIET_FOR`] after something was.
     Unsaved(Arc<Saved>),
 }
 
@@ -155,6 +161,8 @@ fn run(conn: &Connection, trigger: &Trigger, stop: &(Mutex<bool>, Condvar)) {
     let (lock, wake) = stop;
     let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
     let mut last = Instant::now();
+    // The unsaved count at the last poll, and since when it has not moved.
+    let mut quiet = (0u64, Instant::now());
     loop {
         stopped = wake
             .wait_timeout(stopped, POLL)
@@ -170,8 +178,13 @@ fn run(conn: &Connection, trigger: &Trigger, stop: &(Mutex<bool>, Condvar)) {
             }
             Trigger::Unsaved(saved) => {
                 let rows = saved.unsaved();
+                if rows != quiet.0 {
+                    quiet = (rows, Instant::now());
+                }
                 (rows >= UNSAVED_ROWS_THRESHOLD
-                    || (rows > 0 && last.elapsed() >= SAVE_AT_LEAST_EVERY))
+                    || (rows > 0
+                        && (last.elapsed() >= SAVE_AT_LEAST_EVERY
+                            || quiet.1.elapsed() >= SAVE_WHEN_QUIET_FOR)))
                     .then_some(rows)
             }
         };
