@@ -21,7 +21,11 @@
 //! - the query set of `queries.rs`, a warm-up then the median of `--runs` each, and each
 //!   peer's answers against RaftMetrics' where their meaning agrees (see `plan.rs`,
 //!   `victoria.rs`, `influx.rs`);
-//! - peak RSS: `VmHWM` of the server's processes, added up, at the end.
+//! - peak RSS: `VmHWM` of the server's processes, added up, at the end;
+//! - peak PSS: the largest sum of the processes' proportional sets, sampled every 0.5 s
+//!   from the start of the load ([`PssPeak`]). A page several processes share, such as
+//!   the code of the one binary all RaftMetrics nodes run, counts once in it, and in the
+//!   RSS of each.
 
 mod influx;
 mod plan;
@@ -286,6 +290,55 @@ fn peak_rss(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// The `Pss:` (proportional set: each shared page split between the processes that map it)
+/// of a `/proc/<pid>/smaps_rollup`, in bytes.
+fn parse_pss(rollup: &str) -> Option<u64> {
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Proportional set of `pids` now, added up, in bytes.
+fn pss(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|s| parse_pss(&s))
+        .sum()
+}
+
+/// How often [`PssPeak`] samples.
+const PSS_EVERY: Duration = Duration::from_millis(500);
+
+/// The largest [`pss`] of some processes seen by a task that samples it every
+/// [`PSS_EVERY`] until [`PssPeak::finish`]. Processes of one binary share its code pages,
+/// which `VmHWM` counts in each of them; the proportional set counts them once.
+struct PssPeak {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PssPeak {
+    fn start(pids: Vec<u32>) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(pss(&pids));
+                tokio::select! {
+                    _ = &mut stopped => return peak.max(pss(&pids)),
+                    _ = tokio::time::sleep(PSS_EVERY) => {}
+                }
+            }
+        });
+        PssPeak { stop, task }
+    }
+
+    async fn finish(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
 /// The `--data-dir` of a process, from its command line.
 fn data_dir_of(pid: u32) -> Option<PathBuf> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -323,6 +376,8 @@ struct Measures {
     queryable_after: Duration,
     disk: u64,
     rss: u64,
+    /// Largest proportional set of the server's processes, sampled ([`PssPeak`]).
+    pss: u64,
     /// Per case: median time and rows, or why the case did not run.
     queries: Vec<std::result::Result<(Duration, Vec<Row>), String>>,
 }
@@ -590,6 +645,14 @@ impl PeersReport {
             &|b| megabytes(b as u64),
             none(),
         );
+        figure_row(
+            &mut table,
+            systems,
+            "peak PSS of the server processes (sampled every 0.5 s)".into(),
+            &|m| Some(m.pss as f64),
+            &|b| megabytes(b as u64),
+            none(),
+        );
         table
     }
 
@@ -620,6 +683,7 @@ async fn measure_raftmetrics(o: &PeersOptions, cases: &[Case], queries: bool) ->
     })
     .await?;
     let pids = cluster.pids()?;
+    let pss_peak = PssPeak::start(pids.clone());
     let spec = LoadSpec {
         connections: o.connections,
         batch: o.batch,
@@ -662,6 +726,7 @@ async fn measure_raftmetrics(o: &PeersOptions, cases: &[Case], queries: bool) ->
         }
     }
     m.rss = peak_rss(&pids);
+    m.pss = pss_peak.finish().await;
     Ok(m)
 }
 
@@ -705,6 +770,7 @@ async fn measure_peer(
         }
     };
     let pids = [server.pid()];
+    let pss_peak = PssPeak::start(pids.to_vec());
     let before = CpuSample::take(&pids)?;
     let report =
         load::run_line_bodies(&target, Arc::clone(bodies), Arc::clone(&o.dataset), &spec).await?;
@@ -767,6 +833,7 @@ async fn measure_peer(
         }
     }
     m.rss = peak_rss(&pids);
+    m.pss = pss_peak.finish().await;
     drop(server);
     Ok(m)
 }
@@ -930,6 +997,10 @@ mod tests {
         assert_eq!(parse_hwm(status), Some(1536 * 1024));
         assert_eq!(parse_hwm("Name: x"), None);
         assert!(peak_rss(&[std::process::id()]) > 0);
+        let rollup = "55d0-7ff rw-p 0 00:00 0 [rollup]\nRss:\t 3000 kB\nPss:\t  2100 kB\n";
+        assert_eq!(parse_pss(rollup), Some(2100 * 1024));
+        assert_eq!(parse_pss("Rss: 1 kB"), None);
+        assert!(pss(&[std::process::id()]) > 0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0]), 2.5);
         let dirs = [

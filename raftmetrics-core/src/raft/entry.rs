@@ -84,10 +84,19 @@ struct EntryV1 {
     ids: Vec<IdSpan>,
 }
 
-/// Encodes an entry.
+/// About what a record takes encoded (a series number, a varint timestamp, a value).
+const RECORD_BYTES_ESTIMATE: usize = 20;
+
+/// Encodes an entry, into a buffer no larger than the encoding: the entry is kept as it is
+/// in raft's log, the node's entry caches and the messages to followers, so the spare
+/// capacity of a grown buffer (up to half of it) would be held with it.
 pub fn encode_entry(entry: &LogEntry) -> Result<Vec<u8>> {
-    let mut out = FORMAT_V2.to_vec();
+    let mut out = Vec::with_capacity(
+        FORMAT_V2.len() + entry.records.len().saturating_mul(RECORD_BYTES_ESTIMATE),
+    );
+    out.extend_from_slice(&FORMAT_V2);
     codec::encode_into(&mut out, entry)?;
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -143,6 +152,17 @@ mod tests {
         assert_eq!(decode_entry(&bytes).unwrap(), entry);
 
         assert_eq!(bytes[..2], FORMAT_V2);
+    }
+
+    #[test]
+    fn an_encoded_entry_holds_no_spare_capacity() {
+        for n in [1, 1_000, 20_000] {
+            let mut entry = LogEntry::default();
+            entry.push_batch(None, records(n));
+            let bytes = encode_entry(&entry).unwrap();
+            assert_eq!(bytes.capacity(), bytes.len(), "{n} records");
+            assert_eq!(decode_entry(&bytes).unwrap(), entry);
+        }
     }
 
     fn v1(records: &[Record]) -> Vec<RecordV1> {
