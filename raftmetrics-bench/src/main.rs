@@ -15,6 +15,7 @@
 
 mod cluster;
 mod cpu;
+mod decode;
 mod error;
 mod export;
 mod generator;
@@ -51,6 +52,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Times decoding one bincode insert body of the dataset's points into records on one
+    /// thread, as the node that takes an insert does (no cluster).
+    Decode {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Points in the body.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Rounds of about a second each (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Writes the dataset as JSON lines (the API's point format), for inspection.
     Generate {
         #[command(flatten)]
@@ -360,6 +373,18 @@ fn main() {
 async fn run(command: Command) -> Result<bool> {
     match command {
         Command::Generate { data, out } => generate(&data, out).map(|()| true),
+        Command::Decode {
+            data,
+            batch,
+            rounds,
+        } => {
+            let (dataset, _) = data.dataset()?;
+            decode::run(&decode::DecodeOptions {
+                dataset: &dataset,
+                batch,
+                rounds,
+            })
+        }
         Command::Ingest {
             target,
             data,

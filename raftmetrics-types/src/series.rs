@@ -18,8 +18,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
@@ -186,14 +186,20 @@ impl TagPairs<'_> {
 }
 
 /// The interner: series by a hash of their identity.
+///
+/// The hash is foldhash's, seeded at random once per process: a point's series is hashed
+/// on every insert (twenty-odd short strings for a TSBS point), where SipHash took a fifth
+/// of decoding a bincode body (docs/benchmarks.md, fix 21). A colliding hash costs a
+/// comparison, never a wrong series, and the map is bounded ([`MAX_INTERNED`]). Lookups
+/// share the lock; only a new series takes it alone.
 struct Interner {
-    hasher: RandomState,
-    series: Mutex<HashMap<u64, Vec<Arc<Series>>>>,
+    hasher: foldhash::fast::RandomState,
+    series: RwLock<HashMap<u64, Vec<Arc<Series>>>>,
 }
 
 static INTERNER: LazyLock<Interner> = LazyLock::new(|| Interner {
-    hasher: RandomState::new(),
-    series: Mutex::new(HashMap::new()),
+    hasher: foldhash::fast::RandomState::default(),
+    series: RwLock::new(HashMap::new()),
 });
 
 impl Interner {
@@ -222,8 +228,12 @@ impl Interner {
         h.finish()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Arc<Series>>>> {
-        self.series.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Vec<Arc<Series>>>> {
+        self.series.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Vec<Arc<Series>>>> {
+        self.series.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn find<'a>(
@@ -233,11 +243,11 @@ impl Interner {
         tags: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
         custom_key: Option<&str>,
     ) -> Option<Arc<Series>> {
-        find_in(&self.lock(), hash, metric, tags, custom_key)
+        find_in(&self.read(), hash, metric, tags, custom_key)
     }
 
     fn insert(&self, hash: u64, series: Series) -> Arc<Series> {
-        let mut map = self.lock();
+        let mut map = self.write();
         let tags = series.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         if let Some(found) = find_in(&map, hash, &series.metric, tags, series.custom_key()) {
             return found;
