@@ -33,6 +33,7 @@ pub mod codec;
 pub mod error;
 pub mod export;
 pub mod idempotency;
+mod insert_body;
 pub mod model;
 pub mod partition;
 pub mod query;
