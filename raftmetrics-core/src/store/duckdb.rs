@@ -1060,7 +1060,7 @@ impl DuckDbStore {
             // remembered ids are forgotten.
             let mut new_ids: Vec<(PartitionId, IdRow)> = Vec::new();
             let mut forget: HashMap<PartitionId, i64> = HashMap::new();
-            let mut points = tx.appender("rm_points").map_err(storage("insert"))?;
+            let mut points = PointColumns::default();
             let mut sids = SidAllocator {
                 next: self.next_sid.load(Ordering::SeqCst),
             };
@@ -1137,19 +1137,10 @@ impl DuckDbStore {
                             ids
                         }
                     };
-                    points
-                        .append_row(params![
-                            w.partition,
-                            ids.sid,
-                            r.timestamp.as_micros(),
-                            r.value,
-                            ids.metric
-                        ])
-                        .map_err(storage("insert"))?;
+                    points.push(w.partition, ids, r.timestamp.as_micros(), r.value);
                 }
             }
-            points.flush().map_err(storage("insert"))?;
-            drop(points);
+            points.append(&tx).map_err(storage("insert"))?;
             if !new_ids.is_empty() {
                 let mut ids = tx
                     .appender("rm_batch_ids")
@@ -1212,6 +1203,62 @@ impl DuckDbStore {
             }
         }
         Ok(applied)
+    }
+}
+
+/// Rows of a snapshot's points gathered before they are appended, at most.
+const IMPORT_CHUNK_ROWS: usize = 100_000;
+
+/// Point rows gathered a column at a time, appended to `rm_points` as one Arrow batch:
+/// DuckDB's appender bound every value of a row appended alone (`append_row`), which took
+/// most of an apply transaction's time (docs/benchmarks.md, fix 23).
+#[derive(Default)]
+struct PointColumns {
+    partition: Vec<u32>,
+    sid: Vec<u32>,
+    ts: Vec<i64>,
+    value: Vec<f64>,
+    metric: Vec<u32>,
+}
+
+impl PointColumns {
+    fn push(&mut self, partition: PartitionId, ids: SeriesIds, ts: i64, value: f64) {
+        self.partition.push(partition);
+        self.sid.push(ids.sid);
+        self.ts.push(ts);
+        self.value.push(value);
+        self.metric.push(ids.metric);
+    }
+
+    /// Appends the rows to `rm_points` in `conn`'s transaction (nothing when there are none).
+    fn append(self, conn: &Connection) -> duckdb::Result<()> {
+        use duckdb::arrow::array::{ArrayRef, Float64Array, Int64Array, UInt32Array};
+        use duckdb::arrow::datatypes::{DataType, Field, Schema};
+        use duckdb::arrow::record_batch::RecordBatch;
+
+        if self.ts.is_empty() {
+            return Ok(());
+        }
+        // The table's columns, in order, with their DuckDB types' Arrow counterparts.
+        let schema = Schema::new(vec![
+            Field::new("partition_id", DataType::UInt32, false),
+            Field::new("sid", DataType::UInt32, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+            Field::new("metric_id", DataType::UInt32, true),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(self.partition)),
+            Arc::new(UInt32Array::from(self.sid)),
+            Arc::new(Int64Array::from(self.ts)),
+            Arc::new(Float64Array::from(self.value)),
+            Arc::new(UInt32Array::from(self.metric)),
+        ];
+        let batch = RecordBatch::try_new(Arc::new(schema), columns)
+            .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let mut appender = conn.appender("rm_points")?;
+        appender.append_record_batch(batch)?;
+        appender.flush()
     }
 }
 
@@ -1736,7 +1783,7 @@ impl Store for DuckDbStore {
                         .map_err(storage("import"))?;
                 }
                 series.flush().map_err(storage("import"))?;
-                let mut points = tx.appender("rm_points").map_err(storage("import"))?;
+                let mut points = PointColumns::default();
                 for r in &snapshot.points {
                     let ids = ids_of.get(&r.series_id).ok_or_else(|| {
                         Error::InvalidRequest(format!(
@@ -1744,11 +1791,14 @@ impl Store for DuckDbStore {
                             r.series_id
                         ))
                     })?;
-                    points
-                        .append_row(params![p, ids.sid, r.timestamp_micros, r.value, ids.metric])
-                        .map_err(storage("import"))?;
+                    points.push(p, *ids, r.timestamp_micros, r.value);
+                    if points.ts.len() >= IMPORT_CHUNK_ROWS {
+                        std::mem::take(&mut points)
+                            .append(&tx)
+                            .map_err(storage("import"))?;
+                    }
                 }
-                points.flush().map_err(storage("import"))?;
+                points.append(&tx).map_err(storage("import"))?;
             }
             {
                 let applied = self.applied.read().map_err(poisoned)?;
