@@ -186,10 +186,8 @@ fn check_text(text: &str, max_bytes: usize, what: &str) -> std::result::Result<(
 /// What validation reads of a point: a decoded [`Point`], or a [`PointRef`] borrowed from
 /// a bincode body.
 trait PointView {
-    fn metric(&self) -> &str;
-    fn value(&self) -> f64;
-    fn timestamp(&self) -> Option<Timestamp>;
-    fn custom_key(&self) -> Option<&str>;
+    /// The metric, the value and the timestamp.
+    fn reading(&self) -> (&str, f64, Option<Timestamp>);
     /// The shared series if this node knows it (no allocation).
     fn known_series(&self) -> Option<Arc<Series>>;
     /// The series, built from the point's own text (repeated tag keys keep their last
@@ -197,25 +195,21 @@ trait PointView {
     fn into_series(self) -> Series;
 }
 
+/// The known series of a point whose tags are a [`Tags`] map.
+fn known_with_map(metric: &str, tags: &Tags, key: Option<&str>) -> Option<Arc<Series>> {
+    series::lookup(
+        metric,
+        tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        key,
+    )
+}
+
 impl PointView for Point {
-    fn metric(&self) -> &str {
-        &self.metric
-    }
-    fn value(&self) -> f64 {
-        self.value
-    }
-    fn timestamp(&self) -> Option<Timestamp> {
-        self.timestamp
-    }
-    fn custom_key(&self) -> Option<&str> {
-        self.partition_key.as_deref()
+    fn reading(&self) -> (&str, f64, Option<Timestamp>) {
+        (&self.metric, self.value, self.timestamp)
     }
     fn known_series(&self) -> Option<Arc<Series>> {
-        series::lookup(
-            &self.metric,
-            self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            self.partition_key.as_deref(),
-        )
+        known_with_map(&self.metric, &self.tags, self.partition_key.as_deref())
     }
     fn into_series(self) -> Series {
         Series::new(self.metric, self.tags, self.partition_key)
@@ -237,27 +231,53 @@ struct PointRef<'a> {
 }
 
 impl PointView for PointRef<'_> {
-    fn metric(&self) -> &str {
-        &self.metric.0
-    }
-    fn value(&self) -> f64 {
-        self.value
-    }
-    fn timestamp(&self) -> Option<Timestamp> {
-        self.timestamp
-    }
-    fn custom_key(&self) -> Option<&str> {
-        self.partition_key.as_ref().map(|k| &*k.0)
+    fn reading(&self) -> (&str, f64, Option<Timestamp>) {
+        (&self.metric.0, self.value, self.timestamp)
     }
     fn known_series(&self) -> Option<Arc<Series>> {
         if !self.tags.is_canonical() {
             return None;
         }
-        series::lookup(self.metric(), self.tags.iter(), self.custom_key())
+        let key = self.partition_key.as_ref().map(|k| &*k.0);
+        series::lookup(&self.metric.0, self.tags.iter(), key)
     }
     fn into_series(self) -> Series {
         let key = self.partition_key.map(|k| k.0.into_owned());
         Series::new(self.metric.0.into_owned(), self.tags.to_tags(), key)
+    }
+}
+
+/// A point whose tag map it shares with other points: the fields of one line of line
+/// protocol are one point each, all with the line's tags.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedTagsPoint {
+    pub metric: String,
+    pub value: f64,
+    pub timestamp: Option<Timestamp>,
+    pub tags: Arc<Tags>,
+}
+
+impl From<SharedTagsPoint> for Point {
+    fn from(p: SharedTagsPoint) -> Point {
+        Point {
+            metric: p.metric,
+            value: p.value,
+            timestamp: p.timestamp,
+            tags: Arc::unwrap_or_clone(p.tags),
+            partition_key: None,
+        }
+    }
+}
+
+impl PointView for SharedTagsPoint {
+    fn reading(&self) -> (&str, f64, Option<Timestamp>) {
+        (&self.metric, self.value, self.timestamp)
+    }
+    fn known_series(&self) -> Option<Arc<Series>> {
+        known_with_map(&self.metric, &self.tags, None)
+    }
+    fn into_series(self) -> Series {
+        Series::new(self.metric, Arc::unwrap_or_clone(self.tags), None)
     }
 }
 
@@ -268,17 +288,8 @@ struct WireRef<'b, 'a> {
 }
 
 impl PointView for WireRef<'_, '_> {
-    fn metric(&self) -> &str {
-        self.point.metric
-    }
-    fn value(&self) -> f64 {
-        self.point.value
-    }
-    fn timestamp(&self) -> Option<Timestamp> {
-        self.point.timestamp
-    }
-    fn custom_key(&self) -> Option<&str> {
-        self.point.partition_key
+    fn reading(&self) -> (&str, f64, Option<Timestamp>) {
+        (self.point.metric, self.point.value, self.point.timestamp)
     }
     fn known_series(&self) -> Option<Arc<Series>> {
         if !self.tags.canonical {
@@ -310,6 +321,16 @@ impl PointView for WireRef<'_, '_> {
 /// Either every point is valid and all records are returned in order, or nothing is
 /// returned and the error lists every bad field of every bad point.
 pub fn validate_batch(points: Vec<Point>, now: Timestamp, limits: &Limits) -> Result<Vec<Record>> {
+    validate_points(points.into_iter(), now, limits)
+}
+
+/// [`validate_batch`] for points that share their tag maps: a tag map is copied only for
+/// a series this process does not know yet.
+pub fn validate_shared_tags(
+    points: Vec<SharedTagsPoint>,
+    now: Timestamp,
+    limits: &Limits,
+) -> Result<Vec<Record>> {
     validate_points(points.into_iter(), now, limits)
 }
 
@@ -373,15 +394,15 @@ fn validate_points<P: PointView>(
         // above all): a known series skips them.
         let before = errors.len();
         if known.is_none()
-            && let Err(e) = check_metric_name(point.metric())
+            && let Err(e) = check_metric_name(point.reading().0)
         {
             errors.push(FieldError::new(field("metric"), e));
         }
-        let value = point.value();
+        let (_, value, timestamp) = point.reading();
         if !value.is_finite() {
             errors.push(FieldError::new(field("value"), "must be a finite number"));
         }
-        let timestamp = point.timestamp().unwrap_or(now);
+        let timestamp = timestamp.unwrap_or(now);
         if timestamp < Timestamp::EPOCH {
             errors.push(FieldError::new(
                 field("timestamp"),

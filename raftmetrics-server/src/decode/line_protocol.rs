@@ -74,9 +74,12 @@
 //! parsed here in one pass over the bytes, with errors in the API's terms.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use raftmetrics_core::error::Error;
-use raftmetrics_core::model::{Limits, Point, Record, Tags, check_metric_name, validate_batch};
+use raftmetrics_core::model::{
+    Limits, Point, Record, SharedTagsPoint, Tags, check_metric_name, validate_shared_tags,
+};
 use raftmetrics_core::time::Timestamp;
 
 use super::{BadLines, name_lines, quote};
@@ -208,7 +211,7 @@ impl LineProtocolOptions {
 /// Every bad line is listed in one [`Error::Validation`] (fields `line N`); a bound of the
 /// body as a whole that is passed is named `body`.
 pub fn decode(body: &[u8], opts: &LineProtocolOptions) -> Result<Vec<Point>, Error> {
-    decode_lines(body, opts).map(|decoded| decoded.points)
+    decode_lines(body, opts).map(|decoded| decoded.points.into_iter().map(Point::from).collect())
 }
 
 /// [`decode`], then [`validate_batch`] with [`LineProtocolOptions::default_time`] as the
@@ -220,7 +223,7 @@ pub fn decode_records(
     limits: &Limits,
 ) -> Result<Vec<Record>, Error> {
     let Decoded { points, lines } = decode_lines(body, opts)?;
-    validate_batch(points, opts.default_time, limits).map_err(|e| name_lines(e, &lines))
+    validate_shared_tags(points, opts.default_time, limits).map_err(|e| name_lines(e, &lines))
 }
 
 /// Inflates a `Content-Encoding: gzip` body (one or more gzip members) into at most `limit`
@@ -260,7 +263,7 @@ fn gunzip_into(body: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Error
 
 /// The points of a body and, for each, the line it came from.
 struct Decoded {
-    points: Vec<Point>,
+    points: Vec<SharedTagsPoint>,
     /// `lines[i]` is the 1-based line of `points[i]`.
     lines: Vec<usize>,
 }
@@ -337,28 +340,22 @@ struct Line {
 }
 
 impl Line {
-    /// One point per field, named by `names` (one per field), handed to `push`.
-    fn into_points(self, names: Vec<String>, mut push: impl FnMut(Point)) {
+    /// One point per field, named by `names` (one per field), handed to `push`; they share
+    /// the line's tags.
+    fn into_points(self, names: Vec<String>, mut push: impl FnMut(SharedTagsPoint)) {
         let Line {
-            mut tags,
+            tags,
             fields,
             timestamp,
             ..
         } = self;
-        let last = fields.len().saturating_sub(1);
-        for (i, (metric, (_, value))) in names.into_iter().zip(fields).enumerate() {
-            // The last point takes the tags; the others copy them.
-            let tags = if i == last {
-                std::mem::take(&mut tags)
-            } else {
-                tags.clone()
-            };
-            push(Point {
+        let tags = Arc::new(tags);
+        for (metric, (_, value)) in names.into_iter().zip(fields) {
+            push(SharedTagsPoint {
                 metric,
                 value,
                 timestamp: Some(timestamp),
-                tags,
-                partition_key: None,
+                tags: Arc::clone(&tags),
             });
         }
     }
