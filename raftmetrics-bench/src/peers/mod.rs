@@ -275,35 +275,32 @@ async fn settled_disk_usage(dirs: &[PathBuf]) -> u64 {
     last
 }
 
-/// The `VmHWM` (peak resident set) of a `/proc/<pid>/status`, in bytes.
-fn parse_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// The `<field>:  <n> kB` line of a `/proc` file, in bytes.
+fn proc_kib(text: &str, field: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// `field` of `/proc/<pid>/<file>` of each of `pids`, added up, in bytes.
+fn proc_sum(pids: &[u32], file: &str, field: &str) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok())
+        .filter_map(|text| proc_kib(&text, field))
+        .sum()
 }
 
 /// Peak resident set of `pids`, added up, in bytes.
 fn peak_rss(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|s| parse_hwm(&s))
-        .sum()
+    proc_sum(pids, "status", "VmHWM")
 }
 
-/// The `Pss:` (proportional set: each shared page split between the processes that map it)
-/// of a `/proc/<pid>/smaps_rollup`, in bytes.
-fn parse_pss(rollup: &str) -> Option<u64> {
-    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Proportional set of `pids` now, added up, in bytes.
+/// Proportional set of `pids` now (each shared page split between the processes that map
+/// it), added up, in bytes.
 fn pss(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|s| parse_pss(&s))
-        .sum()
+    proc_sum(pids, "smaps_rollup", "Pss")
 }
 
 /// How often [`PssPeak`] samples.
@@ -994,12 +991,13 @@ mod tests {
     #[test]
     fn proc_status_and_cmdline_are_read() {
         let status = "Name:\tx\nVmPeak:\t  2000 kB\nVmHWM:\t  1536 kB\nVmRSS:\t 1000 kB\n";
-        assert_eq!(parse_hwm(status), Some(1536 * 1024));
-        assert_eq!(parse_hwm("Name: x"), None);
+        assert_eq!(proc_kib(status, "VmHWM"), Some(1536 * 1024));
+        assert_eq!(proc_kib("Name: x", "VmHWM"), None);
         assert!(peak_rss(&[std::process::id()]) > 0);
         let rollup = "55d0-7ff rw-p 0 00:00 0 [rollup]\nRss:\t 3000 kB\nPss:\t  2100 kB\n";
-        assert_eq!(parse_pss(rollup), Some(2100 * 1024));
-        assert_eq!(parse_pss("Rss: 1 kB"), None);
+        assert_eq!(proc_kib(rollup, "Pss"), Some(2100 * 1024));
+        assert_eq!(proc_kib(rollup, "Ps"), None);
+        assert_eq!(proc_kib("Rss: 1 kB", "Pss"), None);
         assert!(pss(&[std::process::id()]) > 0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0]), 2.5);

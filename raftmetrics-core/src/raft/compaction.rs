@@ -41,45 +41,41 @@ pub struct LogSpan {
 }
 
 /// The index to compact the log to (every entry up to it goes), or `None` to leave it.
-/// `size(i)` is the size of entry `i` in bytes, for `span.first <= i <= span.applied`.
+/// `bytes(from, to)` is the size in bytes of the entries `from..=to` (a running total's
+/// difference, [`crate::raft::GroupStorage::with_log_bytes`]), so the decision costs a
+/// few lookups on every pass of the node loop, however long the log.
 pub fn compact_to(
     span: LogSpan,
     limits: &CompactionLimits,
-    size: impl Fn(u64) -> u64,
+    bytes: impl Fn(u64, u64) -> u64,
 ) -> Option<u64> {
     let mut to = span.durable.min(span.applied);
     if let Some(need) = span.followers_need {
-        // The oldest entry kept for followers: walk back from the newest applied one while
-        // a follower needs it and the bounds allow.
-        let mut oldest = span.applied.saturating_add(1);
-        let mut bytes = 0u64;
-        while oldest > span.first
-            && oldest > need
-            && span.applied + 1 - oldest < limits.keep_entries
-        {
-            let s = size(oldest - 1);
-            if bytes.saturating_add(s) > limits.keep_bytes {
-                break;
+        // The oldest entry kept for followers: the one a follower needs, unless the bounds
+        // keep fewer. Fewer entries hold fewer bytes, so the byte bound is a search.
+        let end = span.applied.saturating_add(1);
+        let (mut lo, mut hi) = (
+            need.max(span.first)
+                .max(end.saturating_sub(limits.keep_entries))
+                .min(end),
+            end,
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if bytes(mid, span.applied) <= limits.keep_bytes {
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
-            bytes += s;
-            oldest -= 1;
         }
-        to = to.min(oldest - 1);
+        to = to.min(lo.saturating_sub(1));
     }
     if to < span.first {
         return None;
     }
-    if to - span.first + 1 >= limits.threshold_entries {
-        return Some(to);
-    }
-    let mut bytes = 0u64;
-    for i in span.first..=to {
-        bytes = bytes.saturating_add(size(i));
-        if bytes >= limits.threshold_bytes {
-            return Some(to);
-        }
-    }
-    None
+    (to - span.first + 1 >= limits.threshold_entries
+        || bytes(span.first, to) >= limits.threshold_bytes)
+        .then_some(to)
 }
 
 #[cfg(test)]
@@ -93,107 +89,105 @@ mod tests {
         keep_bytes: 300,
     };
 
-    fn span(first: u64, applied: u64, durable: u64, need: Option<u64>) -> LogSpan {
-        LogSpan {
-            first,
-            applied,
-            durable,
-            followers_need: need,
+    /// Each case: why, the log (first, applied, durable, what followers need), every
+    /// entry's size, and the decision.
+    type Case = (
+        &'static str,
+        (u64, u64, u64, Option<u64>),
+        fn(u64) -> u64,
+        Option<u64>,
+    );
+
+    const CASES: &[Case] = &[
+        // A follower compacts to what its store holds durably.
+        ("durable before applied", (1, 50, 30, None), |_| 1, Some(30)),
+        ("durable past applied", (1, 50, 80, None), |_| 1, Some(50)),
+        // Nothing goes below the thresholds.
+        ("9 entries, 900 bytes", (1, 50, 9, None), |_| 100, None),
+        ("9 entries, 1,080 bytes", (1, 50, 9, None), |_| 120, Some(9)),
+        (
+            "10 entries, however small",
+            (1, 50, 10, None),
+            |_| 0,
+            Some(10),
+        ),
+        (
+            "nothing durable past the first",
+            (20, 50, 19, None),
+            |_| 1_000,
+            None,
+        ),
+        // A leader keeps what followers need, within the bounds.
+        (
+            "followers need 47 on",
+            (1, 50, 50, Some(47)),
+            |_| 10,
+            Some(46),
+        ),
+        (
+            "at most 5 entries kept",
+            (1, 50, 50, Some(20)),
+            |_| 10,
+            Some(45),
+        ),
+        (
+            "at most 300 bytes kept",
+            (1, 50, 50, Some(20)),
+            |_| 100,
+            Some(47),
+        ),
+        (
+            "one entry above the byte bound",
+            (1, 50, 50, Some(20)),
+            |_| 301,
+            Some(50),
+        ),
+        (
+            "followers have everything",
+            (1, 50, 50, Some(51)),
+            |_| 10,
+            Some(50),
+        ),
+        (
+            "a follower ahead of this store",
+            (1, 50, 50, Some(60)),
+            |_| 10,
+            Some(50),
+        ),
+        (
+            "the store bounds it first",
+            (1, 50, 30, Some(45)),
+            |_| 10,
+            Some(30),
+        ),
+        // What is kept for followers counts toward no threshold.
+        ("47 entries can go", (1, 50, 50, Some(48)), |_| 1, Some(47)),
+        (
+            "8 small entries can go",
+            (40, 50, 50, Some(48)),
+            |_| 1,
+            None,
+        ),
+        // Sizes are read per entry: 46..=50 are big, so only 49 and 50 are kept.
+        (
+            "big newest entries",
+            (1, 50, 50, Some(1)),
+            |i| if i >= 46 { 150 } else { 1 },
+            Some(48),
+        ),
+    ];
+
+    #[test]
+    fn the_decision_of_each_case() {
+        for &(why, (first, applied, durable, need), size, want) in CASES {
+            let span = LogSpan {
+                first,
+                applied,
+                durable,
+                followers_need: need,
+            };
+            let bytes = |from: u64, to: u64| (from..=to).map(size).sum::<u64>();
+            assert_eq!(compact_to(span, &LIMITS, bytes), want, "{why}");
         }
-    }
-
-    fn sized(bytes: u64) -> impl Fn(u64) -> u64 {
-        move |_| bytes
-    }
-
-    #[test]
-    fn a_follower_compacts_to_what_its_store_holds_durably() {
-        assert_eq!(
-            compact_to(span(1, 50, 30, None), &LIMITS, sized(1)),
-            Some(30)
-        );
-        assert_eq!(
-            compact_to(span(1, 50, 80, None), &LIMITS, sized(1)),
-            Some(50)
-        );
-    }
-
-    #[test]
-    fn nothing_goes_below_the_thresholds() {
-        // 9 small entries can go: fewer than 10, and 900 bytes < 1,000.
-        assert_eq!(compact_to(span(1, 50, 9, None), &LIMITS, sized(100)), None);
-        // The same entries, bigger: their bytes reach the threshold.
-        assert_eq!(
-            compact_to(span(1, 50, 9, None), &LIMITS, sized(120)),
-            Some(9)
-        );
-        // Ten entries, however small.
-        assert_eq!(
-            compact_to(span(1, 50, 10, None), &LIMITS, sized(0)),
-            Some(10)
-        );
-        // Nothing durable past the first entry.
-        assert_eq!(
-            compact_to(span(20, 50, 19, None), &LIMITS, sized(1_000)),
-            None
-        );
-    }
-
-    #[test]
-    fn a_leader_keeps_what_followers_need_within_the_bounds() {
-        // Followers need 47 on: everything before it can go.
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(47)), &LIMITS, sized(10)),
-            Some(46)
-        );
-        // A follower needs 20 on: at most 5 entries are kept (46..=50).
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(20)), &LIMITS, sized(10)),
-            Some(45)
-        );
-        // ...and at most 300 bytes: 3 entries of 100.
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(20)), &LIMITS, sized(100)),
-            Some(47)
-        );
-        // One entry bigger than the byte bound: nothing is kept for the follower.
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(20)), &LIMITS, sized(301)),
-            Some(50)
-        );
-        // Followers that have everything: nothing is kept.
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(51)), &LIMITS, sized(10)),
-            Some(50)
-        );
-        // The store's durable index bounds it before the followers do.
-        assert_eq!(
-            compact_to(span(1, 50, 30, Some(45)), &LIMITS, sized(10)),
-            Some(30)
-        );
-    }
-
-    #[test]
-    fn what_is_kept_for_followers_counts_toward_no_threshold() {
-        // Followers need 48 on; 47 entries can go: enough.
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(48)), &LIMITS, sized(1)),
-            Some(47)
-        );
-        // The log starts at 40: 8 entries of 1 byte can go, below both thresholds.
-        assert_eq!(
-            compact_to(span(40, 50, 50, Some(48)), &LIMITS, sized(1)),
-            None
-        );
-    }
-
-    #[test]
-    fn sizes_are_read_per_entry() {
-        // Entries 46..=50 are big, the rest small: the byte bound keeps only 49 and 50.
-        let size = |i: u64| if i >= 46 { 150 } else { 1 };
-        assert_eq!(
-            compact_to(span(1, 50, 50, Some(1)), &LIMITS, size),
-            Some(48)
-        );
     }
 }

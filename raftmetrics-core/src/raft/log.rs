@@ -316,7 +316,7 @@ impl RaftLog {
             state.removed = true;
             state.cache.clear();
             state.cache_bytes = 0;
-            state.sizes.clear();
+            state.bytes.clear();
         }
         drop(state);
         if let Some(shared) = shared {
@@ -567,7 +567,7 @@ fn load_group_state(engine: &Engine, group_id: u64) -> Result<GroupState> {
         cache: VecDeque::new(),
         cache_bytes: 0,
         // Sizes of the entries already in the log are not known without reading them.
-        sizes: std::iter::repeat_n(0, (last_index - truncated_index) as usize).collect(),
+        bytes: LogBytes::unknown(last_index - truncated_index),
     })
 }
 
@@ -678,9 +678,65 @@ struct GroupState {
     /// The most recent entries: a contiguous run ending at `view.last_index` (or empty).
     cache: VecDeque<Entry>,
     cache_bytes: u64,
-    /// The size of every entry in the log, the first index on (see [`entry_size`]); 0 for
-    /// the entries the log held when the group was loaded. For compaction by bytes.
-    sizes: VecDeque<u32>,
+    /// The bytes of the log's entries, for compaction by bytes.
+    bytes: LogBytes,
+}
+
+/// The sizes of a log's entries ([`entry_size`]; 0 for those it held when the group was
+/// loaded), as running totals from the first entry on, so that the bytes of any run of
+/// entries are one subtraction.
+#[derive(Default)]
+struct LogBytes {
+    /// The running total before the first entry.
+    base: u64,
+    /// `ends[k]`: the running total through the log's `k`-th entry.
+    ends: VecDeque<u64>,
+}
+
+impl LogBytes {
+    /// `n` entries of unknown size.
+    fn unknown(n: u64) -> Self {
+        LogBytes {
+            base: 0,
+            ends: std::iter::repeat_n(0, n as usize).collect(),
+        }
+    }
+
+    /// Keeps the first `n` entries, then adds `sizes`.
+    fn replace_after(&mut self, n: usize, sizes: impl Iterator<Item = u64>) {
+        self.ends.truncate(n);
+        let mut total = self.ends.back().copied().unwrap_or(self.base);
+        for size in sizes {
+            total += size;
+            self.ends.push_back(total);
+        }
+    }
+
+    /// Drops the first `n` entries.
+    fn drop_first(&mut self, n: usize) {
+        let n = n.min(self.ends.len());
+        if n > 0 {
+            self.base = self.ends[n - 1];
+            self.ends.drain(..n);
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = LogBytes::default();
+    }
+
+    /// Bytes of the entries at positions `from..=to` that the log holds.
+    fn between(&self, from: usize, to: usize) -> u64 {
+        let Some(last) = self.ends.len().checked_sub(1) else {
+            return 0;
+        };
+        let to = to.min(last);
+        if from > to {
+            return 0;
+        }
+        let before = from.checked_sub(1).map_or(self.base, |k| self.ends[k]);
+        self.ends[to] - before
+    }
 }
 
 impl GroupState {
@@ -697,9 +753,10 @@ impl GroupState {
                 let Some(first) = entries.first().map(|e| e.index) else {
                     return;
                 };
-                self.sizes
-                    .truncate((first - self.view.truncated_index - 1) as usize);
-                self.sizes.extend(entries.iter().map(Entry::compute_size));
+                self.bytes.replace_after(
+                    (first - self.view.truncated_index - 1) as usize,
+                    entries.iter().map(entry_size),
+                );
                 // The cache still ends at the old last index: cut it where the new run
                 // starts, then add the run.
                 let old_cache_first = match self.cache.front() {
@@ -732,7 +789,7 @@ impl GroupState {
             Op::Snapshot { .. } => {
                 self.cache.clear();
                 self.cache_bytes = 0;
-                self.sizes.clear();
+                self.bytes.clear();
             }
             Op::HardState(_) | Op::ConfState(_) => {}
         }
@@ -741,8 +798,8 @@ impl GroupState {
     /// Drops cached entries and sizes up to `index` (compaction), before the truncated
     /// point moves there.
     fn cache_compact(&mut self, index: u64) {
-        let gone = index.saturating_sub(self.view.truncated_index) as usize;
-        self.sizes.drain(..gone.min(self.sizes.len()));
+        self.bytes
+            .drop_first(index.saturating_sub(self.view.truncated_index) as usize);
         while self.cache.front().is_some_and(|e| e.index <= index) {
             if let Some(e) = self.cache.pop_front() {
                 self.cache_bytes -= entry_size(&e);
@@ -1036,19 +1093,21 @@ impl GroupStorage {
         Ok(())
     }
 
-    /// Calls `f` with the sizes of the log's entries, in bytes: `size(i)` for an entry `i`
-    /// in the log, 0 for any other index and for the entries the log held when the group
-    /// was loaded (their sizes are not known without reading them). The group's state
-    /// stays read-locked during `f`.
-    pub fn with_entry_sizes<R>(&self, f: impl FnOnce(&dyn Fn(u64) -> u64) -> R) -> R {
+    /// Calls `f` with the bytes of the log's entries: `bytes(from, to)` is the size of the
+    /// entries `from..=to` that the log holds, 0 counted for those it held when the group
+    /// was loaded (their sizes are not known without reading them); one subtraction. The
+    /// group's state stays read-locked during `f`.
+    pub fn with_log_bytes<R>(&self, f: impl FnOnce(&dyn Fn(u64, u64) -> u64) -> R) -> R {
         let state = read_lock(&self.shared.state);
         let first = state.view.truncated_index + 1;
-        let size = |i: u64| {
-            i.checked_sub(first)
-                .and_then(|at| state.sizes.get(usize::try_from(at).ok()?))
-                .map_or(0, |&s| u64::from(s))
+        let position = |i: u64| usize::try_from(i.saturating_sub(first)).unwrap_or(usize::MAX);
+        let bytes = |from: u64, to: u64| {
+            if to < first || to < from {
+                return 0;
+            }
+            state.bytes.between(position(from), position(to))
         };
-        f(&size)
+        f(&bytes)
     }
 
     /// Metadata for a snapshot of the state machine at `index` (usually its applied
@@ -1674,8 +1733,10 @@ mod tests {
     fn entry_sizes_follow_appends_overwrites_compaction_and_reopen() {
         let dir = TempDir::new().unwrap();
         let sizes = |g: &GroupStorage, range: std::ops::RangeInclusive<u64>| {
-            g.with_entry_sizes(|size| range.map(size).collect::<Vec<_>>())
+            g.with_log_bytes(|bytes| range.map(|i| bytes(i, i)).collect::<Vec<_>>())
         };
+        let total =
+            |g: &GroupStorage, from: u64, to: u64| g.with_log_bytes(|bytes| bytes(from, to));
         {
             let log = RaftLog::open(dir.path()).unwrap();
             let ents: Vec<Entry> = (3..=6)
@@ -1685,6 +1746,9 @@ mod tests {
             let want: Vec<u64> = ents.iter().map(entry_size).collect();
             // Outside the log: 0.
             assert_eq!(sizes(&g, 2..=7), [vec![0], want.clone(), vec![0]].concat());
+            assert_eq!(total(&g, 1, 9), want.iter().sum::<u64>());
+            assert_eq!(total(&g, 4, 5), want[1] + want[2]);
+            assert_eq!(total(&g, 5, 4), 0);
             // An append from 5 on replaces 5 and 6.
             let newer = data_entry(5, 4, vec![1; 500]);
             write_with(&log, |b| {
@@ -1696,6 +1760,7 @@ mod tests {
             );
             g.compact(3).unwrap();
             assert_eq!(sizes(&g, 3..=5), vec![0, want[1], entry_size(&newer)]);
+            assert_eq!(total(&g, 1, 9), want[1] + entry_size(&newer));
         }
         // Entries in the log when the group is loaded count 0; new ones their size.
         let log = RaftLog::open(dir.path()).unwrap();
@@ -1705,6 +1770,7 @@ mod tests {
             g.stage_append(b, std::slice::from_ref(&next)).unwrap()
         });
         assert_eq!(sizes(&g, 4..=6), vec![0, 0, entry_size(&next)]);
+        assert_eq!(total(&g, 1, 6), entry_size(&next));
     }
 
     #[test]

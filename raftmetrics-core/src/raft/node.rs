@@ -1241,7 +1241,7 @@ impl Driver {
             };
             if let Some(to) = r
                 .storage
-                .with_entry_sizes(|size| compaction::compact_to(span, &limits, size))
+                .with_log_bytes(|bytes| compaction::compact_to(span, &limits, bytes))
             {
                 r.storage.compact(to)?;
                 self.compacted = true;
