@@ -48,13 +48,14 @@ use tracing::{debug, info, warn};
 use crate::cluster_state::{ClusterState, Command, MoveRecord};
 use crate::config::{ControlArgs, default_replication_factor};
 use crate::error::ServerError;
-use crate::frontend::{Export, Frontend};
+use crate::frontend::{Evaluated, Export, Frontend};
 use crate::http::body::{Format, respond, response_format};
 use crate::http::error::ApiError;
 use crate::http::stack;
 use crate::metadata::{Membership as MetadataMembership, MetadataLog, MetadataTransport};
 use crate::metrics::{Metrics, Outcome};
 use crate::mover::{Action, Mover, Observed, next_action};
+use crate::promql::EvaluateError;
 use crate::rebalance::{
     WorkerState, is_balanced, plan_leader_transfers, plan_moves, replica_counts,
 };
@@ -239,9 +240,11 @@ pub async fn run(
             .metrics
             .export_node_listener(Arc::new(ServeStats::default())),
     ));
-    let served = stack::serve(
+    // The web console's page and assets carry no data: served without a token.
+    let served = stack::serve_with_open(
         http,
         routes(Arc::clone(&control)),
+        crate::http::console::routes(),
         &args.node.http,
         args.rate_limit_per_minute,
         Arc::clone(&control.metrics),
@@ -1205,6 +1208,7 @@ fn routes(control: Arc<Control>) -> HttpRouter {
         .merge(crate::http::influx::routes(Arc::clone(&control)))
         .merge(crate::http::remote_write::routes(Arc::clone(&control)))
         .merge(crate::http::import::routes(Arc::clone(&control)))
+        .merge(crate::http::prometheus::routes(Arc::clone(&control)))
         .merge(crate::http::export::routes(control))
         .merge(own)
 }
@@ -1244,6 +1248,36 @@ impl Frontend for Control {
         Control::query(self, query).await
     }
 
+    async fn evaluate(
+        self: Arc<Self>,
+        text: String,
+        range: (i64, i64, i64),
+        allow_partial: bool,
+    ) -> Result<Evaluated, EvaluateError> {
+        self.check_current().await?;
+        let (plan, _) = self.export_plan();
+        if !plan.missing.is_empty() && !allow_partial {
+            return Err(Error::Raft(format!(
+                "partial answer refused (allow_partial=false): partitions {:?} have no live replica",
+                plan.missing
+            ))
+            .into());
+        }
+        let results = self.evaluate_all(&plan.replicas, &text, range).await?;
+        let points: usize = results.iter().map(|r| r.points()).sum();
+        if points > raftmetrics_promql::eval::MAX_RESULT_POINTS {
+            return Err(raftmetrics_promql::PromError::TooLarge(format!(
+                "the answer would hold more than {} points (series × steps); narrow the selection or increase step",
+                raftmetrics_promql::eval::MAX_RESULT_POINTS
+            ))
+            .into());
+        }
+        Ok(Evaluated {
+            results,
+            missing: plan.missing,
+        })
+    }
+
     async fn export(self: Arc<Self>, request: ExportRequest) -> Result<Export, Error> {
         request.selection.validate()?;
         self.check_current().await?;
@@ -1268,6 +1302,140 @@ impl Frontend for Control {
             missing: plan.missing,
         })
     }
+}
+
+impl Control {
+    /// A pushed-down PromQL expression on `partitions`, all asked of `worker` at once
+    /// ([`Request::Evaluate`]): the result, or why the worker did not give it (`Ok(Err)`:
+    /// the query's fault, not to be asked again elsewhere).
+    async fn evaluate_on(
+        &self,
+        worker: NodeId,
+        addr: SocketAddr,
+        partitions: Vec<PartitionId>,
+        text: String,
+        (start, end, step): (i64, i64, i64),
+    ) -> Result<Result<raftmetrics_promql::eval::PushedResult, EvaluateError>, String> {
+        let request = Request::Evaluate {
+            partitions,
+            text,
+            start,
+            end,
+            step,
+        };
+        let started = Instant::now();
+        let answer = self
+            .rpc
+            .call(worker, addr, &request, self.request_timeout)
+            .await;
+        self.metrics.observe_rpc("evaluate", started.elapsed());
+        match answer {
+            Ok(RpcResponse::Evaluated(result)) => Ok(Ok(result)),
+            Ok(RpcResponse::QueryRefused(e)) => Ok(Err(e.into())),
+            Ok(RpcResponse::Error(e)) => Err(e.message),
+            Ok(_) => Err("answered an evaluation with something else".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A pushed-down PromQL expression on `partitions`, each worker asked once for the partitions
+    /// it is preferred for; the partitions of a worker that did not answer are asked of
+    /// their other live replicas one by one.
+    async fn evaluate_all(
+        &self,
+        replicas: &BTreeMap<PartitionId, Vec<NodeId>>,
+        text: &str,
+        range: (i64, i64, i64),
+    ) -> Result<Vec<raftmetrics_promql::eval::PushedResult>, EvaluateError> {
+        use crate::export::Workers;
+        let mut by_worker: BTreeMap<NodeId, Vec<PartitionId>> = BTreeMap::new();
+        for (&p, workers) in replicas {
+            if let Some(&w) = workers.first() {
+                by_worker.entry(w).or_default().push(p);
+            }
+        }
+        let (addrs, _, _) = self.liveness();
+        let asks = by_worker.into_iter().map(|(worker, partitions)| {
+            let addr = addrs.get(&worker).copied();
+            async move {
+                let answer = match addr {
+                    Some(addr) => {
+                        self.evaluate_on(worker, addr, partitions.clone(), text.to_string(), range)
+                            .await
+                    }
+                    None => Err("no address".into()),
+                };
+                (worker, partitions, answer)
+            }
+        });
+        let mut result = Vec::new();
+        let mut retry: Vec<(NodeId, PartitionId)> = Vec::new();
+        for (worker, partitions, answer) in futures_join_all(asks).await {
+            match answer {
+                Ok(Ok(part)) => result.push(part),
+                Ok(Err(refused)) => return Err(refused),
+                Err(why) => {
+                    warn!(worker, ?partitions, error = %why, "a worker did not evaluate a query");
+                    retry.extend(partitions.into_iter().map(|p| (worker, p)));
+                }
+            }
+        }
+        for (failed, partition) in retry {
+            let mut done = false;
+            for (worker, addr) in self
+                .replicas(partition)
+                .into_iter()
+                .filter(|(w, _)| *w != failed)
+            {
+                match self
+                    .evaluate_on(worker, addr, vec![partition], text.to_string(), range)
+                    .await
+                {
+                    Ok(Ok(part)) => {
+                        result.push(part);
+                        done = true;
+                        break;
+                    }
+                    Ok(Err(refused)) => return Err(refused),
+                    Err(why) => {
+                        warn!(worker, partition, error = %why, "a worker did not evaluate a query");
+                    }
+                }
+            }
+            if !done {
+                return Err(Error::Raft(format!(
+                    "partition {partition} could not be evaluated: no live replica answered"
+                ))
+                .into());
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// Runs `futures` concurrently and returns their outputs in order.
+async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<F> = futures.into_iter().collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, out) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// An export reads each page from a partition's live replicas as the control node knows

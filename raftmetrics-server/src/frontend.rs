@@ -17,6 +17,7 @@ use raftmetrics_core::{BatchId, PartitionId, QueryResult};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::promql::EvaluateError;
 use crate::router::BatchOutcome;
 
 /// The options of the protocols other than the API reference's.
@@ -46,6 +47,14 @@ pub struct Export {
     /// next one only once the previous one was taken.
     pub pages: mpsc::Receiver<Result<ExportPage, Error>>,
     /// Partitions left out because no live replica holds them (a partial export).
+    pub missing: Vec<PartitionId>,
+}
+
+/// A pushed-down call's result over the cluster ([`Frontend::evaluate`]).
+pub struct Evaluated {
+    /// What each worker asked answered (see [`raftmetrics_promql::eval::Inputs::add_pushed`]).
+    pub results: Vec<raftmetrics_promql::eval::PushedResult>,
+    /// Partitions left out because no live replica holds them (a partial answer).
     pub missing: Vec<PartitionId>,
 }
 
@@ -88,6 +97,26 @@ pub trait Frontend: Send + Sync + 'static {
         self: Arc<Self>,
         request: ExportRequest,
     ) -> impl Future<Output = Result<Export, Error>> + Send;
+
+    /// Evaluates a pushed-down PromQL expression (`text`, a range function of one selector
+    /// or a mergeable aggregation of one; see [`raftmetrics_promql::plan::PushDown`]) on
+    /// every partition, each on one of its live
+    /// replicas (a node that serves queries), at `start`, `start + step`, ... `end`
+    /// (milliseconds). Refused when the node's placement is stale or, unless `allow_partial`,
+    /// when a partition has no live replica.
+    fn evaluate(
+        self: Arc<Self>,
+        text: String,
+        range: (i64, i64, i64),
+        allow_partial: bool,
+    ) -> impl Future<Output = Result<Evaluated, EvaluateError>> + Send {
+        let _ = (text, range, allow_partial);
+        async {
+            Err(EvaluateError::Node(Error::InvalidRequest(
+                "this node does not serve queries".into(),
+            )))
+        }
+    }
 
     /// The node's storage size, when an insert's answer reports it (a worker's).
     fn storage_size(&self) -> Option<String> {

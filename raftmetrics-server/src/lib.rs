@@ -12,6 +12,8 @@
 //! - [`router`]: where a partition's writes go (leaders, hints, retries);
 //! - [`fan_out`]: a query's plan over the workers (pure) and its runner;
 //! - [`export`]: an export's replicas per partition (pure) and its page-by-page runner;
+//! - [`promql`]: what the Prometheus query API reads: selections, gathered series, the
+//!   pushed-down evaluation on a worker;
 //! - [`rpc`]: internal requests between nodes and the pooled client;
 //! - [`http`]: the protocols' endpoints, the error format, bearer auth, per-token rate
 //!   limits, body codecs;
@@ -39,6 +41,7 @@ pub mod identity;
 pub mod metadata;
 pub mod metrics;
 pub mod mover;
+pub mod promql;
 pub mod ready;
 pub mod rebalance;
 pub mod router;

@@ -175,6 +175,18 @@ pub enum Request {
         after: Option<Cursor>,
         limit: u32,
     },
+    /// → a worker: a PromQL range function of one selector, or a mergeable aggregation of
+    /// one (`text`, see [`raftmetrics_promql::plan::PushDown`]) evaluated over the series of `partitions`,
+    /// which it holds, at `start`, `start + step`, ... `end` (milliseconds), once each
+    /// replica applied what it knows is committed, in one read of its store; answered with
+    /// [`Response::Evaluated`], or [`Response::QueryRefused`] when the expression fails.
+    Evaluate {
+        partitions: Vec<PartitionId>,
+        text: String,
+        start: i64,
+        end: i64,
+        step: i64,
+    },
 }
 
 /// An admin write of `/admin/workers`, carried out by the metadata group's leader.
@@ -221,6 +233,11 @@ pub enum Response {
     /// A page of a [`Request::Export`] (last, so that the earlier variants keep their
     /// encoding).
     Exported(ExportPage),
+    /// The result of a [`Request::Evaluate`]: per series its `(time, value)` at each step,
+    /// or per group the aggregation's partial state at each step.
+    Evaluated(raftmetrics_promql::eval::PushedResult),
+    /// A [`Request::Evaluate`] whose expression failed (the query's fault, not the node's).
+    QueryRefused(raftmetrics_promql::PromError),
 }
 
 /// A core error carried over the wire.

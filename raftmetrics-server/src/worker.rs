@@ -49,6 +49,7 @@ use crate::http::error::ApiError;
 use crate::http::stack;
 use crate::identity;
 use crate::metrics::Metrics;
+use crate::promql::EvaluateError;
 use crate::router::{BatchOutcome, Router, write_batch};
 use crate::rpc::{
     CONTROL_WIRE_ID, ClusterView, MAX_SHARES, Membership, Registration, RemoteError, Request,
@@ -540,6 +541,17 @@ impl Worker {
                 Ok(page) => RpcResponse::Exported(page),
                 Err(e) => RpcResponse::Error(RemoteError::from(&e)),
             },
+            Request::Evaluate {
+                partitions,
+                text,
+                start,
+                end,
+                step,
+            } => match self.evaluate(partitions, text, (start, end, step)).await {
+                Ok(result) => RpcResponse::Evaluated(result),
+                Err(EvaluateError::Query(e)) => RpcResponse::QueryRefused(e),
+                Err(EvaluateError::Node(e)) => RpcResponse::Error(RemoteError::from(&e)),
+            },
             Request::ChangeMembership { partition, change } => {
                 let cc = match change {
                     Membership::AddLearner(n) => add_learner(n),
@@ -676,6 +688,33 @@ impl Worker {
         tokio::task::spawn_blocking(move || store.export_page(partition, &selection, after, limit))
             .await
             .map_err(|e| Error::Internal(format!("export task: {e}")))?
+    }
+
+    /// A pushed-down PromQL call over the series of `partitions`, which this worker holds
+    /// ([`Request::Evaluate`]), read once each replica applied what it knows is committed.
+    async fn evaluate(
+        &self,
+        partitions: Vec<PartitionId>,
+        text: String,
+        range: (i64, i64, i64),
+    ) -> Result<raftmetrics_promql::eval::PushedResult, EvaluateError> {
+        let held = self.held();
+        if let Some(p) = partitions.iter().find(|p| !held.contains(p)) {
+            return Err(
+                Error::NotFound(format!("this worker holds no replica of partition {p}")).into(),
+            );
+        }
+        for &p in &partitions {
+            self.node.caught_up(p).await?;
+        }
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            crate::promql::evaluate_pushed(&text, range, |selection, max| {
+                store.read_series(&partitions, selection, max)
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("evaluation task: {e}")))?
     }
 
     async fn health(&self) -> HealthResponse {

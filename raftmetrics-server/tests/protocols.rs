@@ -19,13 +19,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::prometheus::{self, Prometheus, SampleStats};
 use common::{DevCluster, TOKEN, TOKEN_B};
 use duckdb::{Connection, params};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 /// The directory of the client scripts and configuration templates.
@@ -77,23 +76,6 @@ fn python() -> Result<PathBuf, String> {
         path.display(),
         String::from_utf8_lossy(&probe.stdout).trim()
     );
-    Ok(path)
-}
-
-/// The Prometheus server binary, or why there is none.
-fn prometheus_binary() -> Result<PathBuf, String> {
-    let path = std::env::var_os("RAFTMETRICS_PROMETHEUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    let out = std::process::Command::new(&path)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("no prometheus at {}: {e}", path.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} --version failed", path.display()));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{}", text.lines().next().unwrap_or_default());
     Ok(path)
 }
 
@@ -486,162 +468,39 @@ async fn influxdb_client_libraries_store_what_they_sent() {
     );
 }
 
-/// A Prometheus server of the test: killed when dropped if still running.
-struct Prometheus {
-    child: tokio::process::Child,
-    port: u16,
-    dir: PathBuf,
-    http: reqwest::Client,
+/// The Prometheus configuration for `job` scraping and remote-writing to the control
+/// node of `c` with `token`; without the scrape section (scrape configs and rule
+/// files) when `scrape` is false.
+fn prometheus_config(c: &DevCluster, job: &str, token: &str, scrape: bool) -> String {
+    let template = std::fs::read_to_string(clients_dir().join("prometheus.yml.in"))
+        .expect("the Prometheus configuration template");
+    let mut text = String::new();
+    let mut inside = false;
+    for line in template.lines() {
+        match line.trim() {
+            "# scrape:begin" => inside = true,
+            "# scrape:end" => inside = false,
+            _ if inside && !scrape => {}
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text.replace("@JOB@", job)
+        .replace("@TOKEN@", token)
+        .replace("@TARGET@", &format!("127.0.0.1:{}", c.port))
+        .replace("@WRITE_URL@", &c.url("/api/v1/write"))
 }
 
-impl Prometheus {
-    /// The Prometheus configuration for `job` scraping and remote-writing to the control
-    /// node of `c` with `token`; without the scrape section (scrape configs and rule
-    /// files) when `scrape` is false.
-    fn config(c: &DevCluster, job: &str, token: &str, scrape: bool) -> String {
-        let template = std::fs::read_to_string(clients_dir().join("prometheus.yml.in"))
-            .expect("the Prometheus configuration template");
-        let mut text = String::new();
-        let mut inside = false;
-        for line in template.lines() {
-            match line.trim() {
-                "# scrape:begin" => inside = true,
-                "# scrape:end" => inside = false,
-                _ if inside && !scrape => {}
-                _ => {
-                    text.push_str(line);
-                    text.push('\n');
-                }
-            }
-        }
-        text.replace("@JOB@", job)
-            .replace("@TOKEN@", token)
-            .replace("@TARGET@", &format!("127.0.0.1:{}", c.port))
-            .replace("@WRITE_URL@", &c.url("/api/v1/write"))
-    }
-
-    /// Starts `binary` in `dir` with `config` and the rules for `job`, on a free loopback
-    /// port, and waits until it is ready.
-    async fn start(binary: &Path, dir: &Path, config: &str, job: &str) -> Prometheus {
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let rules = std::fs::read_to_string(clients_dir().join("rules.yml.in"))
-            .expect("the rules template")
-            .replace("@JOB@", job);
-        std::fs::write(dir.join("rules.yml"), rules).unwrap();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .unwrap();
-        // A port the kernel just handed out may be taken again before Prometheus binds it:
-        // a few attempts.
-        for attempt in 1..=3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-            let child = tokio::process::Command::new(binary)
-                .arg(format!(
-                    "--config.file={}",
-                    dir.join("prometheus.yml").display()
-                ))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("tsdb").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--web.enable-lifecycle")
-                .arg("--log.level=info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start prometheus");
-            let mut p = Prometheus {
-                child,
-                port,
-                dir: dir.to_path_buf(),
-                http: http.clone(),
-            };
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(60) {
-                if let Some(status) = p.child.try_wait().unwrap() {
-                    let log = p.log();
-                    if attempt < 3 && log.contains("address already in use") {
-                        break;
-                    }
-                    panic!("prometheus exited during startup ({status}):\n{log}");
-                }
-                if let Ok(resp) = p.http.get(p.url("/-/ready")).send().await
-                    && resp.status() == 200
-                {
-                    return p;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if p.child.try_wait().unwrap().is_none() {
-                panic!("prometheus not ready after 60 s:\n{}", p.log());
-            }
-        }
-        unreachable!("prometheus found no free port in 3 attempts")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// The value of the one series `query` answers at `time` (Unix seconds); `None` when
-    /// it answers none.
-    async fn scalar(&self, query: &str, time: f64) -> Option<f64> {
-        let resp = self
-            .http
-            .get(self.url("/api/v1/query"))
-            .query(&[("query", query), ("time", &format!("{time:.3}"))])
-            .send()
-            .await
-            .expect("prometheus query");
-        let body = common::json_of(resp).await;
-        assert_eq!(body["status"], "success", "{query}: {body}");
-        let result = body["data"]["result"].as_array().expect("a vector");
-        assert!(result.len() <= 1, "{query}: more than one series: {body}");
-        let value = result.first()?["value"][1].as_str().expect("a sample");
-        Some(value.parse().expect("a number"))
-    }
-
-    /// `(count, sum, min, max)` of the samples of `selector` in the hour up to `time`.
-    async fn stats(&self, selector: &str, time: f64) -> SampleStats {
-        let over = |f: &str| format!("{f}_over_time({selector}[1h])");
-        let count = self.scalar(&over("count"), time).await.unwrap_or(0.0);
-        let sum = self.scalar(&over("sum"), time).await.unwrap_or(0.0);
-        let min = self.scalar(&over("min"), time).await;
-        let max = self.scalar(&over("max"), time).await;
-        (count as u64, sum, min, max)
-    }
-
-    /// Prometheus' own metrics (its remote write counters tell what it sent or gave up).
-    async fn own_metrics(&self) -> String {
-        let resp = self.http.get(self.url("/metrics")).send().await;
-        match resp {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(e) => format!("(no metrics: {e})"),
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit, at most `limit`.
-    async fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let pid = self.child.id().expect("prometheus is running") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM prometheus");
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .ok()
-            .map(|r| r.expect("wait for prometheus"))
-    }
+/// Starts `binary` in `dir` with `config` and the rules for `job` (`rules.yml`, from the
+/// template), on a free loopback port, and waits until it is ready.
+async fn start_prometheus(binary: &Path, dir: &Path, config: &str, job: &str) -> Prometheus {
+    let rules = std::fs::read_to_string(clients_dir().join("rules.yml.in"))
+        .expect("the rules template")
+        .replace("@JOB@", job);
+    std::fs::write(dir.join("rules.yml"), rules).unwrap();
+    Prometheus::start(binary, dir, config, &[]).await
 }
 
 fn unix_now() -> f64 {
@@ -650,9 +509,6 @@ fn unix_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
-
-/// `(count, sum, min, max)` of samples; `min`, `max` are `None` for none.
-type SampleStats = (u64, f64, Option<f64>, Option<f64>);
 
 /// `(count, sum, min, max)` of `metric` with the tag filters `tags` on the cluster.
 async fn cluster_stats(c: &DevCluster, metric: &str, tags: &str) -> SampleStats {
@@ -676,7 +532,7 @@ async fn cluster_stats(c: &DevCluster, metric: &str, tags: &str) -> SampleStats 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_remote_write_stores_the_samples_prometheus_holds() {
-    let binary = match prometheus_binary() {
+    let binary = match prometheus::binary() {
         Ok(p) => p,
         Err(why) => return missing_client(&why),
     };
@@ -684,10 +540,10 @@ async fn prometheus_remote_write_stores_the_samples_prometheus_holds() {
     let c = DevCluster::start(3, 3, 8, &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut prom = Prometheus::start(
+    let mut prom = start_prometheus(
         &binary,
         dir.path(),
-        &Prometheus::config(&c, JOB, TOKEN_B, true),
+        &prometheus_config(&c, JOB, TOKEN_B, true),
         JOB,
     )
     .await;
@@ -741,7 +597,7 @@ async fn prometheus_remote_write_stores_the_samples_prometheus_holds() {
     // section (the reload answers once the configuration is applied).
     std::fs::write(
         dir.path().join("prometheus.yml"),
-        Prometheus::config(&c, JOB, TOKEN_B, false),
+        prometheus_config(&c, JOB, TOKEN_B, false),
     )
     .unwrap();
     let resp = prom

@@ -98,6 +98,14 @@ impl<S: Store> Store for Observed<S> {
     ) -> Result<ExportPage> {
         self.inner.export_page(p, s, after, limit)
     }
+    fn read_series(
+        &self,
+        p: &[PartitionId],
+        s: &Selection,
+        max_points: usize,
+    ) -> Result<Vec<crate::export::ExportSeries>> {
+        self.inner.read_series(p, s, max_points)
+    }
     fn partitions(&self) -> Result<Vec<PartitionId>> {
         self.inner.partitions()
     }

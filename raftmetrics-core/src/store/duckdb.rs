@@ -53,7 +53,7 @@ use super::{PartitionSnapshot, PartitionWrite, PointRow, SeriesRow, Store};
 use crate::aggregate::{PartialAggregate, PartialState, TimedValue, WHOLE_RANGE};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::export::{Cursor, ExportPage, PageBuilder, Selection};
+use crate::export::{Cursor, ExportPage, ExportSeries, PageBuilder, Selection};
 use crate::idempotency::{BatchId, IdRow, IdWindow, check_spans};
 use crate::model::{Record, Tags, series_partition_key};
 use crate::partition::PartitionId;
@@ -989,6 +989,133 @@ impl DuckDbStore {
         Ok(read)
     }
 
+    /// [`Store::read_series`]: the selected series from the catalog, then their points in one
+    /// statement without an order (a filter on `metric_id` while DuckDB scans when the
+    /// selection filters no tag, else a join on the series), gathered per series and
+    /// sorted here: most points arrive in time order, which sorting meets in one pass.
+    fn read_selected_series(
+        &self,
+        partitions: &[PartitionId],
+        selection: &Selection,
+        max_points: usize,
+    ) -> Result<Vec<ExportSeries>> {
+        let mut out: Vec<ExportSeries> = Vec::new();
+        let mut index_of_sid: HashMap<u32, usize> = HashMap::new();
+        {
+            let catalog = self.catalog.read().map_err(poisoned)?;
+            for cat in partitions.iter().filter_map(|p| catalog.get(p)) {
+                for (metric, series) in &cat.by_metric {
+                    if !selection.matches_metric(metric) {
+                        continue;
+                    }
+                    for (sid, _, tags) in series {
+                        if selection.matches(metric, tags) {
+                            index_of_sid.insert(*sid, out.len());
+                            out.push(ExportSeries {
+                                metric: metric.clone(),
+                                tags: tags.clone(),
+                                timestamps: Vec::new(),
+                                values: Vec::new(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let metric_ids: Vec<u32> = {
+            let known = self.metrics.read().map_err(poisoned)?;
+            selection
+                .metrics
+                .iter()
+                .filter_map(|m| known.ids.get(m).copied())
+                .collect()
+        };
+        let by_metric = selection.filters.is_empty()
+            && !selection.metrics.is_empty()
+            && metric_ids.len() == selection.metrics.len()
+            && metric_ids.len() <= MAX_METRICS_BY_ID
+            && partitions.len() <= MAX_PARTITIONS_BY_ID;
+        let (from, to) = selection.time_range_micros();
+        let limit = max_points.saturating_add(1) as i64;
+        let conn = self.reader()?;
+        let mut args: Vec<duckdb::types::Value> = Vec::new();
+        let text = if by_metric {
+            args.extend(metric_ids.iter().map(|&id| duckdb::types::Value::UInt(id)));
+            args.extend(partitions.iter().map(|&p| duckdb::types::Value::UInt(p)));
+            format!(
+                "SELECT p.sid, p.ts, p.value FROM rm_points p
+                 WHERE p.metric_id IN ({}) AND p.partition_id IN ({}) AND p.ts >= ? AND p.ts < ?
+                 LIMIT ?",
+                vec!["?"; metric_ids.len()].join(", "),
+                vec!["?"; partitions.len()].join(", ")
+            )
+        } else {
+            // Store-local series numbers are unique across partitions.
+            let sids: Vec<String> = index_of_sid.keys().map(u32::to_string).collect();
+            args.push(duckdb::types::Value::Text(sids.join(",")));
+            "SELECT p.sid, p.ts, p.value FROM rm_points p
+             JOIN (SELECT unnest(string_split(?, ','))::UINTEGER AS sid) q ON p.sid = q.sid
+             WHERE p.ts >= ? AND p.ts < ?
+             LIMIT ?"
+                .to_string()
+        };
+        args.push(duckdb::types::Value::BigInt(from));
+        args.push(duckdb::types::Value::BigInt(to));
+        args.push(duckdb::types::Value::BigInt(limit));
+        let mut stmt = conn.prepare_cached(&text).map_err(storage("read series"))?;
+        // Columns at a time (Arrow), not a value at a time.
+        let batches = stmt
+            .query_arrow(duckdb::params_from_iter(args))
+            .map_err(storage("read series"))?;
+        let mut read = 0usize;
+        for batch in batches {
+            read += batch.num_rows();
+            if read > max_points {
+                return Err(Error::InvalidRequest(format!(
+                    "the selection holds more than {max_points} points in partitions {partitions:?}"
+                )));
+            }
+            let column = |i: usize| batch.column(i).as_any();
+            let (Some(sids), Some(ts), Some(values)) = (
+                column(0).downcast_ref::<duckdb::arrow::array::UInt32Array>(),
+                column(1).downcast_ref::<duckdb::arrow::array::Int64Array>(),
+                column(2).downcast_ref::<duckdb::arrow::array::Float64Array>(),
+            ) else {
+                return Err(Error::storage("read series", "unexpected column types"));
+            };
+            for ((sid, t), v) in sids.values().iter().zip(ts.values()).zip(values.values()) {
+                // A series written since the catalog was read is not part of this read.
+                if let Some(&i) = index_of_sid.get(sid) {
+                    out[i].timestamps.push(*t);
+                    out[i].values.push(*v);
+                }
+            }
+        }
+        out.retain(|s| !s.timestamps.is_empty());
+        for s in &mut out {
+            let ordered = s
+                .timestamps
+                .windows(2)
+                .zip(s.values.windows(2))
+                .all(|(t, v)| t[0] < t[1] || (t[0] == t[1] && v[0] <= v[1]));
+            if !ordered {
+                let mut points: Vec<(i64, f64)> = s
+                    .timestamps
+                    .iter()
+                    .copied()
+                    .zip(s.values.iter().copied())
+                    .collect();
+                points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+                s.timestamps = points.iter().map(|p| p.0).collect();
+                s.values = points.iter().map(|p| p.1).collect();
+            }
+        }
+        Ok(out)
+    }
+
     /// The rows read ahead for the page of `partition` and `selection` at `at`, if kept.
     fn take_read_ahead(
         &self,
@@ -1642,6 +1769,15 @@ impl Store for DuckDbStore {
             self.keep_read_ahead(read)?;
         }
         Ok(page)
+    }
+
+    fn read_series(
+        &self,
+        partitions: &[PartitionId],
+        selection: &Selection,
+        max_points: usize,
+    ) -> Result<Vec<ExportSeries>> {
+        self.read_selected_series(partitions, selection, max_points)
     }
 
     fn partitions(&self) -> Result<Vec<PartitionId>> {

@@ -173,6 +173,19 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<ExportPage>;
 
+    /// Every point of the series `selection` selects in `partitions` within its time range,
+    /// series by series (a series is in one partition), each series' points in the order
+    /// (timestamp, value), the series in no particular order: one read for all of them.
+    /// Refused with [`Error::InvalidRequest`] past `max_points` points (nothing is kept of a
+    /// read that goes past). The read of a pushed-down PromQL evaluation, which needs each
+    /// series whole and no cursor.
+    fn read_series(
+        &self,
+        partitions: &[PartitionId],
+        selection: &Selection,
+        max_points: usize,
+    ) -> Result<Vec<crate::export::ExportSeries>>;
+
     /// The partitions this store holds anything for (data or an applied index), ascending.
     fn partitions(&self) -> Result<Vec<PartitionId>>;
 

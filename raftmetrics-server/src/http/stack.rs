@@ -1,7 +1,8 @@
 //! The layers every public router gets, in order from the outside: request metrics, the
 //! request deadline, bearer authentication, the per-token rate limit, the body size limit (announced, then read),
 //! and the API-format fallbacks for unknown routes; outermost, error bodies of other
-//! protocols' endpoints are rewritten in their shape.
+//! protocols' endpoints are rewritten in their shape. Routes that carry no data (the web
+//! console's page and assets) may be served beside them without a token ([`with_open`]).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -47,11 +48,44 @@ pub fn public(routes: Router, config: StackConfig) -> Router {
         .layer(axum::middleware::from_fn(reshape_errors))
 }
 
+/// `public` (routes already behind the public layers) beside `open`: routes answered without
+/// a token, outside every layer but the request metrics. Only for what carries no data (the
+/// web console's static page and assets); every other path, unknown ones included, still
+/// goes through `public`'s layers and fallbacks.
+pub fn with_open(public: Router, open: Router, metrics: Arc<Metrics>) -> Router {
+    public.merge(
+        open.method_not_allowed_fallback(fallback_method_not_allowed)
+            .layer(from_fn_with_state(metrics, track_requests)),
+    )
+}
+
 /// Serves `routes` behind the public layers on `listener` until `shutdown` completes, within
 /// the connection bounds of `http` (`super::listener`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Router,
+    http: &crate::config::HttpArgs,
+    rate_limit_per_minute: u32,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::error::ServerError> {
+    serve_with_open(
+        listener,
+        routes,
+        Router::new(),
+        http,
+        rate_limit_per_minute,
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with `open` served beside the public layers without a token ([`with_open`]).
+pub async fn serve_with_open(
+    listener: tokio::net::TcpListener,
+    routes: Router,
+    open: Router,
     http: &crate::config::HttpArgs,
     rate_limit_per_minute: u32,
     metrics: Arc<Metrics>,
@@ -70,9 +104,10 @@ pub async fn serve(
                 .unwrap_or(NonZeroU32::MIN),
             max_body_bytes: http.max_body_bytes,
             request_timeout: http.request_timeout(),
-            metrics,
+            metrics: Arc::clone(&metrics),
         },
     );
+    let app = with_open(app, open, metrics);
     listener::serve(listener, app, Bounds::from(http), stats, shutdown)
         .await
         .map_err(ServerError::io("serve HTTP"))

@@ -6,6 +6,7 @@
 pub mod batches;
 pub mod netns;
 pub mod probes;
+pub mod prometheus;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

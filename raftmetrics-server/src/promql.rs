@@ -1,0 +1,173 @@
+//! What the Prometheus query API ([`crate::http::prometheus`]) needs from the nodes: the
+//! export selection a PromQL selector reads, series gathered from export pages, and the
+//! pushed-down evaluation of a range function ([`raftmetrics_promql::plan::PushDown`]) on
+//! a worker, over one partition it holds.
+//!
+//! Metric names: a stored name's `.` reads as `:` in PromQL (remote write stores `:` as
+//! `.`, see [`crate::decode::remote_write`]), so `job:requests:rate5m` selects what was
+//! written under that name.
+
+use std::collections::BTreeMap;
+
+use raftmetrics_core::Timestamp;
+use raftmetrics_core::error::Error;
+use raftmetrics_core::export::{ExportPage, ExportSeries, Selection};
+use raftmetrics_core::query::TagFilter;
+use raftmetrics_promql::eval::{self, Inputs, PushedResult};
+use raftmetrics_promql::plan::{Fetch, plan};
+use raftmetrics_promql::{Labels, METRIC_NAME, PromError, Series};
+
+/// Most samples one query reads from the stores, raw or on a worker for a pushed-down
+/// call (Prometheus' `query.max-samples` counts samples held at once; this counts every
+/// sample read).
+pub const MAX_SAMPLES: usize = 10_000_000;
+
+/// Most series one selector reads.
+pub const MAX_SERIES: usize = 100_000;
+
+/// The stored metric a PromQL metric name reads (`:` is stored as `.`).
+pub fn stored_metric(name: &str) -> String {
+    name.replace(':', ".")
+}
+
+/// The PromQL metric name of a stored metric.
+pub fn promql_metric(stored: &str) -> String {
+    stored.replace('.', ":")
+}
+
+/// The export selection that reads at least the series `fetch` selects over its range
+/// (`None`: no stored series can match, such as a metric name no store accepts). The
+/// metric and the exact label values select series in the stores; every matcher is
+/// checked again by [`Gather`].
+pub fn selection(fetch: &Fetch) -> Option<Selection> {
+    let mut selection = Selection {
+        metrics: fetch.metric().map(stored_metric).into_iter().collect(),
+        filters: fetch
+            .exact_labels()
+            .filter(|(_, v)| !v.contains('*'))
+            .map(|(k, v)| TagFilter {
+                key: k.to_string(),
+                patterns: vec![v.to_string()],
+            })
+            .collect(),
+        from: Some(Timestamp::from_micros(fetch.from.saturating_mul(1_000))),
+        to: Some(Timestamp::from_micros(
+            fetch.to.saturating_mul(1_000).saturating_add(1),
+        )),
+    };
+    if selection.validate().is_ok() {
+        return Some(selection);
+    }
+    // Filters beyond a selection's bounds (too many, too long) are left to the check here.
+    selection.filters.clear();
+    selection.validate().is_ok().then_some(selection)
+}
+
+/// The message of a query over [`MAX_SAMPLES`], Prometheus' own.
+pub const TOO_MANY_SAMPLES: &str =
+    "query processing would load too many samples into memory in query execution";
+
+/// Series gathered from export pages: those every matcher of the fetch selects, with
+/// their samples (or labels only), counted against the bounds.
+pub struct Gather<'a> {
+    fetch: &'a Fetch,
+    keep_samples: bool,
+    series: BTreeMap<Labels, Series>,
+}
+
+impl<'a> Gather<'a> {
+    pub fn new(fetch: &'a Fetch, keep_samples: bool) -> Self {
+        Gather {
+            fetch,
+            keep_samples,
+            series: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one page; `samples` counts the samples read so far, across a query.
+    pub fn page(&mut self, page: ExportPage, samples: &mut usize) -> Result<(), PromError> {
+        for s in page.series {
+            let mut labels: Labels = s.tags;
+            labels.insert(METRIC_NAME.to_string(), promql_metric(&s.metric));
+            if !self.fetch.matches(&labels) {
+                continue;
+            }
+            if self.keep_samples {
+                *samples += s.timestamps.len();
+                if *samples > MAX_SAMPLES {
+                    return Err(PromError::TooLarge(TOO_MANY_SAMPLES.into()));
+                }
+            }
+            let entry = self
+                .series
+                .entry(labels)
+                .or_insert_with_key(|labels| Series {
+                    labels: labels.clone(),
+                    ..Series::default()
+                });
+            if self.keep_samples {
+                entry.timestamps.extend_from_slice(&s.timestamps);
+                entry.values.extend_from_slice(&s.values);
+            }
+            if self.series.len() > MAX_SERIES {
+                return Err(PromError::TooLarge(format!(
+                    "the selection holds more than {MAX_SERIES} series; narrow it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The series, each sorted by time.
+    pub fn finish(self) -> Vec<Series> {
+        self.series
+            .into_values()
+            .map(|mut s| {
+                s.sort();
+                s
+            })
+            .collect()
+    }
+}
+
+/// A pushed-down expression's result over some partitions: `text` (a range function of
+/// one selector, or a mergeable aggregation of one; see
+/// [`raftmetrics_promql::plan::PushDown`]) evaluated at `start`, `start + step`, ... `end` (milliseconds) over the series
+/// `read` returns for the selector's selection (whole series, at most [`MAX_SAMPLES`]
+/// points: [`raftmetrics_core::Store::read_series`]).
+pub fn evaluate_pushed(
+    text: &str,
+    (start, end, step): (i64, i64, i64),
+    read: impl FnOnce(&Selection, usize) -> Result<Vec<ExportSeries>, Error>,
+) -> Result<PushedResult, EvaluateError> {
+    let plan = plan(text, start, end)?;
+    let mut fetches = plan.fetches.iter();
+    let (Some((key, fetch)), None) = (fetches.next(), fetches.next()) else {
+        return Err(
+            PromError::bad(format!("{text:?} is not a range function of one selector")).into(),
+        );
+    };
+    let mut gather = Gather::new(fetch, true);
+    if let Some(selection) = selection(fetch) {
+        let series = read(&selection, MAX_SAMPLES).map_err(|e| match e {
+            Error::InvalidRequest(_) => {
+                EvaluateError::Query(PromError::TooLarge(TOO_MANY_SAMPLES.into()))
+            }
+            other => EvaluateError::Node(other),
+        })?;
+        let mut samples = 0usize;
+        gather.page(ExportPage { series, next: None }, &mut samples)?;
+    }
+    let mut inputs = Inputs::default();
+    inputs.series.insert(key.clone(), gather.finish());
+    Ok(eval::pushed(&plan.expr, &inputs, start, end, step)?)
+}
+
+/// Why a pushed-down evaluation failed: the query, or the node.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error(transparent)]
+    Query(#[from] PromError),
+    #[error(transparent)]
+    Node(#[from] Error),
+}
