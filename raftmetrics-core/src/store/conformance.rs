@@ -41,6 +41,7 @@ pub fn run(make: Factory<'_>) {
     a_batch_id_is_stored_once(&*make(), &*make());
     one_query_covers_several_metrics(&*make());
     exports_in_pages_that_continue_on_another_replica(&*make(), &*make());
+    reads_whole_series_of_several_partitions(&*make());
 }
 
 /// A real store behind a wrapper that counts its write transactions, can hold them shut,
@@ -829,4 +830,100 @@ fn exports_in_pages_that_continue_on_another_replica(source: &dyn Store, replica
     let other = export_by_pages(&[source], 8, &Selection::everything(), 1_000);
     assert_eq!(other.len(), 50);
     assert!(export_by_pages(&[source], 77, &Selection::everything(), 10).is_empty());
+}
+
+/// `read_series`: every selected point of the partitions asked, once, each series whole in
+/// (timestamp, value) order; nothing of the others; refused past its bound.
+fn reads_whole_series_of_several_partitions(store: &dyn Store) {
+    let mut rows = sample(31, 600);
+    for (i, r) in rows.iter_mut().enumerate() {
+        let metric = ["cpu", "mem"][i % 2];
+        let series = Series::new(metric, r.tags().clone(), Some(metric.into()));
+        *r = Record::new(series::intern(series), r.timestamp, r.value);
+    }
+    // Several points of one series at one timestamp.
+    let twin = rows[0].clone();
+    for value in [twin.value, -1.0, 1e9] {
+        rows.push(Record::new(twin.series.clone(), twin.timestamp, value));
+    }
+    // Written out of time order, in three transactions over three partitions.
+    store
+        .apply(&[write(1, 1, &rows[..250]), write(2, 1, &rows[250..400])])
+        .unwrap();
+    store.apply(&[write(1, 2, &rows[400..500])]).unwrap();
+    store.apply(&[write(3, 1, &rows[500..])]).unwrap();
+    let t = |secs: i64| Some(Timestamp::from_micros((1_700_000_000 + secs) * 1_000_000));
+    let selections = [
+        Selection::everything(),
+        Selection {
+            metrics: vec!["mem".into()],
+            ..Selection::default()
+        },
+        Selection {
+            metrics: vec!["cpu".into()],
+            filters: vec![TagFilter {
+                key: "host".into(),
+                patterns: vec!["web-1".into(), "web-3*".into()],
+            }],
+            from: t(1_000),
+            to: t(5_000),
+        },
+        Selection {
+            metrics: vec!["disk".into()],
+            ..Selection::default()
+        },
+    ];
+    let in_partition = |i: usize| match i {
+        0..250 | 400..500 => 1,
+        250..400 => 2,
+        _ => 3,
+    };
+    for selection in &selections {
+        for partitions in [&[1u32][..], &[1, 2], &[1, 2, 3], &[4]] {
+            let (from, to) = selection.time_range_micros();
+            let mut want: Vec<Exported> = rows
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| partitions.contains(&in_partition(*i)))
+                .map(|(_, r)| r)
+                .filter(|r| {
+                    let ts = r.timestamp.as_micros();
+                    ts >= from && ts < to && selection.matches(r.metric(), r.tags())
+                })
+                .map(|r| {
+                    (
+                        r.metric().to_string(),
+                        r.tags().clone(),
+                        r.timestamp.as_micros(),
+                        r.value.to_bits(),
+                    )
+                })
+                .collect();
+            want.sort();
+            let series = store
+                .read_series(partitions, selection, 10_000)
+                .expect("read series");
+            let mut got = Vec::new();
+            for s in &series {
+                assert!(!s.timestamps.is_empty(), "no empty series");
+                assert!(
+                    s.timestamps
+                        .windows(2)
+                        .zip(s.values.windows(2))
+                        .all(|(t, v)| t[0] < t[1] || (t[0] == t[1] && v[0] <= v[1])),
+                    "a series in (timestamp, value) order"
+                );
+                for (t, v) in s.timestamps.iter().zip(&s.values) {
+                    got.push((s.metric.clone(), s.tags.clone(), *t, v.to_bits()));
+                }
+            }
+            got.sort();
+            assert_eq!(got, want, "{selection:?} in {partitions:?}");
+        }
+    }
+    let refused = store.read_series(&[1, 2, 3], &Selection::everything(), 100);
+    assert!(
+        matches!(refused, Err(Error::InvalidRequest(_))),
+        "{refused:?}"
+    );
 }

@@ -174,7 +174,8 @@ pub trait Store: Send + Sync {
     ) -> Result<ExportPage>;
 
     /// Every point of the series `selection` selects in `partitions` within its time range,
-    /// series by series (a series is in one partition), each series' points in the order
+    /// series by series (a series routes to one partition; a store holding the same series
+    /// in two partitions gives it twice), each series' points in the order
     /// (timestamp, value), the series in no particular order: one read for all of them.
     /// Refused with [`Error::InvalidRequest`] past `max_points` points (nothing is kept of a
     /// read that goes past). The read of a pushed-down PromQL evaluation, which needs each
