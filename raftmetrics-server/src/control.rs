@@ -1263,7 +1263,16 @@ impl Frontend for Control {
             ))
             .into());
         }
-        let results = self.evaluate_all(&plan.replicas, &text, range).await?;
+        let (results, unanswered) = self.evaluate_all(&plan.replicas, &text, range).await?;
+        if !unanswered.is_empty() && !allow_partial {
+            return Err(Error::Raft(format!(
+                "partial answer refused (allow_partial=false): no replica of partitions {unanswered:?} answered"
+            ))
+            .into());
+        }
+        let mut missing = plan.missing;
+        missing.extend(unanswered);
+        missing.sort_unstable();
         let points: usize = results.iter().map(|r| r.points()).sum();
         if points > raftmetrics_promql::eval::MAX_RESULT_POINTS {
             return Err(raftmetrics_promql::PromError::TooLarge(format!(
@@ -1272,10 +1281,7 @@ impl Frontend for Control {
             ))
             .into());
         }
-        Ok(Evaluated {
-            results,
-            missing: plan.missing,
-        })
+        Ok(Evaluated { results, missing })
     }
 
     async fn export(self: Arc<Self>, request: ExportRequest) -> Result<Export, Error> {
@@ -1340,13 +1346,20 @@ impl Control {
 
     /// A pushed-down PromQL expression on `partitions`, each worker asked once for the partitions
     /// it is preferred for; the partitions of a worker that did not answer are asked of
-    /// their other live replicas one by one.
+    /// their other live replicas one by one. The results, and the partitions no replica
+    /// answered for (the answer is partial without them).
     async fn evaluate_all(
         &self,
         replicas: &BTreeMap<PartitionId, Vec<NodeId>>,
         text: &str,
         range: (i64, i64, i64),
-    ) -> Result<Vec<raftmetrics_promql::eval::PushedResult>, EvaluateError> {
+    ) -> Result<
+        (
+            Vec<raftmetrics_promql::eval::PushedResult>,
+            Vec<PartitionId>,
+        ),
+        EvaluateError,
+    > {
         use crate::export::Workers;
         let mut by_worker: BTreeMap<NodeId, Vec<PartitionId>> = BTreeMap::new();
         for (&p, workers) in replicas {
@@ -1370,6 +1383,7 @@ impl Control {
         });
         let mut result = Vec::new();
         let mut retry: Vec<(NodeId, PartitionId)> = Vec::new();
+        let mut unanswered = Vec::new();
         for (worker, partitions, answer) in futures_join_all(asks).await {
             match answer {
                 Ok(Ok(part)) => result.push(part),
@@ -1403,13 +1417,10 @@ impl Control {
                 }
             }
             if !done {
-                return Err(Error::Raft(format!(
-                    "partition {partition} could not be evaluated: no live replica answered"
-                ))
-                .into());
+                unanswered.push(partition);
             }
         }
-        Ok(result)
+        Ok((result, unanswered))
     }
 }
 
