@@ -14,7 +14,7 @@
 //! instead (503).
 //!
 //! Range functions of a selector (`rate(m[5m])`, `max_over_time(m[1h])`, ...) are pushed
-//! down: each partition's replica evaluates them over its own series at every step
+//! down (ADR 027): each partition's replica evaluates them over its own series at every step
 //! ([`Frontend::evaluate`]), so only per-step results travel, not points; a `sum`, `avg`,
 //! `min`, `max` or `count` of one goes down with it, and only partial states per group and
 //! step travel. Everything else reads raw points through the export and is evaluated here.
