@@ -943,9 +943,29 @@ impl Control {
 
     /// One worker as `GET /admin/workers` lists it.
     fn worker_document(&self, id: NodeId) -> serde_json::Value {
+        let (live, statuses) = self.reports();
+        let leader_commits: HashMap<PartitionId, u64> = statuses
+            .keys()
+            .map(|(p, _)| *p)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|p| leader_status(&statuses, p, &live).map(|s| (p, s.commit_index)))
+            .collect();
         let state = self.metadata.state();
         let registry = self.lock_registry();
         let entry = registry.get(&id);
+        // Per replica this worker reported, the entries its store is behind the partition
+        // leader's commit index (where a live leader reported one).
+        let lag: BTreeMap<String, u64> = entry.map_or_else(BTreeMap::new, |e| {
+            e.replicas
+                .iter()
+                .filter_map(|s| {
+                    leader_commits
+                        .get(&s.group)
+                        .map(|c| (s.group.to_string(), c.saturating_sub(s.applied_index)))
+                })
+                .collect()
+        });
         let leaders = entry.map_or(0, |e| {
             e.replicas
                 .iter()
@@ -969,6 +989,8 @@ impl Control {
             "last_heartbeat": ago.map(|a| api::heard_at(u64::try_from(a.as_millis()).unwrap_or(u64::MAX))),
             "replicas": state.replicas_on(id),
             "leaders": leaders,
+            "replica_lag": lag,
+            "max_replica_lag": lag.values().max().copied().unwrap_or(0),
             "moves": state.moves.values()
                 .filter(|m| m.spec.from == id || m.spec.to == id)
                 .map(|m| m.id)

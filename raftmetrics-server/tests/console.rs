@@ -639,6 +639,18 @@ async fn console_in_a_headless_browser() {
             .await,
         json!(8)
     );
+    // Replica lag: a number of log entries for every worker and partition, from
+    // `/admin/workers`.
+    assert_eq!(
+        page.eval(
+            "[...document.querySelectorAll('#workers tbody tr')].map(tr => tr.cells[8].textContent)
+               .concat([...document.querySelectorAll('#partitions tbody tr')]
+                 .map(tr => tr.cells[5].textContent))
+               .every(t => /^[0-9]+$/.test(t))"
+        )
+        .await,
+        json!(true)
+    );
     page.assert_token_kept_in_memory_only().await;
 
     // Worker 3 killed: it is no longer live and every partition, with two of its three

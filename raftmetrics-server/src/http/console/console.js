@@ -428,7 +428,7 @@
         ? ` (${Math.max(0, Math.round((Date.now() - Date.parse(w.last_heartbeat)) / 1000))}s ago)` : '';
       addRow(tbody, [w.id, w.http_addr, w.state, w.live ? 'yes' : 'no',
         (w.last_heartbeat || 'never') + ago, w.replicas, w.leaders,
-        w.moves.length ? w.moves.join(', ') : '–'],
+        w.moves.length ? w.moves.join(', ') : '–', w.max_replica_lag ?? '–'],
         { 'data-worker': w.id, class: !w.live || w.state === 'dead' ? 'bad' : '' });
     }
   }
@@ -441,9 +441,15 @@
   }
 
   // A partition is red without a live voter or with fewer live voters than the
-  // replication factor. Answers how many are red.
+  // replication factor. Its lag: the most log entries a replica's store is behind the
+  // leader. Answers how many are red.
   function renderPartitions(doc) {
     const live = new Set(doc.workers.filter((w) => w.live).map((w) => w.id));
+    const lag = (p) => {
+      const behind = doc.workers.map((w) => (w.replica_lag || {})[String(p)])
+        .filter((l) => l !== undefined);
+      return behind.length ? Math.max(...behind) : '–';
+    };
     const tbody = $('partitions').tBodies[0];
     tbody.replaceChildren();
     let attention = 0;
@@ -457,7 +463,7 @@
       if (doc.joint.includes(p)) status += ', membership changing';
       if (bad) attention++;
       addRow(tbody, [p, voters.join(', '), learners.join(', ') || '–',
-        `${liveVoters} of ${doc.replication_factor}`, status],
+        `${liveVoters} of ${doc.replication_factor}`, status, lag(p)],
         { 'data-partition': p, class: bad ? 'bad' : '' });
     });
     return attention;
