@@ -438,7 +438,7 @@ impl Control {
                 .await?;
             info!(worker = id, "worker draining");
         }
-        Ok(self.worker_document(id))
+        Ok(self.worker_document(id, &self.leader_commits()))
     }
 
     /// Forgets a drained or dead worker that holds no replica.
@@ -941,16 +941,25 @@ impl Control {
         Ok(finalize(query, &self.sketch, &partial, coverage))
     }
 
-    /// One worker as `GET /admin/workers` lists it.
-    fn worker_document(&self, id: NodeId) -> serde_json::Value {
+    /// The commit index each partition's live leader last reported.
+    fn leader_commits(&self) -> HashMap<PartitionId, u64> {
         let (live, statuses) = self.reports();
-        let leader_commits: HashMap<PartitionId, u64> = statuses
+        statuses
             .keys()
             .map(|(p, _)| *p)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .filter_map(|p| leader_status(&statuses, p, &live).map(|s| (p, s.commit_index)))
-            .collect();
+            .collect()
+    }
+
+    /// One worker as `GET /admin/workers` lists it (`leader_commits`: see
+    /// [`Control::leader_commits`]).
+    fn worker_document(
+        &self,
+        id: NodeId,
+        leader_commits: &HashMap<PartitionId, u64>,
+    ) -> serde_json::Value {
         let state = self.metadata.state();
         let registry = self.lock_registry();
         let entry = registry.get(&id);
@@ -1010,6 +1019,7 @@ impl Control {
             .collect();
         let mut ids: BTreeSet<NodeId> = state.workers.keys().copied().collect();
         ids.extend(self.lock_registry().keys().copied());
+        let commits = self.leader_commits();
         let moves: Vec<serde_json::Value> = state
             .moves
             .values()
@@ -1027,7 +1037,7 @@ impl Control {
         serde_json::json!({
             "epoch": state.epoch,
             "replication_factor": state.replication_factor,
-            "workers": ids.into_iter().map(|id| self.worker_document(id)).collect::<Vec<_>>(),
+            "workers": ids.into_iter().map(|id| self.worker_document(id, &commits)).collect::<Vec<_>>(),
             "moves": moves,
             "placement": state.placement.iter().map(|r| r.voters.clone()).collect::<Vec<_>>(),
             "learners": state.placement.iter().map(|r| r.learners.clone()).collect::<Vec<_>>(),
