@@ -582,6 +582,15 @@ impl Evaluator<'_> {
                     other.type_name()
                 ))),
             },
+            Expr::VectorSelector(_) if self.inputs.is_pushed() => {
+                match self.inputs.pushed.get(&pushdown_key(expr)) {
+                    Some(steps) => Ok(Value::Vector(steps.get(&t).cloned().unwrap_or_default())),
+                    None => match expr {
+                        Expr::VectorSelector(vs) => Ok(Value::Vector(self.select(vs, t))),
+                        _ => unreachable!("a selector"),
+                    },
+                }
+            }
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select(vs, t))),
             Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.windows(ms, t))),
             Expr::Call(_) | Expr::Aggregate(_) if self.inputs.is_pushed() => {

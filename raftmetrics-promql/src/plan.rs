@@ -115,8 +115,9 @@ pub struct Plan {
     pub pushdowns: BTreeMap<String, PushDown>,
 }
 
-/// A range function over a selector (`rate(m{...}[5m])`) that a store evaluates per series
-/// at every step, where its points are: only the results travel, not the points. A series
+/// A range function over a selector (`rate(m{...}[5m])`), or an instant selector (as
+/// `last_over_time` over the lookback, which is what it selects), that a store evaluates
+/// per series at every step, where its points are: only the results travel, not the points. A series
 /// lives in one partition, so the partitions' results together are the whole answer. When
 /// the function is the argument of `sum`, `avg`, `min`, `max` or `count` (with `by` or
 /// `without`), the stores also group its results and send a partial state per group and
@@ -142,13 +143,18 @@ pub const MERGEABLE_AGGREGATIONS: &[TokenId] = &[
     token::T_COUNT,
 ];
 
-/// The pushable call an aggregation of mergeable partial states is over, if it is one.
-pub fn pushable_aggregate(agg: &AggregateExpr) -> Option<&Call> {
+/// The selector of an aggregation of mergeable partial states whose argument the stores
+/// can evaluate (a pushable call, or an instant selector), if it is one.
+pub fn pushable_aggregate(agg: &AggregateExpr) -> Option<&VectorSelector> {
     if agg.param.is_some() || !MERGEABLE_AGGREGATIONS.contains(&agg.op.id()) {
         return None;
     }
     match unparen(&agg.expr) {
-        Expr::Call(call) if pushable(call) => Some(call),
+        Expr::Call(call) if pushable(call) => call.args.args.iter().find_map(|a| match &**a {
+            Expr::MatrixSelector(ms) => Some(&ms.vs),
+            _ => None,
+        }),
+        Expr::VectorSelector(vs) => Some(vs),
         _ => None,
     }
 }
@@ -323,6 +329,20 @@ impl Walker {
             Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
             Expr::Paren(p) => self.walk(&p.expr),
             Expr::Unary(u) => self.walk(&u.expr),
+            Expr::VectorSelector(vs) if self.push => {
+                // A series' latest sample in the lookback is `last_over_time` over it.
+                check_selector(vs)?;
+                let window = promql_parser::parser::MatrixSelector {
+                    vs: vs.clone(),
+                    range: std::time::Duration::from_millis(LOOKBACK_MILLIS as u64),
+                };
+                self.pushdowns
+                    .entry(pushdown_key(expr))
+                    .or_insert(PushDown {
+                        text: format!("last_over_time({window})"),
+                    });
+                Ok(())
+            }
             Expr::VectorSelector(vs) => self.add_fetch(vs, LOOKBACK_MILLIS),
             Expr::MatrixSelector(ms) => self.add_fetch(&ms.vs, ms.range.as_millis() as i64),
             Expr::Subquery(_) => Err(unsupported("subquery (`expr[range:step]`)")),
@@ -354,13 +374,9 @@ impl Walker {
                     return Err(unsupported(format!("aggregation {}", agg.op)));
                 }
                 if self.push
-                    && let Some(call) = pushable_aggregate(agg)
+                    && let Some(vs) = pushable_aggregate(agg)
                 {
-                    for arg in &call.args.args {
-                        if let Expr::MatrixSelector(ms) = &**arg {
-                            check_selector(&ms.vs)?;
-                        }
-                    }
+                    check_selector(vs)?;
                     let key = pushdown_key(expr);
                     self.pushdowns
                         .entry(key.clone())
@@ -448,19 +464,35 @@ mod tests {
         )
         .unwrap();
         let keys: Vec<&String> = p.pushdowns.keys().collect();
-        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys.len(), 3, "{keys:?}");
         assert!(p.pushdowns.values().all(|d| plan(&d.text, 0, 0).is_ok()));
         // The sum of rates goes down whole: the stores send partial sums per group.
         assert!(
             keys.iter().any(|k| k.starts_with("sum by (dc) (rate(")),
             "{keys:?}"
         );
-        // Only `h` is read raw.
+        // `h` too, as the latest sample in the lookback; nothing is read raw.
+        assert!(p.fetches.is_empty());
+        assert_eq!(
+            p.pushdowns.get("h").map(|d| d.text.as_str()),
+            Some("last_over_time(h[5m])")
+        );
+        let p = plan_pushed("m{a=\"1\"} offset 1h", 0, 0).unwrap();
+        assert_eq!(
+            p.pushdowns.values().next().map(|d| d.text.as_str()),
+            Some("last_over_time(m{a=\"1\"}[5m] offset 1h)")
+        );
+        // A range selector outside a function (an instant query's matrix) is read raw.
+        let p = plan_pushed("m[5m]", 0, 0).unwrap();
+        assert!(p.pushdowns.is_empty());
         assert_eq!(p.fetches.len(), 1);
-        assert_eq!(p.fetches.values().next().unwrap().metric(), Some("h"));
         // A quantile's partial states do not merge: only its argument goes down.
         let p = plan_pushed("quantile by (dc) (0.5, rate(m[5m]))", 0, 0).unwrap();
         assert!(p.pushdowns.keys().all(|k| k.starts_with("rate(")));
+        // An aggregation of a selector goes down whole too.
+        let p = plan_pushed("max by (dc) (m{a=\"1\"})", 0, 0).unwrap();
+        assert_eq!(p.pushdowns.len(), 1);
+        assert!(p.pushdowns.keys().all(|k| k.starts_with("max by (dc) (m")));
         // Without pushing, everything is read raw.
         let p = plan("rate(m[5m])", 0, 0).unwrap();
         assert!(p.pushdowns.is_empty());

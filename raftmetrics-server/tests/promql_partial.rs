@@ -2,8 +2,9 @@
 //! replication factor 1 loses a worker to `kill -9`. A query answers over the partitions
 //! left, with a warning naming the missing ones (the same ones `/aggregate` reports), and
 //! with the same count `/aggregate` gives over them; `allow_partial=false` refuses it with
-//! 503 `unavailable`. Both paths are covered: a call the workers evaluate
-//! (`count_over_time`, pushed down) and a selector read raw through the export.
+//! 503 `unavailable`. Both paths are covered: what the workers evaluate (`count_over_time`
+//! and `count` of a selector, pushed down) and a range selector read raw through the
+//! export (an instant query's matrix).
 
 mod common;
 
@@ -72,16 +73,28 @@ async fn a_query_without_a_partition_s_replicas_is_partial_and_says_which() {
         ))
     };
     let pushed = "sum(count_over_time(temp[1h]))";
-    let raw = "count(temp)";
+    let series = "count(temp)";
+    let raw = "temp[1h]";
+    let points_of = |doc: &Value| -> usize {
+        doc["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no matrix in {doc}"))
+            .iter()
+            .map(|s| s["values"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
 
     // Whole: every point and every series, no warning.
     let (s, doc) = c.get_json(&query(pushed, "")).await;
     assert_eq!(s, 200, "{doc}");
     assert_eq!(value_of(&doc), (HOSTS * POINTS_PER_HOST) as f64, "{doc}");
     assert!(doc.get("warnings").is_none(), "{doc}");
-    let (s, doc) = c.get_json(&query(raw, "")).await;
+    let (s, doc) = c.get_json(&query(series, "")).await;
     assert_eq!(s, 200, "{doc}");
     assert_eq!(value_of(&doc), HOSTS as f64, "{doc}");
+    let (s, doc) = c.get_json(&query(raw, "")).await;
+    assert_eq!(s, 200, "{doc}");
+    assert_eq!(points_of(&doc), HOSTS * POINTS_PER_HOST, "{doc}");
 
     c.kill_worker(2);
 
@@ -114,6 +127,11 @@ async fn a_query_without_a_partition_s_replicas_is_partial_and_says_which() {
     assert_eq!(doc["status"], "error", "{doc}");
     assert_eq!(doc["errorType"], "unavailable", "{doc}");
 
+    let (s, doc) = c.get_json(&query(series, "")).await;
+    assert_eq!(s, 200, "{doc}");
+    assert_eq!(value_of(&doc) * POINTS_PER_HOST as f64, left, "{doc}");
+    assert_eq!(named_partitions(&doc["warnings"]), missing, "{doc}");
+
     // Raw: once the control node no longer counts the worker as live (a page asked of it
     // before then fails the query with 503), partial with the same warning.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -127,11 +145,7 @@ async fn a_query_without_a_partition_s_replicas_is_partial_and_says_which() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(named_partitions(&doc["warnings"]), missing, "{doc}");
-    let series_left = doc["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap();
-    assert_eq!(series_left * POINTS_PER_HOST as f64, left, "{doc}");
+    assert_eq!(points_of(&doc) as f64, left, "{doc}");
     let (s, doc) = c.get_json(&query(raw, "&allow_partial=false")).await;
     assert_eq!(s, 503, "{doc}");
     assert_eq!(doc["errorType"], "unavailable", "{doc}");

@@ -345,6 +345,14 @@ fn pushed_down_calls_answer_as_evaluated_in_place() {
         check_pushed(&stored, &format!("{agg} by (dc) (rate(c[1m])) > 0"), 1);
     }
     check_pushed(&stored, "topk(1, rate(c[1m]))", 1);
+    // Bare selectors: as the latest sample in the lookback, alone and aggregated.
+    check_pushed(&stored, "c", 1);
+    check_pushed(&stored, "c offset 30s / 2", 1);
+    for agg in ["sum", "avg", "min", "max", "count"] {
+        check_pushed(&stored, &format!("{agg} by (dc) (c)"), 1);
+        check_pushed(&stored, &format!("{agg} without (host) (c) - 1"), 1);
+    }
+    check_pushed(&stored, "c - on(host) c offset 1m", 2);
 }
 
 /// `query` evaluated with its `pushdowns` pushable parts pushed down to stores that hold

@@ -15,9 +15,10 @@
 //!
 //! Range functions of a selector (`rate(m[5m])`, `max_over_time(m[1h])`, ...) are pushed
 //! down (ADR 027): each partition's replica evaluates them over its own series at every step
-//! ([`Frontend::evaluate`]), so only per-step results travel, not points; a `sum`, `avg`,
-//! `min`, `max` or `count` of one goes down with it, and only partial states per group and
-//! step travel. Everything else reads raw points through the export and is evaluated here.
+//! ([`Frontend::evaluate`]), so only per-step results travel, not points; so are instant
+//! selectors (as the latest sample in the lookback); a `sum`, `avg`, `min`, `max` or
+//! `count` of one goes down with it, and only partial states per group and step travel. A
+//! range selector outside a function reads raw points through the export.
 //!
 //! Bounds: a range query evaluates at most 11,000 steps and answers at most
 //! [`raftmetrics_promql::eval::MAX_RESULT_POINTS`] points; a query reads at most
