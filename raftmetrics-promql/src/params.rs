@@ -87,6 +87,28 @@ fn units_duration(text: &str) -> Option<i64> {
     Some(total)
 }
 
+/// `millis` (at least 1) as a PromQL duration in descending units (`2d3h0m5s`, `1500ms`
+/// as `1s500ms`), exact to the millisecond and readable by the parser whatever its size.
+pub fn duration_text(millis: i64) -> String {
+    let mut rest = millis.max(1);
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if rest > 0 {
+        out.push_str(&format!("{rest}ms"));
+    }
+    out
+}
+
 /// The evaluation times of a range query: `start`, `start + step`, ... up to `end`,
 /// checked as Prometheus checks them.
 pub fn range_steps(start: i64, end: i64, step: i64) -> Result<(i64, i64, i64)> {
@@ -146,6 +168,25 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), 0);
         for bad in ["", "1h1h", "30m1h", "1.5h", "h", "1x", "-1h", "1e400"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_are_written_as_the_parser_reads_them() {
+        for millis in [
+            1,
+            999,
+            1_000,
+            1_500,
+            90_061_001,
+            1_796_000_000_123,
+            60 * 86_400_000,
+        ] {
+            let text = duration_text(millis);
+            assert_eq!(parse_duration(&text).unwrap(), millis, "{text}");
+            let p = crate::plan::plan(&format!("last_over_time(m[{text}])"), 0, 0).unwrap();
+            let f = p.fetches.values().next().unwrap();
+            assert_eq!(f.from, -millis, "{text}");
         }
     }
 

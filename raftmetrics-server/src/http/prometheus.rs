@@ -38,15 +38,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use raftmetrics_core::Timestamp;
 use raftmetrics_core::export::ExportRequest;
-use raftmetrics_promql::eval::{self, Inputs};
-use raftmetrics_promql::params::{parse_duration, parse_time, range_steps};
+use raftmetrics_promql::eval::{self, Inputs, PushedResult};
+use raftmetrics_promql::params::{duration_text, parse_duration, parse_time, range_steps};
 use raftmetrics_promql::plan::{Fetch, Plan, plan_pushed, series_selector};
 use raftmetrics_promql::{Labels, PromError, Series, render};
 use serde_json::json;
 
 use super::error::ApiError;
 use crate::frontend::Frontend;
-use crate::promql::{EvaluateError, Gather, selection};
+use crate::promql::{EvaluateError, Gather, MAX_SERIES, selection};
 
 /// The query API's routes over `frontend` (a node that serves queries).
 pub fn routes<F: Frontend>(frontend: Arc<F>) -> Router {
@@ -381,35 +381,68 @@ async fn query_range<F: Frontend>(
 }
 
 /// The series the `match[]` selectors of a listing select over `start`..`end` (default:
-/// all time); every series without `match[]` when `required` is false.
+/// from the epoch to a year from now), every series without `match[]` when `required` is
+/// false. The workers find them: each selector goes down as `last_over_time` over the
+/// whole range at `end`, which answers one value per series that has a point in it.
 async fn listed<F: Frontend>(
     frontend: &Arc<F>,
     params: &Params,
     required: bool,
 ) -> Result<(Vec<Labels>, Vec<String>), Answer> {
-    let from = params.time("start")?.unwrap_or(i64::MIN / 1_000);
-    let to = params.time("end")?.unwrap_or(i64::MAX / 1_000 - 1);
-    let allow_partial = params.allow_partial()?;
-    let mut fetches = Vec::new();
-    for text in params.all("match[]") {
-        let matchers = series_selector(text)?;
-        fetches.push(Fetch { matchers, from, to });
+    const YEAR_MILLIS: i64 = 365 * 86_400_000;
+    let from = params.time("start")?.unwrap_or(0);
+    let to = params
+        .time("end")?
+        .unwrap_or_else(|| now_millis() + YEAR_MILLIS);
+    if to < from {
+        return Err(PromError::bad(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        )
+        .into());
     }
-    if fetches.is_empty() {
+    let allow_partial = params.allow_partial()?;
+    let mut selectors = Vec::new();
+    for text in params.all("match[]") {
+        selectors.push(series_selector(text)?);
+    }
+    if selectors.is_empty() {
         if required {
             return Err(PromError::bad("no match[] parameter provided").into());
         }
-        fetches.push(Fetch {
-            matchers: Vec::new(),
-            from,
-            to,
-        });
+        selectors.push(series_selector("{__name__=~\".+\"}")?);
     }
     let mut all = BTreeSet::new();
     let mut warnings = BTreeSet::new();
-    for fetch in &fetches {
-        for s in read_fetch(frontend, fetch, allow_partial, None, &mut warnings).await? {
-            all.insert(s.labels);
+    for matchers in &selectors {
+        let text = format!(
+            "last_over_time({{{}}}[{}])",
+            matchers
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            duration_text(to - from)
+        );
+        let evaluated = Arc::clone(frontend)
+            .evaluate(text, (to, to, 1), allow_partial)
+            .await
+            .map_err(|e| match e {
+                EvaluateError::Query(e) => Answer::Err(e),
+                EvaluateError::Node(e) => Answer::from(e),
+            })?;
+        if !evaluated.missing.is_empty() {
+            warnings.insert(missing_warning(&evaluated.missing));
+        }
+        for result in evaluated.results {
+            if let PushedResult::Series(series) = result {
+                all.extend(series.into_iter().map(|(labels, _)| labels));
+            }
+            if all.len() > MAX_SERIES {
+                return Err(PromError::TooLarge(format!(
+                    "the selection holds more than {MAX_SERIES} series; narrow it"
+                ))
+                .into());
+            }
         }
     }
     Ok((all.into_iter().collect(), warnings.into_iter().collect()))
