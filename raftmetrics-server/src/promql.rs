@@ -68,18 +68,16 @@ pub const TOO_MANY_SAMPLES: &str =
     "query processing would load too many samples into memory in query execution";
 
 /// Series gathered from export pages: those every matcher of the fetch selects, with
-/// their samples (or labels only), counted against the bounds.
+/// their samples, counted against the bounds.
 pub struct Gather<'a> {
     fetch: &'a Fetch,
-    keep_samples: bool,
     series: BTreeMap<Labels, Series>,
 }
 
 impl<'a> Gather<'a> {
-    pub fn new(fetch: &'a Fetch, keep_samples: bool) -> Self {
+    pub fn new(fetch: &'a Fetch) -> Self {
         Gather {
             fetch,
-            keep_samples,
             series: BTreeMap::new(),
         }
     }
@@ -92,11 +90,9 @@ impl<'a> Gather<'a> {
             if !self.fetch.matches(&labels) {
                 continue;
             }
-            if self.keep_samples {
-                *samples += s.timestamps.len();
-                if *samples > MAX_SAMPLES {
-                    return Err(PromError::TooLarge(TOO_MANY_SAMPLES.into()));
-                }
+            *samples += s.timestamps.len();
+            if *samples > MAX_SAMPLES {
+                return Err(PromError::TooLarge(TOO_MANY_SAMPLES.into()));
             }
             let entry = self
                 .series
@@ -105,10 +101,8 @@ impl<'a> Gather<'a> {
                     labels: labels.clone(),
                     ..Series::default()
                 });
-            if self.keep_samples {
-                entry.timestamps.extend_from_slice(&s.timestamps);
-                entry.values.extend_from_slice(&s.values);
-            }
+            entry.timestamps.extend_from_slice(&s.timestamps);
+            entry.values.extend_from_slice(&s.values);
             if self.series.len() > MAX_SERIES {
                 return Err(PromError::TooLarge(format!(
                     "the selection holds more than {MAX_SERIES} series; narrow it"
@@ -147,7 +141,7 @@ pub fn evaluate_pushed(
             PromError::bad(format!("{text:?} is not a range function of one selector")).into(),
         );
     };
-    let mut gather = Gather::new(fetch, true);
+    let mut gather = Gather::new(fetch);
     if let Some(selection) = selection(fetch) {
         let series = read(&selection, MAX_SAMPLES).map_err(|e| match e {
             Error::InvalidRequest(_) => {

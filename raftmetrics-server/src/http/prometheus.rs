@@ -208,13 +208,13 @@ fn missing_warning(missing: &[u32]) -> String {
     )
 }
 
-/// Reads the series `fetch` selects through the node's export (with their samples when
-/// `samples` counts them).
+/// Reads the series `fetch` selects, with their samples, through the node's export;
+/// `samples` counts the samples read by the query so far.
 async fn read_fetch<F: Frontend>(
     frontend: &Arc<F>,
     fetch: &Fetch,
     allow_partial: bool,
-    samples: Option<&mut usize>,
+    samples: &mut usize,
     warnings: &mut BTreeSet<String>,
 ) -> Result<Vec<Series>, Answer> {
     let Some(selection) = selection(fetch) else {
@@ -229,9 +229,7 @@ async fn read_fetch<F: Frontend>(
     if !export.missing.is_empty() {
         warnings.insert(missing_warning(&export.missing));
     }
-    let mut gather = Gather::new(fetch, samples.is_some());
-    let mut uncounted = 0usize;
-    let samples = samples.unwrap_or(&mut uncounted);
+    let mut gather = Gather::new(fetch);
     while let Some(page) = export.pages.recv().await {
         gather.page(page?, samples)?;
     }
@@ -265,14 +263,8 @@ async fn read_all<F: Frontend>(
         }
     }
     for (key, fetch) in &plan.fetches {
-        let series = read_fetch(
-            frontend,
-            fetch,
-            allow_partial,
-            Some(&mut samples),
-            &mut warnings,
-        )
-        .await?;
+        let series =
+            read_fetch(frontend, fetch, allow_partial, &mut samples, &mut warnings).await?;
         inputs.series.insert(key.clone(), series);
     }
     Ok(Read {
