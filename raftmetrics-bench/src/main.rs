@@ -9,6 +9,7 @@
 //! raftmetrics-bench rebalance --points 1000000 --rate 30000   # 3 -> 4 workers under load
 //! raftmetrics-bench peers --points 1000000   # beside VictoriaMetrics and InfluxDB
 //! raftmetrics-bench export --scale 100 --points 10000000   # export, re-import, compare
+//! raftmetrics-bench promql --scale 100 --points 10000000   # PromQL beside the seed API
 //! ```
 //!
 //! See `docs/benchmarks.md` for what is measured and the results.
@@ -21,6 +22,7 @@ mod export;
 mod generator;
 mod load;
 mod peers;
+mod promql;
 mod protocols;
 mod queries;
 mod rebalance;
@@ -108,8 +110,45 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The query set through the Prometheus query API (PromQL) beside the same queries
+    /// through `/aggregate`, on a local cluster it starts and loads (or, with `--url`, on a
+    /// running one holding the dataset): median times, their ratio, and whether the answers
+    /// agree; then `sum by (datacenter) (rate(usage_user[5m]))` over all the data against
+    /// its `/aggregate` counterpart.
+    Promql {
+        /// Hosts.
+        #[arg(long, default_value_t = 100)]
+        scale: u32,
+        /// Points (rounded down to whole intervals of scale x 10 points).
+        #[arg(long, default_value_t = 1_000_000)]
+        points: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Timed runs per query (the median is reported), after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// A running cluster's control node, holding the dataset (loaded by `ingest` with
+        /// the same data options, or by `--load`) [default: a local cluster started here].
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "RAFTMETRICS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Load the dataset into the cluster of `--url` first.
+        #[arg(long, requires = "url")]
+        load_data: bool,
+        /// Workers of the local cluster (replication factor 1).
+        #[arg(long, default_value_t = 2)]
+        workers: u16,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// The server binary [default: raftmetrics-server next to this executable].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+    },
     /// The whole benchmark on local clusters it starts and stops: references, ingest at
-    /// replication factors 1 and 3, the query set.
+    /// replication factors 1 and 3, the query set, the query set through PromQL.
     All {
         #[command(flatten)]
         data: DataArgs,
@@ -139,6 +178,10 @@ enum Command {
         /// Skip the replication factor 3 cluster.
         #[arg(long)]
         skip_rf3: bool,
+        /// Skip the query set through PromQL (`promql`, on the replication factor 1
+        /// cluster).
+        #[arg(long)]
+        skip_promql: bool,
         /// Skip the comparison with VictoriaMetrics and InfluxDB (run when either is
         /// installed).
         #[arg(long)]
@@ -480,6 +523,7 @@ async fn run(command: Command) -> Result<bool> {
             partitions,
             server_bin,
             skip_rf3,
+            skip_promql,
             skip_peers,
             peers,
         } => {
@@ -498,9 +542,54 @@ async fn run(command: Command) -> Result<bool> {
                 partitions,
                 server_bin,
                 skip_rf3,
+                promql: !skip_promql,
                 peers: (!skip_peers).then(|| peers.bins()),
             };
             let report = suite::run_all(&options).await?;
+            report.print();
+            Ok(report.answers_agree())
+        }
+        Command::Promql {
+            scale,
+            points,
+            seed,
+            load,
+            runs,
+            url,
+            token,
+            load_data,
+            workers,
+            partitions,
+            server_bin,
+        } => {
+            let data = DataArgs {
+                scale,
+                points,
+                seed,
+            };
+            let (dataset, intervals) = data.dataset()?;
+            let target = match (url, token) {
+                (Some(url), Some(token)) => Some((url, token, load_data)),
+                (Some(_), None) => {
+                    return Err(BenchError::Config(
+                        "--url needs --token (or RAFTMETRICS_TOKEN)".into(),
+                    ));
+                }
+                (None, _) => None,
+            };
+            let options = promql::PromqlOptions {
+                dataset,
+                intervals,
+                runs,
+                target,
+                connections: load.connections,
+                batch: load.batch,
+                format: load.format.into(),
+                workers,
+                partitions,
+                server_bin,
+            };
+            let report = promql::run(&options).await?;
             report.print();
             Ok(report.answers_agree())
         }

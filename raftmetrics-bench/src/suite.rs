@@ -3,10 +3,11 @@
 //! `all` generates the dataset once (by seed), then:
 //! 1. writes it into one plain DuckDB file with the raw Appender (the ingest reference);
 //! 2. starts a local cluster with replication factor 1, loads the same points at full load,
-//!    runs the query set on it and on the plain DuckDB file, checks the answers agree, then
-//!    measures the rate of smaller requests (`--half-load-batch`) and offers half of it for a
-//!    while to measure the acknowledgement latency at half load, and loads more points over
-//!    JSON;
+//!    runs the query set on it and on the plain DuckDB file, checks the answers agree, runs
+//!    the query set through PromQL beside the seed API (`promql`, unless `--skip-promql`),
+//!    then measures the rate of smaller requests (`--half-load-batch`) and offers half of it
+//!    for a while to measure the acknowledgement latency at half load, and loads more points
+//!    over JSON;
 //! 3. starts a cluster with replication factor 3 and does the same full and half loads;
 //! 4. unless `--skip-peers`, runs `peers` (beside VictoriaMetrics and InfluxDB) when either
 //!    is installed;
@@ -27,6 +28,7 @@ use crate::error::{BenchError, Result};
 use crate::generator::{Dataset, FIELDS};
 use crate::load::{self, LoadReport, LoadSpec, Span};
 use crate::peers::{self, PeerBins, PeersOptions, PeersReport};
+use crate::promql::{self, PromqlReport};
 use crate::queries::{self, Case};
 use crate::reference::{IngestTiming, Reference};
 use crate::report::{IngestRow, QueryRow, ingest_table, query_table};
@@ -239,6 +241,9 @@ pub struct AllOptions {
     pub partitions: u32,
     pub server_bin: std::path::PathBuf,
     pub skip_rf3: bool,
+    /// Whether to run the query set through PromQL beside the seed API on the factor-1
+    /// cluster.
+    pub promql: bool,
     /// The peers to compare with at the end (`peers`), when one of them is installed;
     /// `None`: skipped.
     pub peers: Option<PeerBins>,
@@ -248,6 +253,8 @@ pub struct AllOptions {
 pub struct AllReport {
     pub ingest: Vec<IngestRow>,
     pub queries: Vec<QueryRow>,
+    /// PromQL beside the seed API, when run.
+    pub promql: Option<PromqlReport>,
     /// Beside VictoriaMetrics and InfluxDB, when run.
     pub peers: Option<PeersReport>,
 }
@@ -256,12 +263,16 @@ impl AllReport {
     /// Whether every answer of the cluster matched the reference's.
     pub fn answers_agree(&self) -> bool {
         self.queries.iter().all(|q| q.answers.is_ok())
+            && self.promql.as_ref().is_none_or(|p| p.answers_agree())
             && self.peers.as_ref().is_none_or(|p| p.answers_agree())
     }
 
     pub fn print(&self) {
         println!("\n## Ingest\n\n{}", ingest_table(&self.ingest).render());
         println!("## Queries\n\n{}", query_table(&self.queries).render());
+        if let Some(promql) = &self.promql {
+            promql.print();
+        }
         if let Some(peers) = &self.peers {
             peers.print();
         }
@@ -417,6 +428,12 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
     let cases = queries::cases(dataset, o.intervals)?;
     let client = cluster.client(Format::Bincode)?;
     let query_rows = run_queries(&cases, &client, &reference, o.runs).await?;
+    // Before more points are written: the cluster holds exactly the dataset.
+    let promql = if o.promql {
+        Some(promql::measure(&cluster.url, &cluster.token, dataset, o.intervals, o.runs).await?)
+    } else {
+        None
+    };
 
     let (rows, sent) =
         half_load(o, &cluster, &pids, "rf=1", next, rf1_rate, reference_rate).await?;
@@ -526,6 +543,7 @@ pub async fn run_all(o: &AllOptions) -> Result<AllReport> {
     Ok(AllReport {
         ingest,
         queries: query_rows,
+        promql,
         peers,
     })
 }

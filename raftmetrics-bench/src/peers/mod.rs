@@ -28,7 +28,7 @@
 //!   RSS of each.
 
 mod influx;
-mod plan;
+pub(crate) mod plan;
 mod victoria;
 
 use std::fs::File;
