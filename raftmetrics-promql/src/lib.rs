@@ -15,4 +15,5 @@ pub mod render;
 pub mod value;
 
 pub use error::PromError;
+pub use promql_parser::label::{MatchOp, Matcher};
 pub use value::{Labels, METRIC_NAME, Series, Value};

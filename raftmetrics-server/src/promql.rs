@@ -15,7 +15,8 @@ use raftmetrics_core::export::{ExportPage, ExportSeries, Selection};
 use raftmetrics_core::query::TagFilter;
 use raftmetrics_promql::eval::{self, Inputs, PushedResult};
 use raftmetrics_promql::plan::{Fetch, plan};
-use raftmetrics_promql::{Labels, METRIC_NAME, PromError, Series};
+
+use raftmetrics_promql::{Labels, METRIC_NAME, MatchOp, PromError, Series};
 
 /// Most samples one query reads from the stores, raw or on a worker for a pushed-down
 /// call (Prometheus' `query.max-samples` counts samples held at once; this counts every
@@ -40,16 +41,38 @@ pub fn promql_metric(stored: &str) -> String {
 /// metric and the exact label values select series in the stores; every matcher is
 /// checked again by [`Gather`].
 pub fn selection(fetch: &Fetch) -> Option<Selection> {
+    let mut metrics: Vec<String> = fetch.metric().map(stored_metric).into_iter().collect();
+    let mut filters: Vec<TagFilter> = fetch
+        .exact_labels()
+        .filter(|(_, v)| !v.contains('*'))
+        .map(|(k, v)| TagFilter {
+            key: k.to_string(),
+            patterns: vec![v.to_string()],
+        })
+        .collect();
+    // A regex that is an alternation of literals (`host_1|host_2`) selects exactly those
+    // values: the store can select by them too.
+    for m in &fetch.matchers {
+        let MatchOp::Re(_) = m.op else { continue };
+        let Some(values) = literal_alternatives(&m.value) else {
+            continue;
+        };
+        if m.name == METRIC_NAME {
+            if metrics.is_empty() {
+                metrics = values.iter().map(|v| stored_metric(v)).collect();
+                metrics.sort();
+                metrics.dedup();
+            }
+        } else {
+            filters.push(TagFilter {
+                key: m.name.clone(),
+                patterns: values,
+            });
+        }
+    }
     let mut selection = Selection {
-        metrics: fetch.metric().map(stored_metric).into_iter().collect(),
-        filters: fetch
-            .exact_labels()
-            .filter(|(_, v)| !v.contains('*'))
-            .map(|(k, v)| TagFilter {
-                key: k.to_string(),
-                patterns: vec![v.to_string()],
-            })
-            .collect(),
+        metrics,
+        filters,
         from: Some(Timestamp::from_micros(fetch.from.saturating_mul(1_000))),
         to: Some(Timestamp::from_micros(
             fetch.to.saturating_mul(1_000).saturating_add(1),
@@ -61,6 +84,19 @@ pub fn selection(fetch: &Fetch) -> Option<Selection> {
     // Filters beyond a selection's bounds (too many, too long) are left to the check here.
     selection.filters.clear();
     selection.validate().is_ok().then_some(selection)
+}
+
+/// The alternatives of a regex that is only literals joined by `|` (letters, digits, `_`,
+/// `-` and `:`, none of them special in a regex, none empty), which a fully anchored match
+/// accepts exactly; `None` for any other regex.
+fn literal_alternatives(regex: &str) -> Option<Vec<String>> {
+    let literal = |a: &str| {
+        !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':')
+    };
+    let values: Vec<String> = regex.split('|').map(str::to_string).collect();
+    values.iter().all(|v| literal(v)).then_some(values)
 }
 
 /// The message of a query over [`MAX_SAMPLES`], Prometheus' own.
@@ -164,4 +200,42 @@ pub enum EvaluateError {
     Query(#[from] PromError),
     #[error(transparent)]
     Node(#[from] Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use raftmetrics_promql::plan::plan;
+
+    use super::*;
+
+    fn selection_of(query: &str) -> Selection {
+        let p = plan(query, 0, 0).unwrap();
+        selection(p.fetches.values().next().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn alternations_of_literals_select_in_the_store() {
+        let s = selection_of("m{host=~\"host_1|host_2\", dc=\"east\"}");
+        assert_eq!(s.metrics, vec!["m".to_string()]);
+        assert!(s.filters.contains(&TagFilter {
+            key: "host".into(),
+            patterns: vec!["host_1".into(), "host_2".into()],
+        }));
+        assert!(s.filters.contains(&TagFilter {
+            key: "dc".into(),
+            patterns: vec!["east".into()],
+        }));
+        let s = selection_of("{__name__=~\"a:b|c\", x=\"1\"}");
+        assert_eq!(s.metrics, vec!["a.b".to_string(), "c".to_string()]);
+        // Anything else is left to the check on what the store returns: a superset.
+        for query in [
+            "m{host=~\"host.1\"}",
+            "m{host=~\"host_1|\"}",
+            "m{host=~\"h*\"}",
+            "m{host!~\"a|b\"}",
+            "m{host=~\"(a|b)\"}",
+        ] {
+            assert!(selection_of(query).filters.is_empty(), "{query}");
+        }
+    }
 }

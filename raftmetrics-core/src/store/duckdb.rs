@@ -1001,8 +1001,12 @@ impl DuckDbStore {
     ) -> Result<Vec<ExportSeries>> {
         let mut out: Vec<ExportSeries> = Vec::new();
         let mut index_of_sid: HashMap<u32, usize> = HashMap::new();
+        // Whether the partitions asked are every partition the store holds series of: the
+        // statement then needs no filter on them.
+        let every_partition;
         {
             let catalog = self.catalog.read().map_err(poisoned)?;
+            every_partition = catalog.keys().all(|p| partitions.contains(p));
             for cat in partitions.iter().filter_map(|p| catalog.get(p)) {
                 for (metric, series) in &cat.by_metric {
                     if !selection.matches_metric(metric) {
@@ -1044,13 +1048,22 @@ impl DuckDbStore {
         let mut args: Vec<duckdb::types::Value> = Vec::new();
         let text = if by_metric {
             args.extend(metric_ids.iter().map(|&id| duckdb::types::Value::UInt(id)));
-            args.extend(partitions.iter().map(|&p| duckdb::types::Value::UInt(p)));
+            // DuckDB turns a list of several partitions into a join; a series read of a
+            // partition not asked is dropped below, by its sid.
+            let partition_filter = if every_partition {
+                String::new()
+            } else {
+                args.extend(partitions.iter().map(|&p| duckdb::types::Value::UInt(p)));
+                format!(
+                    "AND p.partition_id IN ({})",
+                    vec!["?"; partitions.len()].join(", ")
+                )
+            };
             format!(
                 "SELECT p.sid, p.ts, p.value FROM rm_points p
-                 WHERE p.metric_id IN ({}) AND p.partition_id IN ({}) AND p.ts >= ? AND p.ts < ?
+                 WHERE p.metric_id IN ({}) {partition_filter} AND p.ts >= ? AND p.ts < ?
                  LIMIT ?",
                 vec!["?"; metric_ids.len()].join(", "),
-                vec!["?"; partitions.len()].join(", ")
             )
         } else {
             // Store-local series numbers are unique across partitions.
@@ -1070,6 +1083,13 @@ impl DuckDbStore {
         let batches = stmt
             .query_arrow(duckdb::params_from_iter(args))
             .map_err(storage("read series"))?;
+        // Series index by sid, dense (store-local sids are numbered from 0): a lookup per
+        // point costs an array read.
+        let max_sid = index_of_sid.keys().copied().max().unwrap_or(0) as usize;
+        let mut slot_of_sid = vec![u32::MAX; max_sid + 1];
+        for (&sid, &i) in &index_of_sid {
+            slot_of_sid[sid as usize] = i as u32;
+        }
         let mut read = 0usize;
         for batch in batches {
             read += batch.num_rows();
@@ -1087,10 +1107,13 @@ impl DuckDbStore {
                 return Err(Error::storage("read series", "unexpected column types"));
             };
             for ((sid, t), v) in sids.values().iter().zip(ts.values()).zip(values.values()) {
-                // A series written since the catalog was read is not part of this read.
-                if let Some(&i) = index_of_sid.get(sid) {
-                    out[i].timestamps.push(*t);
-                    out[i].values.push(*v);
+                // A series not selected (written since the catalog was read, or of a
+                // partition not asked) is not part of this read.
+                let i = slot_of_sid.get(*sid as usize).copied().unwrap_or(u32::MAX);
+                if i != u32::MAX {
+                    let s = &mut out[i as usize];
+                    s.timestamps.push(*t);
+                    s.values.push(*v);
                 }
             }
         }

@@ -247,19 +247,25 @@ async fn read_all<F: Frontend>(
     let mut inputs = Inputs::default();
     let mut samples = 0usize;
     let mut warnings = BTreeSet::new();
+    // The pushed-down parts at once: each is a read of its own on the workers.
+    let mut evaluations = tokio::task::JoinSet::new();
     for (key, down) in &plan.pushdowns {
-        let evaluated = Arc::clone(frontend)
-            .evaluate(down.text.clone(), range, allow_partial)
-            .await
-            .map_err(|e| match e {
-                EvaluateError::Query(e) => Answer::Err(e),
-                EvaluateError::Node(e) => Answer::from(e),
-            })?;
+        let (frontend, key, text) = (Arc::clone(frontend), key.clone(), down.text.clone());
+        evaluations
+            .spawn(async move { (key, frontend.evaluate(text, range, allow_partial).await) });
+    }
+    while let Some(joined) = evaluations.join_next().await {
+        let (key, evaluated) = joined
+            .map_err(|e| Answer::Node(ApiError::internal(format!("evaluation failed: {e}"))))?;
+        let evaluated = evaluated.map_err(|e| match e {
+            EvaluateError::Query(e) => Answer::Err(e),
+            EvaluateError::Node(e) => Answer::from(e),
+        })?;
         if !evaluated.missing.is_empty() {
             warnings.insert(missing_warning(&evaluated.missing));
         }
         for result in evaluated.results {
-            inputs.add_pushed(key, result);
+            inputs.add_pushed(&key, result);
         }
     }
     for (key, fetch) in &plan.fetches {
