@@ -105,7 +105,9 @@ impl IntoResponse for Answer {
     }
 }
 
-/// The parameters of a request: the query string's, then a form body's.
+/// The parameters of a request: a form body's, then the query string's (a body's value
+/// wins, as in Prometheus, which reads them with Go's `Request.FormValue`).
+#[derive(Debug)]
 struct Params(Vec<(String, String)>);
 
 impl Params {
@@ -115,11 +117,7 @@ impl Params {
         query: Option<String>,
         body: &Bytes,
     ) -> Result<Params, PromError> {
-        let mut params: Vec<(String, String)> = match query {
-            Some(q) => serde_urlencoded::from_str(&q)
-                .map_err(|e| PromError::bad(format!("invalid query string: {e}")))?,
-            None => Vec::new(),
-        };
+        let mut params: Vec<(String, String)> = Vec::new();
         if *method == Method::POST && !body.is_empty() {
             let form = headers
                 .get(header::CONTENT_TYPE)
@@ -130,14 +128,18 @@ impl Params {
                     "a POST body must be application/x-www-form-urlencoded",
                 ));
             }
-            let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            params = serde_urlencoded::from_bytes(body)
                 .map_err(|e| PromError::bad(format!("invalid form body: {e}")))?;
-            params.extend(form);
+        }
+        if let Some(q) = query {
+            let from_url: Vec<(String, String)> = serde_urlencoded::from_str(&q)
+                .map_err(|e| PromError::bad(format!("invalid query string: {e}")))?;
+            params.extend(from_url);
         }
         Ok(Params(params))
     }
 
-    /// The first value of `name` (Prometheus reads the first).
+    /// The first value of `name`.
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
@@ -561,4 +563,53 @@ pub const PROMETHEUS_SEMANTICS: &str = "2.42.0";
 /// `GET /api/v1/metadata`: no metric metadata is stored (remote write's is dropped).
 async fn metadata() -> Answer {
     Answer::Ok(render::data(&json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        h
+    }
+
+    #[test]
+    fn a_form_body_wins_over_the_query_string_as_in_prometheus() {
+        let body = Bytes::from_static(b"query=up%7Bjob%3D%22a%22%7D&time=2");
+        let p = Params::read(&Method::POST, &form(), Some("time=1&step=15".into()), &body).unwrap();
+        assert_eq!(p.query(), "up{job=\"a\"}");
+        assert_eq!(p.get("time"), Some("2"));
+        assert_eq!(p.get("step"), Some("15"));
+        // A GET's body is not read; a POST body of another type is refused.
+        let p = Params::read(&Method::GET, &form(), Some("time=1".into()), &body).unwrap();
+        assert_eq!(p.get("time"), Some("1"));
+        let err = Params::read(&Method::POST, &HeaderMap::new(), None, &body).unwrap_err();
+        assert_eq!(err.error_type(), "bad_data");
+    }
+
+    #[test]
+    fn times_timeouts_and_partial_answers_are_checked() {
+        let p = Params::read(
+            &Method::GET,
+            &HeaderMap::new(),
+            Some("time=abc&timeout=2s&allow_partial=maybe".into()),
+            &Bytes::new(),
+        )
+        .unwrap();
+        assert!(p.time("time").unwrap_err().to_string().contains("\"time\""));
+        assert_eq!(
+            p.deadline(Duration::from_secs(30)).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.deadline(Duration::from_secs(1)).unwrap(),
+            Duration::from_secs(1)
+        );
+        assert!(p.allow_partial().is_err());
+    }
 }
