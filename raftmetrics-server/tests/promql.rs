@@ -1128,7 +1128,9 @@ async fn promql_answers_as_prometheus_does() {
         &["--web.enable-remote-write-receiver"],
     )
     .await;
-    let c = DevCluster::start(2, 2, 8, &[]).await;
+    // Over a thousand requests in well under a minute: the per-token rate limit (1,000 a
+    // minute by default) is not what this test is about.
+    let c = DevCluster::start(2, 2, 8, &["--rate-limit-per-minute", "100000"]).await;
     eprintln!(
         "prometheus on port {}, a cluster of 2 workers, after {:?}",
         prometheus.port,

@@ -516,7 +516,8 @@ impl ErrorShape {
             ErrorShape::Prometheus => {
                 let error_type = match status.as_u16() {
                     404 => "not_found",
-                    503 => "unavailable",
+                    // Retryable, like a node that cannot answer now (Prometheus has no 429).
+                    429 | 503 => "unavailable",
                     504 => "timeout",
                     s if s >= 500 => "internal",
                     _ => "bad_data",
