@@ -97,8 +97,8 @@ pub fn seconds(millis: i64) -> String {
     format!("{}.{:03}", millis.div_euclid(1000), millis.rem_euclid(1000))
 }
 
-/// A label value in double quotes.
-fn quoted(text: &str) -> String {
+/// A label value in double quotes (also for MetricsQL, `peers/victoria.rs`).
+pub(crate) fn quoted(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {
@@ -115,7 +115,7 @@ fn quoted(text: &str) -> String {
 }
 
 /// A literal alternative of a regular expression (RE2, fully anchored by PromQL).
-fn regex_literal(text: &str) -> String {
+pub(crate) fn regex_literal(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if "\\.+*?()|[]{}^$".contains(c) {

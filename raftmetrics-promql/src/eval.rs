@@ -514,39 +514,50 @@ fn range_value(
     }
 }
 
+/// Prometheus' mean of `values` (not empty): incremental, each value divided by the count
+/// before it is added (no overflow of a sum), with its rules for infinities.
+fn prom_mean(values: &[f64]) -> f64 {
+    let (mut mean, mut count) = (0.0_f64, 0.0_f64);
+    for &v in values {
+        count += 1.0;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        mean += v / count - mean / count;
+    }
+    mean
+}
+
+/// Prometheus' minimum of `values` (not empty): NaN only when every value is NaN.
+fn prom_min(values: &[f64]) -> f64 {
+    values[1..]
+        .iter()
+        .fold(values[0], |m, &v| if v < m || m.is_nan() { v } else { m })
+}
+
+/// Prometheus' maximum of `values` (not empty): NaN only when every value is NaN.
+fn prom_max(values: &[f64]) -> f64 {
+    values[1..]
+        .iter()
+        .fold(values[0], |m, &v| if v > m || m.is_nan() { v } else { m })
+}
+
 /// The `*_over_time` functions over one window's values.
 fn over_time(name: &str, values: &[f64], q: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
     Some(match name {
-        "avg_over_time" => {
-            let mut mean = 0.0_f64;
-            let mut count = 0.0_f64;
-            for &v in values {
-                count += 1.0;
-                if mean.is_infinite() {
-                    if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                        continue;
-                    }
-                    if !v.is_infinite() && !v.is_nan() {
-                        continue;
-                    }
-                }
-                mean += v / count - mean / count;
-            }
-            mean
-        }
+        "avg_over_time" => prom_mean(values),
         "sum_over_time" => values.iter().sum(),
         "count_over_time" => values.len() as f64,
-        "min_over_time" => values
-            .iter()
-            .copied()
-            .fold(values[0], |m, v| if v < m || m.is_nan() { v } else { m }),
-        "max_over_time" => values
-            .iter()
-            .copied()
-            .fold(values[0], |m, v| if v > m || m.is_nan() { v } else { m }),
+        "min_over_time" => prom_min(values),
+        "max_over_time" => prom_max(values),
         "last_over_time" => values[values.len() - 1],
         "quantile_over_time" => quantile(q, &mut values.to_vec()),
         _ => return None,
@@ -815,29 +826,9 @@ impl Evaluator<'_> {
                     let value = match op {
                         token::T_SUM => values.iter().sum(),
                         token::T_COUNT => values.len() as f64,
-                        token::T_AVG => {
-                            let mut mean = values[0];
-                            let mut count = 1.0;
-                            for &v in &values[1..] {
-                                count += 1.0;
-                                if mean.is_infinite() {
-                                    if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                                        continue;
-                                    }
-                                    if !v.is_infinite() && !v.is_nan() {
-                                        continue;
-                                    }
-                                }
-                                mean += v / count - mean / count;
-                            }
-                            mean
-                        }
-                        token::T_MIN => values[1..]
-                            .iter()
-                            .fold(values[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
-                        token::T_MAX => values[1..]
-                            .iter()
-                            .fold(values[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
+                        token::T_AVG => prom_mean(&values),
+                        token::T_MIN => prom_min(&values),
+                        token::T_MAX => prom_max(&values),
                         token::T_QUANTILE => {
                             let mut values = values;
                             quantile(param.unwrap_or(f64::NAN), &mut values)

@@ -3,7 +3,7 @@
 //! Prometheus 2's semantics ([`eval`]) and the API's JSON answers ([`render`]).
 //!
 //! The expression is parsed by `promql-parser` (Prometheus' grammar); everything outside
-//! the subset (see [`plan::FUNCTIONS`]) is refused as `bad_data`, naming the construct. The
+//! the subset (see [`plan::RANGE_FUNCTIONS`] and [`plan::OTHER_FUNCTIONS`]) is refused as `bad_data`, naming the construct. The
 //! server reads what the plan lists and hands the series to the evaluator; nothing here
 //! does I/O.
 

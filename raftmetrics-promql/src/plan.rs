@@ -17,19 +17,8 @@ use crate::value::METRIC_NAME;
 /// most this old.
 pub const LOOKBACK_MILLIS: i64 = 5 * 60 * 1000;
 
-/// The functions evaluated here, by name.
-pub const FUNCTIONS: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "delta",
-    "avg_over_time",
-    "min_over_time",
-    "max_over_time",
-    "sum_over_time",
-    "count_over_time",
-    "last_over_time",
-    "quantile_over_time",
+/// The functions evaluated here besides [`RANGE_FUNCTIONS`], by name.
+pub const OTHER_FUNCTIONS: &[&str] = &[
     "abs",
     "clamp_min",
     "clamp_max",
@@ -38,6 +27,11 @@ pub const FUNCTIONS: &[&str] = &[
     "vector",
     "scalar",
 ];
+
+/// Whether the function `name` is evaluated here.
+pub fn is_function(name: &str) -> bool {
+    RANGE_FUNCTIONS.contains(&name) || OTHER_FUNCTIONS.contains(&name)
+}
 
 /// The aggregations evaluated here.
 const AGGREGATIONS: &[TokenId] = &[
@@ -349,7 +343,7 @@ impl Walker {
             Expr::Extension(_) => Err(unsupported("extension expression")),
             Expr::Call(call) => {
                 let name = call.func.name;
-                if !FUNCTIONS.contains(&name) {
+                if !is_function(name) {
                     return Err(unsupported(format!("function {name}")));
                 }
                 if self.push && pushable(call) {

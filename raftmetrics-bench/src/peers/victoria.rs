@@ -47,6 +47,8 @@ use super::plan::{Bucket, MEASUREMENT, Plan, Rows};
 use super::{Server, free_port, json_answer};
 use crate::error::{BenchError, Result};
 use crate::generator::FIELDS;
+// Times, label values and regex literals are written as in PromQL.
+use crate::promql::{quoted, regex_literal, seconds};
 use crate::queries::Row;
 
 /// One HTTP request of a translated query, and where its answer goes.
@@ -89,36 +91,6 @@ pub async fn start(bin: &Path) -> Result<Server> {
 /// The write endpoint of line protocol with microsecond timestamps.
 pub fn write_path() -> &'static str {
     "/write?precision=u"
-}
-
-/// Milliseconds as the seconds VictoriaMetrics' `time`, `start` and `end` take.
-fn seconds(millis: i64) -> String {
-    format!("{}.{:03}", millis.div_euclid(1000), millis.rem_euclid(1000))
-}
-
-/// A label value in double quotes.
-fn quoted(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        if matches!(c, '"' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
-/// A literal for a regular expression (RE2) alternative.
-fn regex_literal(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The series selector of the plan's fields and filters.
