@@ -1381,7 +1381,7 @@ impl Control {
     /// their other live replicas one by one. The results, and the partitions no replica
     /// answered for (the answer is partial without them).
     async fn evaluate_all(
-        &self,
+        self: &Arc<Self>,
         replicas: &BTreeMap<PartitionId, Vec<NodeId>>,
         text: &str,
         range: (i64, i64, i64),
@@ -1400,23 +1400,31 @@ impl Control {
             }
         }
         let (addrs, _, _) = self.liveness();
-        let asks = by_worker.into_iter().map(|(worker, partitions)| {
-            let addr = addrs.get(&worker).copied();
-            async move {
+        let mut asks = tokio::task::JoinSet::new();
+        for (worker, partitions) in by_worker {
+            let (control, addr, text) = (
+                Arc::clone(self),
+                addrs.get(&worker).copied(),
+                text.to_string(),
+            );
+            asks.spawn(async move {
                 let answer = match addr {
                     Some(addr) => {
-                        self.evaluate_on(worker, addr, partitions.clone(), text.to_string(), range)
+                        control
+                            .evaluate_on(worker, addr, partitions.clone(), text, range)
                             .await
                     }
                     None => Err("no address".into()),
                 };
                 (worker, partitions, answer)
-            }
-        });
+            });
+        }
         let mut result = Vec::new();
         let mut retry: Vec<(NodeId, PartitionId)> = Vec::new();
         let mut unanswered = Vec::new();
-        for (worker, partitions, answer) in futures_join_all(asks).await {
+        while let Some(joined) = asks.join_next().await {
+            let (worker, partitions, answer) =
+                joined.map_err(|e| Error::Internal(format!("evaluation task: {e}")))?;
             match answer {
                 Ok(Ok(part)) => result.push(part),
                 Ok(Err(refused)) => return Err(refused),
@@ -1454,31 +1462,6 @@ impl Control {
         }
         Ok((result, unanswered))
     }
-}
-
-/// Runs `futures` concurrently and returns their outputs in order.
-async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let futures: Vec<F> = futures.into_iter().collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (fut, out) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *out = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 /// An export reads each page from a partition's live replicas as the control node knows
